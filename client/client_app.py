@@ -1,0 +1,113 @@
+"""fedchest ClientApp: a hospital site trains and evaluates the global model on its own data.
+
+Which site this node is: `site-config` in the SuperNode's node config (deployment:
+`flower-supernode --node-config 'site-config="/data/site.toml"'`), or, in simulation, the i-th
+`*/site.toml` under `sim-sites-dir` (run config or message config) for virtual node `partition-id` i.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.evaluation import evaluation_summary
+from client.index import SiteData, load_split, prepare_site
+from client.site_config import SiteConfig, load_site_config
+from client.training import predict, train_local
+from shared_models.device import limit_threads, select_device
+from shared_models.metrics import HistogramSpec
+from shared_models.networks import PROJECTIONS, build_model
+from shared_models.ontology import load_label_set
+
+app = ClientApp()
+_DATA: dict[tuple[str, str], tuple[float, SiteData]] = {}
+
+
+class SiteNotConfigured(RuntimeError):
+    pass
+
+
+def resolve_site(context: Context, config: ConfigRecord) -> SiteConfig:
+    node = context.node_config
+    if "site-config" in node:
+        path = Path(str(node["site-config"]))
+    else:
+        sites_dir = str(context.run_config.get("sim-sites-dir", "") or config.get("sim-sites-dir", ""))
+        if not sites_dir or "partition-id" not in node:
+            raise SiteNotConfigured(
+                "this node has no site: start the SuperNode with --node-config 'site-config=\"/path/site.toml\"' "
+                "or, in simulation, set the run config sim-sites-dir to a folder of */site.toml")
+        sites = sorted(Path(sites_dir).glob("*/site.toml"))
+        pid = int(node["partition-id"])
+        if pid >= len(sites):
+            raise SiteNotConfigured(f"virtual node {pid} has no site: {sites_dir} holds {len(sites)} site(s)")
+        path = sites[pid]
+    cfg = load_site_config(path)
+    if not cfg.index_path.exists():
+        prepare_site(cfg)
+    return cfg
+
+
+def site_data(cfg: SiteConfig, split: str) -> SiteData:
+    """The split's arrays, kept in memory while the index is unchanged (simulation actors live long)."""
+    key = (str(cfg.path), split)
+    mtime = os.path.getmtime(cfg.index_path)
+    hit = _DATA.get(key)
+    if hit is None or hit[0] != mtime:
+        _DATA[key] = (mtime, load_split(cfg, split))
+    return _DATA[key][1]
+
+
+def _model(config: ConfigRecord, msg: Message):
+    num_classes = load_label_set(str(config["label-set"])).num_seen
+    model = build_model(str(config["model-preset"]), num_classes)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    limit_threads()
+    config = msg.content["config"]
+    site = resolve_site(context, config)
+    data = site_data(site, "train")
+    model = _model(config, msg)
+    stats = train_local(
+        model, data, epochs=int(config["local-epochs"]), lr=float(config["lr"]),
+        batch_size=int(config["batch-size"]), device=select_device(),
+        seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    c = model.num_classes
+    metrics = {
+        "num-examples": len(data),
+        "train_loss": float(stats["train_loss"]),
+        "train_seconds": float(stats["train_seconds"]),
+        "train_pos": [int(v) for v in (data.targets[:, :c] * data.mask[:, :c]).sum(0)],
+        "train_annotated": [int(v) for v in data.mask[:, :c].sum(0)],
+        **{f"n.{p}": int((data.projection == i).sum()) for i, p in enumerate(PROJECTIONS)},
+    }
+    content = RecordDict({
+        "arrays": ArrayRecord(model.cpu().state_dict()),
+        "metrics": MetricRecord(metrics),
+        "site": ConfigRecord({"name": site.name, "synthetic": site.synthetic}),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    limit_threads()
+    config = msg.content["config"]
+    site = resolve_site(context, config)
+    data = site_data(site, str(config.get("eval-split", "test")))
+    model = _model(config, msg)
+    probs = predict(model, data, select_device())
+    c = model.num_classes
+    spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
+    summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec)
+    content = RecordDict({"metrics": MetricRecord(summary), "site": ConfigRecord({"name": site.name, "synthetic": site.synthetic})})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,83 @@
+"""Local training and prediction for the routed experts on one site's data."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from client.index import SiteData
+from shared_models.losses import AsymmetricLoss
+from shared_models.networks import RoutedExperts
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+def _batch(data: SiteData, idx: np.ndarray, device: torch.device, num_classes: int):
+    x = torch.from_numpy(data.pixels[idx]).to(device).float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
+    p = torch.from_numpy(data.projection[idx]).to(device)
+    y = torch.from_numpy(data.targets[idx, :num_classes]).to(device)
+    m = torch.from_numpy(data.mask[idx, :num_classes]).to(device)
+    return x, p, y, m
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Radiograph-safe augmentation: small translations and a brightness/contrast jitter (no flips)."""
+    b = x.shape[0]
+    shift = torch.randint(-3, 4, (2,), generator=generator).tolist()
+    x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
+    gain = 1.0 + 0.1 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
+    bias = 0.1 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
+    return x * gain.to(x.device) + bias.to(x.device)
+
+
+def train_local(
+    model: RoutedExperts,
+    data: SiteData,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0."""
+    model.to(device).train()
+    num_classes = model.num_classes
+    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    total, steps, t0 = 0.0, 0, time.perf_counter()
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            x, p, y, m = _batch(data, idx, device, num_classes)
+            loss = loss_fn(model(augment(x, gen), p), y, m)
+            if global_params is not None:
+                prox = sum(((w - g) ** 2).sum() for w, g in zip(model.parameters(), global_params))
+                loss = loss + 0.5 * proximal_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+    return {"train_loss": total / max(steps, 1), "steps": steps, "train_seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Probabilities (N, C) for the model's classes."""
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        x, p, _, _ = _batch(data, idx, device, model.num_classes)
+        out.append(torch.sigmoid(model(x, p)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)

@@ -1,0 +1,54 @@
+"""`fedchest`: what a consortium admin runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from server.simulation import quiet_flower_env
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from server.demo import run_demo
+
+    run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
+             args.preset, args.local_epochs, args.lr)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    env = {**os.environ, "FEDCHEST_DB_URL": args.db} if args.db else dict(os.environ)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return subprocess.call(cmd, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_flower_env()
+    p = argparse.ArgumentParser(prog="fedchest", description="fedchest consortium tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="synthetic consortium + federated simulation, end to end")
+    d.add_argument("--out", required=True)
+    d.add_argument("--sites", type=int, default=3)
+    d.add_argument("--rounds", type=int, default=8)
+    d.add_argument("--images-per-site", type=int, default=600)
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--preset", default="tiny")
+    d.add_argument("--local-epochs", type=int, default=2)
+    d.add_argument("--lr", type=float, default=0.002)
+    d.set_defaults(fn=_demo)
+    b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
+    b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")
+    b.add_argument("--port", type=int, default=8501)
+    b.set_defaults(fn=_dashboard)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Turn sites' evaluation summaries into per-site and pooled consortium metrics.
+
+Per-site metrics use the exact values each site computed locally; pooled metrics sum the sites' score
+histograms (shared_models.metrics.HistogramSpec), so they equal scikit-learn on bin-quantised scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared_models.metrics import HistogramSpec, constant_predictor_ap, summarise
+
+SCOPES = ("all", "PA", "AP", "LAT")
+SUMMARY_KEYS = ("mAP", "mAUC", "mF1", "head_mAP", "medium_mAP", "tail_mAP")
+
+
+@dataclass
+class ScopeEval:
+    per_class: dict[str, np.ndarray]  # ap, auroc, f1, n_pos, n_neg
+    hist_pos: np.ndarray  # (C, B)
+    hist_neg: np.ndarray
+    n: int
+
+
+def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec) -> dict[str, ScopeEval]:
+    out = {}
+    for scope in SCOPES:
+        pos = np.asarray(metrics[f"hist_pos.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
+        neg = np.asarray(metrics[f"hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
+        pc = {k: np.asarray(metrics[f"{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}
+        pc["n_pos"], pc["n_neg"] = pos.sum(1), neg.sum(1)
+        out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"n.{scope}"]))
+    return out
+
+
+def _rows(site: str | None, scope: str, pc: dict[str, np.ndarray], summary: dict[str, float],
+          classes: tuple[str, ...], n: int) -> list[tuple]:
+    rows = []
+    for j, cls in enumerate(classes):
+        for k in ("ap", "auroc", "f1"):
+            rows.append((site, scope, cls, k, float(pc[k][j]), int(pc["n_pos"][j])))
+    for k, v in summary.items():
+        rows.append((site, scope, None, k, v, n))
+    return rows
+
+
+def round_metrics(
+    site_evals: Mapping[str, dict[str, ScopeEval]],
+    groups: np.ndarray,
+    classes: tuple[str, ...],
+    spec: HistogramSpec,
+) -> tuple[list[tuple], dict]:
+    """Registry rows and the round's summary: pooled and per site, per projection scope."""
+    rows: list[tuple] = []
+    summary: dict = {"pooled": {}, "pooled_by_projection": {}, "sites": {}}
+    for site, scopes in site_evals.items():
+        summary["sites"][site] = {}
+        for scope, ev in scopes.items():
+            s = summarise(ev.per_class, groups) if ev.n else {k: float("nan") for k in SUMMARY_KEYS}
+            summary["sites"][site][scope] = s
+            rows += _rows(site, scope, ev.per_class, s, classes, ev.n)
+    for scope in SCOPES:
+        evs = [scopes[scope] for scopes in site_evals.values()]
+        pos = sum(e.hist_pos for e in evs)
+        neg = sum(e.hist_neg for e in evs)
+        n = sum(e.n for e in evs)
+        pc = spec.metrics(pos, neg)
+        s = summarise(pc, groups) if n else {k: float("nan") for k in SUMMARY_KEYS}
+        summary["pooled_by_projection"][scope] = s
+        rows += _rows(None, scope, pc, s, classes, n)
+        if scope == "all":
+            summary["pooled"] = s
+            prev_ap = constant_predictor_ap(pc["n_pos"], pc["n_neg"])
+            summary["baseline"] = {"prevalence_mAP": float(np.nanmean(prev_ap)) if np.isfinite(prev_ap).any() else float("nan")}
+            rows.append((None, scope, None, "prevalence_mAP", summary["baseline"]["prevalence_mAP"], n))
+    return rows, summary

@@ -1,0 +1,81 @@
+"""The run registry: SQLite by default, any SQLAlchemy URL through FEDCHEST_DB_URL."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from server.registry.models import Base, Checkpoint, Event, Metric, Round, Run, Site, utcnow
+
+__all__ = ["Registry", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Round", "Run", "Site"]
+
+
+def resolve_db_url(default: str) -> str:
+    """``FEDCHEST_DB_URL`` wins over the default (a SQLite URL or a path)."""
+    url = os.environ.get("FEDCHEST_DB_URL") or default
+    return url if "://" in url else f"sqlite:///{os.path.abspath(url)}"
+
+
+class Registry:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url, future=True)
+        Base.metadata.create_all(self.engine)
+
+    def create_run(self, name: str, strategy: str, heads: str, label_set: str, num_rounds: int,
+                   config: dict[str, Any], synthetic: bool) -> str:
+        run_id = str(uuid.uuid4())
+        with Session(self.engine) as s, s.begin():
+            s.add(Run(id=run_id, name=name, strategy=strategy, heads=heads, label_set=label_set,
+                      num_rounds=num_rounds, config_json=json.dumps(config, default=str), synthetic=synthetic))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, synthetic: bool | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            run = s.get(Run, run_id)
+            run.status, run.finished_at = status, utcnow()
+            if synthetic is not None:
+                run.synthetic = synthetic
+
+    def upsert_site(self, run_id: str, name: str, node_id: int) -> None:
+        with Session(self.engine) as s, s.begin():
+            hit = s.scalar(select(Site).where(Site.run_id == run_id, Site.name == name))
+            if hit is None:
+                s.add(Site(run_id=run_id, name=name, node_id=str(node_id)))
+
+    def start_round(self, run_id: str, rnd: int) -> None:
+        with Session(self.engine) as s, s.begin():
+            if s.scalar(select(Round).where(Round.run_id == run_id, Round.round == rnd)) is None:
+                s.add(Round(run_id=run_id, round=rnd))
+
+    def finish_round(self, run_id: str, rnd: int, n_train: int, n_evaluate: int) -> None:
+        with Session(self.engine) as s, s.begin():
+            r = s.scalar(select(Round).where(Round.run_id == run_id, Round.round == rnd))
+            r.finished_at, r.n_train, r.n_evaluate = utcnow(), n_train, n_evaluate
+
+    def add_metrics(self, run_id: str, rnd: int, rows: Iterable[tuple]) -> int:
+        """rows: (site or None, projection, class or None, name, value, n)."""
+        objs = [
+            Metric(run_id=run_id, round=rnd, site=site, projection=proj, class_name=cls, name=name,
+                   value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+                   n=None if n is None else int(n))
+            for site, proj, cls, name, value, n in rows
+        ]
+        with Session(self.engine) as s, s.begin():
+            s.add_all(objs)
+        return len(objs)
+
+    def add_event(self, run_id: str, kind: str, message: str, rnd: int | None = None, site: str | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(Event(run_id=run_id, round=rnd, site=site, kind=kind, message=message))
+
+    def add_checkpoint(self, run_id: str, rnd: int, path: str, sha256: str, size: int) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(Checkpoint(run_id=run_id, round=rnd, path=path, sha256=sha256, bytes=size))

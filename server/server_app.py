@@ -1,0 +1,116 @@
+"""fedchest ServerApp: builds the global model, runs FedChestAvg rounds, checkpoints every round and
+records everything in the registry. Outputs go to absolute paths (`out-dir`): the ServerApp may run in a
+subprocess with an uncontrolled working directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from server.checkpoints import save_checkpoint
+from server.registry import Registry, resolve_db_url
+from server.report import round_table
+from server.strategy import FedChestAvg
+from shared_models.metrics import HistogramSpec
+from shared_models.networks import build_model
+from shared_models.ontology import load_label_set
+
+app = ServerApp()
+
+DEFAULTS = {
+    "num-server-rounds": 5, "local-epochs": 1, "lr": 0.002, "batch-size": 32, "model-preset": "tiny",
+    "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
+    "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0,
+}
+
+
+def _clean(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = {**DEFAULTS, **dict(context.run_config)}
+    out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db_url = resolve_db_url(str(out_dir / "registry.db"))
+    registry = Registry(db_url)
+    label_set = load_label_set(str(cfg["label-set"]))
+    classes = label_set.seen
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(str(cfg["model-preset"]), len(classes))
+    initial = ArrayRecord(model.state_dict())
+    num_rounds = int(cfg["num-server-rounds"])
+    run_id = registry.create_run(
+        name=str(cfg["run-name"]), strategy="FedChestAvg", heads="routed-experts", label_set=label_set.name,
+        num_rounds=num_rounds, config=cfg, synthetic=False,
+    )
+    spec = HistogramSpec()
+    t0 = time.perf_counter()
+
+    def on_round(rnd: int, summary: dict) -> None:
+        print(round_table(rnd, summary), flush=True)
+
+    min_nodes = int(cfg["min-nodes"])
+    strategy = FedChestAvg(
+        registry=registry, run_id=run_id, classes=classes, spec=spec, reference=initial, on_round=on_round,
+        fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
+        min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
+    )
+    shared = {
+        "model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
+        "hist-bins": spec.bins, "hist-limit": spec.limit,
+    }
+    if cfg["sim-sites-dir"]:
+        shared["sim-sites-dir"] = str(cfg["sim-sites-dir"])
+    train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
+                                 "batch-size": int(cfg["batch-size"])})
+    ckpt_dir = out_dir / "checkpoints"
+
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if rnd == 0:
+            return None
+        path, digest, size = save_checkpoint(ckpt_dir, rnd, arrays.to_torch_state_dict(),
+                                             {"run_id": run_id, "model_preset": cfg["model-preset"],
+                                              "label_set": label_set.name, "classes": list(classes)})
+        registry.add_checkpoint(run_id, rnd, str(path), digest, size)
+        return None
+
+    status = "failed"
+    try:
+        strategy.start(
+            grid=grid, initial_arrays=initial, num_rounds=num_rounds, timeout=float(cfg["round-timeout"]),
+            train_config=train_config, evaluate_config=ConfigRecord(shared), evaluate_fn=evaluate_fn,
+        )
+        status = "completed"
+    finally:
+        registry.finish_run(run_id, status, synthetic=bool(strategy.synthetic_sites))
+        history = strategy.history
+        summary = {
+            "run_id": run_id,
+            "status": status,
+            "rounds_completed": len(history),
+            "sites": sorted(set(strategy.node_site.values())),
+            "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
+                        "sites": h["sites"]} for h in history],
+            "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
+            "class_groups": history[-1]["groups"] if history else {},
+            "db_url": db_url,
+            "checkpoints": str(ckpt_dir),
+            "synthetic": bool(strategy.synthetic_sites),
+            "wall_seconds": time.perf_counter() - t0,
+            "config": cfg,
+        }
+        (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=1, default=str))

@@ -1,0 +1,52 @@
+"""Run the fedchest ServerApp and ClientApp under Flower's simulation runtime, in this process.
+
+The apps are loaded by reference (``server.server_app:app``, ``client.client_app:app``) so the
+coordinator package never imports the site package. The run config reaches the ServerApp through its
+Context; the ServerApp forwards what sites need (``sim-sites-dir``) in the message config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+SERVER_APP = "server.server_app:app"
+CLIENT_APP = "client.client_app:app"
+
+
+def quiet_flower_env() -> None:
+    """No telemetry, no update checks, no runtime installs, offline Hugging Face (set before importing flwr)."""
+    for key, value in {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_DEDUP_LOGS": "0",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def run_in_process(run_config: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
+                   verbose: bool = False) -> None:
+    quiet_flower_env()
+    os.environ.setdefault("FEDCHEST_THREADS", str(max(1, int(cpus_per_client))))
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation
+
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        server_app_attr=SERVER_APP,
+        client_app_attr=CLIENT_APP,
+        server_app_context=context,
+        backend_name="ray",
+        backend_config={
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        },
+        app_dir=".",
+        verbose_logging=verbose,
+    )

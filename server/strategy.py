@@ -1,0 +1,138 @@
+"""FedChestAvg: FedAvg that validates updates, names sites, and turns evaluation summaries into
+per-site, per-projection, per-class metrics in the registry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.supercore.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from server.federated_eval import parse_site_eval, round_metrics
+from server.registry import Registry
+from server.validation import reference_of, validate_update
+from shared_models.metrics import HistogramSpec, prevalence_groups
+
+
+def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
+    """Weighted mean of the scalar train metrics only (per-class count lists are handled separately)."""
+    total = sum(float(next(iter(r.metric_records.values()))[weight_key]) for r in replies) or 1.0
+    out: dict[str, float] = {}
+    for r in replies:
+        m = next(iter(r.metric_records.values()))
+        w = float(m[weight_key]) / total
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and k != weight_key:
+                out[k] = out.get(k, 0.0) + w * float(v)
+    return MetricRecord(out)
+
+
+class FedChestAvg(FedAvg):
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        run_id: str,
+        classes: tuple[str, ...],
+        spec: HistogramSpec,
+        reference: ArrayRecord,
+        on_round: Callable[[int, dict], None] | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("train_metrics_aggr_fn", scalar_mean)
+        super().__init__(**kwargs)
+        self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
+        self.reference = reference_of(reference)
+        self.on_round = on_round
+        self.node_site: dict[int, str] = {}
+        self.synthetic_sites: set[str] = set()
+        self.train_pos = np.zeros(len(classes), np.int64)
+        self.train_annotated = np.zeros(len(classes), np.int64)
+        self.history: list[dict] = []
+        self.n_train = 0
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _site_of(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        cfg = msg.content.config_records.get("site")
+        if cfg is not None and "name" in cfg:
+            name = str(cfg["name"])
+            if node not in self.node_site:
+                self.node_site[node] = name
+                self.registry.upsert_site(self.run_id, name, node)
+            if bool(cfg.get("synthetic", False)):
+                self.synthetic_sites.add(name)
+        return self.node_site.get(node, f"node-{node}")
+
+    # -- train -------------------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.registry.start_round(self.run_id, server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        kept: list[Message] = []
+        pos = np.zeros(len(self.classes), np.int64)
+        ann = np.zeros(len(self.classes), np.int64)
+        rows = []
+        for msg in replies:
+            if msg.has_error():
+                site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+                self.registry.add_event(self.run_id, "train_error", f"{msg.error.reason}", server_round, site)
+                kept.append(msg)  # FedAvg logs and skips error replies
+                continue
+            site = self._site_of(msg)
+            arrays = next(iter(msg.content.array_records.values()))
+            reason = validate_update(arrays, self.reference)
+            if reason:
+                log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
+                self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
+                continue
+            m = next(iter(msg.content.metric_records.values()))
+            pos += np.asarray(m["train_pos"], np.int64)
+            ann += np.asarray(m["train_annotated"], np.int64)
+            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT"):
+                if key in m:
+                    rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
+            kept.append(msg)
+        if ann.sum() > 0:
+            self.train_pos, self.train_annotated = pos, ann
+        self.n_train = sum(1 for m in kept if not m.has_error())
+        self.registry.add_metrics(self.run_id, server_round, rows)
+        if not self.n_train:
+            self.registry.add_event(self.run_id, "round_skipped", "no valid update to aggregate", server_round)
+            log(WARNING, "round %s: no valid update; the global model is kept", server_round)
+        return super().aggregate_train(server_round, kept)
+
+    # -- evaluate ----------------------------------------------------------------------------------------
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        evals = {}
+        for msg in replies:
+            if msg.has_error():
+                site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+                self.registry.add_event(self.run_id, "evaluate_error", f"{msg.error.reason}", server_round, site)
+                continue
+            site = self._site_of(msg)
+            try:
+                evals[site] = parse_site_eval(next(iter(msg.content.metric_records.values())), len(self.classes), self.spec)
+            except (KeyError, ValueError) as exc:
+                self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
+        log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
+        if not evals:
+            return None
+        groups = prevalence_groups(self.train_pos, self.train_annotated)
+        rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
+        rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
+                 for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
+        self.registry.add_metrics(self.run_id, server_round, rows)
+        self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals))
+        summary["round"] = server_round
+        summary["groups"] = {c: g for c, g in zip(self.classes, groups)}
+        self.history.append(summary)
+        if self.on_round:
+            self.on_round(server_round, summary)
+        return MetricRecord({k: v for k, v in summary["pooled"].items() if not math.isnan(v)})

@@ -1,0 +1,45 @@
+"""One factory: architectures and sizes are names in configuration (presets.toml), never code."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import timm
+
+from shared_models.networks.experts import PROJECTIONS, RoutedExperts
+
+
+@lru_cache(maxsize=None)
+def _presets() -> dict[str, Any]:
+    return tomllib.loads(resources.files("shared_models.networks").joinpath("presets.toml").read_text("utf-8"))
+
+
+def available_presets() -> list[str]:
+    return sorted(_presets())
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    try:
+        return _presets()[name]
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; available: {', '.join(available_presets())}") from None
+
+
+def build_model(preset: str, num_classes: int) -> RoutedExperts:
+    """Routed experts with randomly initialised timm backbones (``in_chans=1``); no weights are downloaded."""
+    spec = load_preset(preset)
+    experts = {}
+    for proj in PROJECTIONS:
+        e = spec["experts"][proj]
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in e.get("args", {}).items()}
+        experts[proj] = timm.create_model(e["arch"], pretrained=False, in_chans=1, num_classes=num_classes, **args)
+    return RoutedExperts(experts, num_classes)
+
+
+def parameter_group(key: str) -> str:
+    """The parameter group a state-dict key belongs to (``experts.PA``, ...), the unit of aggregation."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "experts" else parts[0]

@@ -1,0 +1,48 @@
+import math
+
+import torch
+
+from shared_models.losses import AsymmetricLoss, prevalence_class_weights
+
+
+def _asl_by_hand(x, y, gn=4.0, gp=0.0, clip=0.05):
+    p = 1 / (1 + math.exp(-x))
+    if y == 1:
+        return -((1 - p) ** gp) * math.log(p)
+    pm = max(p - clip, 0.0)
+    return -(pm**gn) * math.log(max(1 - pm, 1e-8))
+
+
+def test_asl_matches_formula():
+    logits = torch.tensor([[2.0, -1.0, 0.3], [-3.0, 0.0, 4.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    loss = AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05)(logits, targets)
+    expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j])) for i in range(2) for j in range(3)) / 2
+    assert float(loss) == __import__("pytest").approx(expected, rel=1e-5)
+
+
+def test_asl_ignores_masked_entries():
+    logits = torch.randn(4, 5)
+    targets = (torch.rand(4, 5) < 0.3).float()
+    mask = torch.ones(4, 5)
+    mask[:, 2] = 0
+    loss_fn = AsymmetricLoss()
+    a = loss_fn(logits, targets, mask)
+    logits2 = logits.clone()
+    logits2[:, 2] = 50.0  # anything in a masked column must not matter
+    targets2 = targets.clone()
+    targets2[:, 2] = 1 - targets2[:, 2]
+    assert torch.allclose(a, loss_fn(logits2, targets2, mask))
+
+
+def test_asl_gradient_flows_and_clip_zeroes_easy_negatives():
+    logits = torch.tensor([[-5.0]], requires_grad=True)  # p ~ 0.0067 < clip: shifted prob is 0
+    loss = AsymmetricLoss()(logits, torch.zeros(1, 1))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(logits.grad) == 0.0
+
+
+def test_prevalence_weights():
+    wp, wn = prevalence_class_weights(torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(wp, torch.exp(torch.tensor([1.0, 0.5, 0.0])))
+    assert torch.allclose(wn, torch.exp(torch.tensor([0.0, 0.5, 1.0])))

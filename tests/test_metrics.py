@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from shared_models.metrics import (
+    HistogramSpec,
+    constant_predictor_ap,
+    per_class_metrics,
+    prevalence_groups,
+    summarise,
+)
+
+
+def _sk(y, s):
+    return average_precision_score(y, s), roc_auc_score(y, s), f1_score(y, s > 0.5, zero_division=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_per_class_matches_sklearn_on_random_inputs(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((300, 6)) < rng.uniform(0.02, 0.5, 6)).astype(float)
+    y[0, :] = 1  # every class has a positive
+    y[1, :] = 0  # and a negative
+    s = rng.random((300, 6))
+    s[:, 1] = np.round(s[:, 1], 1)  # heavy ties
+    s[:, 2] = 0.5  # constant scores exactly at the threshold
+    s[:, 3] = np.clip(y[:, 3] * 0.3 + rng.random(300) * 0.7, 0, 1)  # informative
+    pc = per_class_metrics(y, s)
+    for j in range(6):
+        ap, auc, f1 = _sk(y[:, j], s[:, j])
+        assert abs(pc["ap"][j] - ap) < 1e-9
+        assert abs(pc["auroc"][j] - auc) < 1e-9
+        assert abs(pc["f1"][j] - f1) < 1e-9
+
+
+def test_class_without_positives_is_undefined_and_skipped_by_means():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], float)
+    s = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.1], [0.4, 0.3]])
+    pc = per_class_metrics(y, s)
+    assert np.isnan(pc["ap"][1]) and np.isnan(pc["auroc"][1]) and np.isnan(pc["f1"][1])
+    summary = summarise(pc)
+    assert summary["mAP"] == pytest.approx(average_precision_score(y[:, 0], s[:, 0]))
+
+
+def test_masked_entries_are_ignored():
+    rng = np.random.default_rng(7)
+    y = (rng.random((200, 3)) < 0.3).astype(float)
+    s = rng.random((200, 3))
+    mask = (rng.random((200, 3)) < 0.6).astype(float)
+    pc = per_class_metrics(y, s, mask)
+    for j in range(3):
+        sel = mask[:, j] > 0
+        ap, auc, f1 = _sk(y[sel, j], s[sel, j])
+        assert pc["ap"][j] == pytest.approx(ap, abs=1e-9)
+        assert pc["auroc"][j] == pytest.approx(auc, abs=1e-9)
+        assert pc["f1"][j] == pytest.approx(f1, abs=1e-9)
+        assert pc["n_pos"][j] == int(y[sel, j].sum())
+
+
+def test_prevalence_groups_thresholds():
+    groups = prevalence_groups(np.array([200, 50, 5, 0, 10]), np.array([1000, 1000, 1000, 0, 1000]))
+    assert list(groups) == ["head", "medium", "tail", "", "medium"]
+
+
+def test_group_means():
+    pc = {"ap": np.array([0.9, 0.5, 0.1, np.nan]), "auroc": np.ones(4), "f1": np.zeros(4)}
+    s = summarise(pc, np.array(["head", "medium", "tail", "tail"], dtype=object))
+    assert s["head_mAP"] == pytest.approx(0.9) and s["tail_mAP"] == pytest.approx(0.1)
+    assert s["mAP"] == pytest.approx(0.5)
+
+
+def test_constant_predictor_ap_is_test_prevalence():
+    rng = np.random.default_rng(3)
+    y = (rng.random((500, 4)) < [0.3, 0.05, 0.01, 0.0]).astype(float)
+    expected = [average_precision_score(y[:, j], np.full(500, 0.2)) for j in range(3)]
+    got = constant_predictor_ap(y.sum(0), (1 - y).sum(0))
+    np.testing.assert_allclose(got[:3], expected, atol=1e-12)
+    assert np.isnan(got[3])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_histogram_metrics_equal_sklearn_on_quantised_scores(seed):
+    rng = np.random.default_rng(seed)
+    spec = HistogramSpec()
+    y = (rng.random((1000, 5)) < [0.4, 0.1, 0.03, 0.2, 0.01]).astype(float)
+    y[0] = 1
+    logits = rng.normal(-2.5, 2.0, (1000, 5)) + 2.5 * y
+    p = 1 / (1 + np.exp(-logits))
+    pos, neg = spec.histograms(y, p)
+    hm = spec.metrics(pos, neg)
+    q = spec.bin_index(p).astype(float)  # the quantised score
+    for j in range(5):
+        assert hm["ap"][j] == pytest.approx(average_precision_score(y[:, j], q[:, j]), abs=1e-9)
+        assert hm["auroc"][j] == pytest.approx(roc_auc_score(y[:, j], q[:, j]), abs=1e-9)
+        assert hm["f1"][j] == pytest.approx(f1_score(y[:, j], p[:, j] > 0.5), abs=1e-12)  # exact: edge at p=0.5
+    # the documented binning error against exact pooled metrics on raw scores
+    exact = per_class_metrics(y, p)
+    assert np.max(np.abs(hm["ap"] - exact["ap"])) < 0.01
+    assert np.max(np.abs(hm["auroc"] - exact["auroc"])) < 0.005
+
+
+def test_pooled_histograms_are_sums_of_site_histograms():
+    rng = np.random.default_rng(11)
+    spec = HistogramSpec()
+    ys = [(rng.random((n, 3)) < 0.2).astype(float) for n in (100, 250, 60)]
+    ps = [rng.random(y.shape) for y in ys]
+    summed = [sum(h) for h in zip(*(spec.histograms(y, p) for y, p in zip(ys, ps)))]
+    direct = spec.histograms(np.concatenate(ys), np.concatenate(ps))
+    np.testing.assert_array_equal(summed[0], direct[0])
+    np.testing.assert_array_equal(summed[1], direct[1])
+
+
+def test_histogram_spec_requires_even_bins():
+    with pytest.raises(ValueError):
+        HistogramSpec(bins=7)

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.federated_eval import parse_site_eval, round_metrics
+from server.registry import Metric, Registry, resolve_db_url
+from server.validation import reference_of, validate_update
+from shared_models.metrics import HistogramSpec, per_class_metrics
+
+
+def test_update_validation():
+    ref = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(3)})
+    reference = reference_of(ref)
+    assert validate_update(ArrayRecord({"w": torch.ones(2, 3), "b": torch.ones(3)}), reference) is None
+    assert "non-finite" in validate_update(ArrayRecord({"w": torch.full((2, 3), float("nan")), "b": torch.ones(3)}), reference)
+    assert "shape" in validate_update(ArrayRecord({"w": torch.ones(3, 2), "b": torch.ones(3)}), reference)
+    assert "names" in validate_update(ArrayRecord({"w": torch.ones(2, 3)}), reference)
+
+
+def test_db_url_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("FEDCHEST_DB_URL", raising=False)
+    assert resolve_db_url(str(tmp_path / "r.db")) == f"sqlite:///{tmp_path / 'r.db'}"
+    monkeypatch.setenv("FEDCHEST_DB_URL", "sqlite:///elsewhere.db")
+    assert resolve_db_url(str(tmp_path / "r.db")) == "sqlite:///elsewhere.db"
+
+
+def _site_summary(y, p, proj, spec):
+    from client.evaluation import evaluation_summary
+
+    return evaluation_summary(p, y, np.ones_like(y), proj, spec)
+
+
+def test_round_metrics_per_site_exact_and_pooled_from_histograms(tmp_path):
+    rng = np.random.default_rng(0)
+    spec = HistogramSpec()
+    classes = ("a", "b", "c")
+    sites = {}
+    ys, ps = [], []
+    for name, n in (("s1", 120), ("s2", 200)):
+        y = (rng.random((n, 3)) < [0.3, 0.1, 0.05]).astype(np.float32)
+        p = 1 / (1 + np.exp(-(rng.normal(-2, 1.5, (n, 3)) + 2 * y)))
+        proj = rng.integers(-1, 3, n)
+        sites[name] = parse_site_eval(_site_summary(y, p, proj, spec), 3, spec)
+        ys.append(y)
+        ps.append(p)
+        exact = per_class_metrics(y, p)
+        np.testing.assert_allclose(sites[name]["all"].per_class["ap"], exact["ap"], equal_nan=True)
+    groups = np.array(["head", "medium", "tail"], dtype=object)
+    rows, summary = round_metrics(sites, groups, classes, spec)
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    q = spec.bin_index(p).astype(float)
+    from sklearn.metrics import average_precision_score
+
+    pooled_ap = np.mean([average_precision_score(y[:, j], q[:, j]) for j in range(3)])
+    assert summary["pooled"]["mAP"] == pytest.approx(pooled_ap, abs=1e-9)
+    assert summary["baseline"]["prevalence_mAP"] == pytest.approx(y.astype(np.float64).mean(0).mean(), abs=1e-9)
+    # a row per (site or pooled) x scope x class x metric, plus aggregates
+    per_class_rows = [r for r in rows if r[2] is not None]
+    assert len(per_class_rows) == 3 * 4 * 3 * 3
+    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    run = reg.create_run("t", "FedChestAvg", "routed-experts", "x", 1, {}, True)
+    reg.add_metrics(run, 1, rows)
+    with Session(reg.engine) as s:
+        assert s.scalar(select(func.count()).select_from(Metric)) == len(rows)

@@ -1,0 +1,108 @@
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from client.synth import synthesize_site
+from client.synth.catalog import load_catalog
+from client.synth.labels import draw_findings
+from shared_models.ontology import load_label_set
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix != ".dcm":  # DICOM UIDs are random by design
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_per_seed(tmp_path):
+    a = synthesize_site(tmp_path / "a", "padchest", "x", n_images=20, image_size=32, seed=5)
+    b = synthesize_site(tmp_path / "b", "padchest", "x", n_images=20, image_size=32, seed=5)
+    c = synthesize_site(tmp_path / "c", "padchest", "x", n_images=20, image_size=32, seed=6)
+    assert _digest(a.parent / "data") == _digest(b.parent / "data") != _digest(c.parent / "data")
+
+
+def test_catalog_signatures_are_unique_and_zero_shot_reuses_seen_attributes():
+    cat = load_catalog()
+    sigs = [c.signature for c in cat.findings]
+    assert len(set(sigs)) == len(sigs)
+    zs = set(load_label_set().zeroshot)
+    seen = [c for c in cat.findings if c.name not in zs]
+    for c in cat.findings:
+        if c.name in zs:
+            for k in range(4):
+                assert c.signature[k] in {s.signature[k] for s in seen}, (c.name, k)
+
+
+def test_label_draws_follow_prevalence_and_co_occur():
+    cat = load_catalog()
+    pos = draw_findings(cat, 40000, np.random.default_rng(0))
+    names = [c.name for c in cat.findings]
+    for i, c in enumerate(cat.findings):
+        if not c.implies and c.name != "Support Devices":
+            assert abs(pos[:, i].mean() - c.prevalence) < 4 * np.sqrt(c.prevalence / 40000) + 1e-3, c.name
+    card, eff = pos[:, names.index("cardiomegaly")], pos[:, names.index("pleural effusion")]
+    assert (card & eff).mean() > 1.5 * card.mean() * eff.mean()  # positively associated
+    cvc, sd = pos[:, names.index("central venous catheter")], pos[:, names.index("Support Devices")]
+    assert not (cvc & ~sd).any()
+
+
+def test_padchest_layout(synth_sites):
+    root = synth_sites["padchest"].parent / "data"
+    rows = list(csv.DictReader(open(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv")))
+    assert {"ImageID", "Projection", "MethodProjection", "Labels", "BitsStored_DICOM"} <= set(rows[0])
+    assert {r["Projection"] for r in rows} <= {"PA", "L", "AP", "AP_horizontal"}
+    from PIL import Image
+
+    r = rows[0]
+    arr = np.asarray(Image.open(root / r["ImageDir"] / r["ImageID"]))
+    assert arr.dtype in (np.uint16, np.int32) and arr.max() <= (1 << int(r["BitsStored_DICOM"])) - 1
+
+
+def test_mimic_layout(synth_sites):
+    root = synth_sites["mimic"].parent / "data"
+    meta = list(csv.DictReader(open(root / "mimic-cxr-2.0.0-metadata.csv")))
+    r = meta[0]
+    assert (root / "files" / f"p{r['subject_id'][:2]}" / f"p{r['subject_id']}" / f"s{r['study_id']}" / f"{r['dicom_id']}.jpg").exists()
+    labels = list(csv.DictReader(open(root / "mimic-cxr-2.0.0-chexpert.csv")))
+    values = {v for row in labels for k, v in row.items() if k not in ("subject_id", "study_id")}
+    assert values <= {"1.0", "0.0", "-1.0", ""}
+
+
+def test_dicoms_carry_planted_phi_and_half_are_monochrome1(synth_sites):
+    files = list((synth_sites["openi"].parent / "data" / "images").glob("*.dcm"))
+    assert files
+    photometric = set()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert str(ds.PatientName) and ds.PatientID.startswith("MRN") and ds.InstitutionName
+        photometric.add(ds.PhotometricInterpretation)
+    assert photometric == {"MONOCHROME1", "MONOCHROME2"}
+
+
+def test_boxes_side_file(synth_sites):
+    rows = list(csv.DictReader(open(synth_sites["dicom"].parent / "data" / "boxes.csv")))
+    assert rows and all(float(r["w"]) > 0 and float(r["h"]) > 0 for r in rows)
+
+
+@pytest.mark.real
+def test_nih_derived_prevalences_match_the_real_table(real_data):
+    import pandas as pd
+
+    df = pd.read_csv(real_data / "nih" / "Data_Entry_2017_v2020.csv.gz", usecols=["Finding Labels"])
+    counts = df["Finding Labels"].str.split("|").explode().value_counts()
+    cat = load_catalog()
+    checked = 0
+    for c in cat.findings:
+        if c.source.startswith("nih "):
+            term, count = c.source.split()[1], int(c.source.split()[2].replace(",", ""))
+            assert counts[term] == count, c.name
+            assert c.prevalence == pytest.approx(count / len(df), abs=5e-5), c.name
+            checked += 1
+    assert checked >= 8
