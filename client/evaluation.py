@@ -19,7 +19,7 @@ SCOPES = ("all",) + PROJECTIONS
 def evaluation_summary(
     probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, projection: np.ndarray, spec: HistogramSpec
 ) -> dict[str, list[float] | list[int] | int]:
-    out: dict[str, list[float] | list[int] | int] = {"num-examples": int(len(probs))}
+    out: dict[str, list[float] | list[int] | int | float] = {"num-examples": int(len(probs))}
     c = probs.shape[1]
     for scope in SCOPES:
         sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)

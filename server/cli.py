@@ -15,7 +15,7 @@ def _demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
-             args.preset, args.local_epochs, args.lr)
+             args.preset, args.local_epochs, args.lr, args.verbose)
     return 0
 
 
@@ -29,18 +29,20 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_flower_env()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
     p = argparse.ArgumentParser(prog="fedchest", description="fedchest consortium tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="synthetic consortium + federated simulation, end to end")
     d.add_argument("--out", required=True)
     d.add_argument("--sites", type=int, default=3)
-    d.add_argument("--rounds", type=int, default=8)
-    d.add_argument("--images-per-site", type=int, default=600)
+    d.add_argument("--rounds", type=int, default=10)
+    d.add_argument("--images-per-site", type=int, default=1000)
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="tiny")
+    d.add_argument("--preset", default="small")
     d.add_argument("--local-epochs", type=int, default=2)
-    d.add_argument("--lr", type=float, default=0.002)
+    d.add_argument("--lr", type=float, default=0.001)
+    d.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

@@ -60,8 +60,9 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int)
     return sites_dir
 
 
-def run_demo(out: Path, n_sites: int = 3, rounds: int = 8, images: int = 600, image_size: int = 64,
-             seed: int = 0, preset: str = "tiny", local_epochs: int = 2, lr: float = 0.002) -> dict:
+def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, image_size: int = 64,
+             seed: int = 0, preset: str = "small", local_epochs: int = 2, lr: float = 0.001,
+             verbose: bool = False) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print("fedchest demo: SYNTHETIC consortium; figures show the machinery works, not clinical performance.\n")
@@ -75,7 +76,7 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 8, images: int = 600, im
         "run-name": f"demo-{n_sites}sites-{rounds}rounds", "seed": seed,
     }
     t0 = time.perf_counter()
-    run_in_process(run_config, num_supernodes=n_sites, cpus_per_client=1.0)
+    run_in_process(run_config, num_supernodes=n_sites, cpus_per_client=1.0, verbose=verbose)
     if not summary_path.exists():
         raise RuntimeError(f"the federated run wrote no {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text())

@@ -24,7 +24,7 @@ from shared_models.ontology import load_label_set
 app = ServerApp()
 
 DEFAULTS = {
-    "num-server-rounds": 5, "local-epochs": 1, "lr": 0.002, "batch-size": 32, "model-preset": "tiny",
+    "num-server-rounds": 5, "local-epochs": 1, "lr": 0.001, "batch-size": 32, "model-preset": "tiny",
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
     "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0,
 }

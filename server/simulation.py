@@ -7,6 +7,7 @@ Context; the ServerApp forwards what sites need (``sim-sites-dir``) in the messa
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ def quiet_flower_env() -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }.items():
         os.environ.setdefault(key, value)
 
@@ -35,6 +37,8 @@ def run_in_process(run_config: dict[str, Any], num_supernodes: int, cpus_per_cli
     from flwr.supercore.telemetry import EventType
     from flwr.simulation.run_simulation import _run_simulation
 
+    if not verbose:  # the demo prints its own per-round table; Flower's INFO lines are for --verbose
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     _run_simulation(
         num_supernodes=num_supernodes,

@@ -111,6 +111,7 @@ class FedChestAvg(FedAvg):
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         evals = {}
+        timing: list[tuple] = []
         for msg in replies:
             if msg.has_error():
                 site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
@@ -118,7 +119,10 @@ class FedChestAvg(FedAvg):
                 continue
             site = self._site_of(msg)
             try:
-                evals[site] = parse_site_eval(next(iter(msg.content.metric_records.values())), len(self.classes), self.spec)
+                m = next(iter(msg.content.metric_records.values()))
+                evals[site] = parse_site_eval(m, len(self.classes), self.spec)
+                if "eval_seconds" in m:
+                    timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
             except (KeyError, ValueError) as exc:
                 self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
@@ -126,6 +130,7 @@ class FedChestAvg(FedAvg):
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
+        rows += timing
         rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
         self.registry.add_metrics(self.run_id, server_round, rows)

@@ -106,3 +106,14 @@ def test_nih_derived_prevalences_match_the_real_table(real_data):
             assert c.prevalence == pytest.approx(count / len(df), abs=5e-5), c.name
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("fmt,n", [("padchest", 37), ("openi", 50), ("mimic", 23)])
+def test_generator_yields_exactly_the_requested_images(fmt, n):
+    from client.synth import site_profile
+    from client.synth.cohort import generate
+
+    for seed in range(4):
+        images = list(generate(load_catalog(), n, 16, site_profile(fmt, seed), np.random.default_rng(seed)))
+        assert len(images) == n
+        assert {i.projection for i in images} <= {"PA", "AP", "LAT"}

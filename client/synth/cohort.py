@@ -43,13 +43,13 @@ def generate(
     pa, ap, lat = profile.projection_mix
     lateral_rate = lat / max(1e-6, 1.0 - lat)  # studies carry 1 frontal + Bernoulli(q) lateral: LAT share = q/(1+q)
     frontal_pa = pa / max(1e-6, pa + ap)
-    n_studies = int(np.ceil(n_images / (1.0 + min(1.0, lateral_rate)))) + 4
+    n_studies = n_images  # an upper bound: every study has at least one image
     pos = draw_findings(catalog, n_studies, rng, profile.prevalence_scale, profile.min_prevalence)
     made = patient = study = 0
     while made < n_images:
         patient += 1
         for _ in range(1 + int(rng.random() < profile.second_study_rate)):
-            if made >= n_images or study >= n_studies:
+            if made >= n_images:
                 break
             findings = [catalog.findings[j] for j in np.flatnonzero(pos[study])]
             report = write_report(findings, rng)

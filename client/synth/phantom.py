@@ -12,7 +12,7 @@ import numpy as np
 
 from client.synth.catalog import ClassSpec
 
-SIZE_RADIUS = {"small": 0.035, "medium": 0.07, "large": 0.12}
+SIZE_RADIUS = {"small": 0.05, "medium": 0.075, "large": 0.12}
 DENSITY_DELTA = {"dense": 0.22, "lucent": -0.22, "calcified": 0.42}
 
 

@@ -1,0 +1,78 @@
+"""Helpers shared by benchmarks: result records, synthetic consortia, centralised training and evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client.index import SiteData, load_split
+from client.site_config import load_site_config
+from client.training import predict, train_local
+from shared_models.device import select_device
+from shared_models.metrics import per_class_metrics, summarise
+from shared_models.networks import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def record(figures: dict, command: str) -> dict:
+    return {
+        **figures,
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "synthetic": True,
+    }
+
+
+def site_configs(sites_dir: Path) -> list:
+    return [load_site_config(p) for p in sorted(Path(sites_dir).glob("*/site.toml"))]
+
+
+def concat(parts: list[SiteData]) -> SiteData:
+    return SiteData(*[np.concatenate([getattr(p, k) for p in parts]) for k in ("pixels", "projection", "targets", "mask")])
+
+
+def train_model(data: SiteData, epochs: int, preset: str, num_classes: int, lr: float, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(preset, num_classes)
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        train_local(model, data, 1, lr, 32, select_device(), seed=seed * 1000 + e)
+    return model, time.perf_counter() - t0
+
+
+def evaluate(model, data: SiteData) -> dict[str, float]:
+    c = model.num_classes
+    probs = predict(model, data, select_device())
+    return summarise(per_class_metrics(data.targets[:, :c], probs, data.mask[:, :c]))
+
+
+def write_results(updates: dict, command: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "latest.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update(updates)
+    path.write_text(json.dumps(results, indent=1, default=float))
+    (RESULTS / "latest.md").write_text(markdown(results))
+    return path
+
+
+def markdown(results: dict) -> str:
+    lines = ["# fedchest benchmarks (latest run)", "",
+             "Synthetic data: these figures measure the machinery on this machine; they are not clinical results.", "",
+             "| benchmark | figure | value | command | date | cores |", "|---|---|---|---|---|---|"]
+    for name, res in sorted(results.items()):
+        for k, v in res.get("headline", {}).items():
+            val = f"{v:.4g}" if isinstance(v, float) else str(v)
+            lines.append(f"| {name} | {k} | {val} | `{res['command']}` | {res['date']} | {res['cores']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Streamlit dashboard, read-only on the registry."""
