@@ -19,6 +19,39 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def suppress(counts: dict, k: int) -> dict:
+    """Counts below k as the string "<k" (for anything meant to leave the site)."""
+    return {key: (v if v >= k else f"<{k}") for key, v in counts.items()}
+
+
+def check_report(cfg, report, k: int) -> dict:
+    """The `check` result as one JSON-able object; counts below k are suppressed."""
+    can_train = report.by_split.get("train", 0) >= MIN_TRAIN_SAMPLES
+    sizes = sorted(min(s) for s in report.sizes)
+    return {
+        "site": cfg.name,
+        "indexed": report.indexed,
+        "decoded": report.decoded,
+        "reused_from_cache": report.reused,
+        "rejected": [{"path": r.path, "reason": r.reason} for r in report.rejected],
+        "notes": [{"path": n.path, "note": n.message} for n in report.notes],
+        "by_source": suppress(dict(report.by_source), k),
+        "by_projection": suppress(dict(report.by_projection), k),
+        "by_projection_method": suppress(dict(report.by_projection_method), k),
+        "by_split": suppress(dict(report.by_split), k),
+        "by_label": suppress(dict(sorted(report.by_label.items(), key=lambda kv: -kv[1])), k),
+        "bit_depths": suppress(dict(report.bit_depths), k),
+        "photometric": suppress(dict(report.photometric), k),
+        "vendors": suppress(dict(report.vendors), k),
+        "image_size_px": {"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]} if sizes else {},
+        "label_mapping": report.label_mapping,
+        "min_count": k,
+        "can_train": can_train,
+        "reason": "" if can_train else f"fewer than {MIN_TRAIN_SAMPLES} readable training images "
+                                        f"({report.by_split.get('train', 0)} indexed in the train split)",
+    }
+
+
 def _check(args: argparse.Namespace) -> int:
     from client.index import prepare_site
     from client.site_config import SiteConfigError, load_site_config
@@ -29,33 +62,35 @@ def _check(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    can_train = report.by_split.get("train", 0) >= MIN_TRAIN_SAMPLES
-    reason = "" if can_train else f"fewer than {MIN_TRAIN_SAMPLES} readable training images"
-    out = {
-        "site": cfg.name,
-        "indexed": report.indexed,
-        "decoded": report.decoded,
-        "reused_from_cache": report.reused,
-        "rejected": [{"path": r.path, "reason": r.reason} for r in report.rejected],
-        "by_projection": dict(report.by_projection),
-        "by_split": dict(report.by_split),
-        "by_label": dict(sorted(report.by_label.items(), key=lambda kv: -kv[1])),
-        "unmapped_labels": dict(report.unmapped),
-        "can_train": can_train,
-        "reason": reason,
-    }
+    out = check_report(cfg, report, args.k if args.k is not None else cfg.min_count)
     if args.json:
         print(json.dumps(out, indent=1))
-    else:
-        print(f"site {cfg.name}: {report.indexed} images indexed ({report.decoded} decoded, {report.reused} from cache), "
-              f"{len(report.rejected)} rejected")
-        print("  projections: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_projection.items())))
-        print("  splits:      " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_split.items())))
-        print("  labels:      " + ", ".join(f"{k} {v}" for k, v in out["by_label"].items()))
-        for r in report.rejected:
-            print(f"  rejected {r.path}: {r.reason}")
-        print("  can train: " + ("yes" if can_train else f"no ({reason})"))
-    return 0 if can_train else 2
+        return 0 if out["can_train"] else 2
+    print(f"site {cfg.name}: {report.indexed} images indexed ({report.decoded} decoded, {report.reused} from cache), "
+          f"{len(report.rejected)} rejected")
+    for key in ("by_source", "by_projection", "by_projection_method", "by_split", "bit_depths", "photometric", "vendors"):
+        print(f"  {key.replace('by_', '').replace('_', ' '):<18} " + ", ".join(f"{a} {b}" for a, b in out[key].items()))
+    if out["image_size_px"]:
+        print(f"  {'image size (px)':<18} min {out['image_size_px']['min']}, median {out['image_size_px']['median']}, "
+              f"max {out['image_size_px']['max']} (shorter side)")
+    print(f"  {'labels':<18} " + ", ".join(f"{a} {b}" for a, b in out["by_label"].items()))
+    for name, m in report.label_mapping.items():
+        if m["unmapped"]:
+            print(f"  unmapped terms in {name}: " + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
+        if m["not_annotated"]:
+            print(f"  {name} cannot express (masked): " + ", ".join(m["not_annotated"]))
+    by_reason: dict[str, list[str]] = {}
+    for r in report.rejected:
+        by_reason.setdefault(r.reason if "line" not in r.reason else r.reason.split(":")[-1].strip(), []).append(r.path)
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = "; ".join(paths[:3]) + (f"; ... {len(paths) - 3} more" if len(paths) > 3 else "")
+        print(f"  rejected ({len(paths)}) {reason}: {shown}")
+    for n in report.notes[:20]:
+        print(f"  note {n.path}: {n.message}")
+    if len(report.notes) > 20:
+        print(f"  ... {len(report.notes) - 20} more notes (see --json)")
+    print("  can train: " + ("yes" if out["can_train"] else f"no ({out['reason']})"))
+    return 0 if out["can_train"] else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_synth)
     c = sub.add_parser("check", help="scan, index and cache the site's data; report what was and was not read")
     c.add_argument("--config", required=True, help="path to site.toml")
-    c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    c.add_argument("--json", action="store_true", help="one JSON object on stdout (counts below k shown as '<k')")
+    c.add_argument("--k", type=int, help="small-count threshold (default: [privacy] min_count in site.toml, else 5)")
     c.set_defaults(fn=_check)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -1,9 +1,6 @@
-"""Reading radiograph pixels: PNG (8/16-bit, 12-bit values in 16-bit containers), JPEG and DICOM.
-
-Every reader returns a float32 2-D array in [0, 1] where larger means more attenuating (MONOCHROME2
-sense), plus notes on what was done. DICOM: modality LUT (rescale), MONOCHROME1 inverted, BitsStored
-respected. Issue 3 hardens this layer (VOI LUT / windows, compressed transfer syntaxes, rejections).
-"""
+"""Reading raster radiographs: PNG (8/16-bit, 12-bit values in 16-bit containers) and JPEG (DICOM is in
+client.dicom_io). Every reader returns a float32 2-D array in [0, 1] where larger means more attenuating
+(MONOCHROME2 sense), plus notes on what was done."""
 
 from __future__ import annotations
 
@@ -24,15 +21,18 @@ class Pixels:
     bit_depth: int
     photometric: str = "MONOCHROME2"
     notes: list[str] = field(default_factory=list)
+    vendor: str = ""
 
 
 def _normalise(arr: np.ndarray, maxval: float) -> np.ndarray:
     return np.clip(arr.astype(np.float32) / float(maxval), 0.0, 1.0)
 
 
-def read_raster(path: Path, bits_stored: int | None = None) -> Pixels:
+def read_raster(path: Path, bits_stored: int | None = None, min_size: int = 32) -> Pixels:
     """PNG or JPEG through Pillow; ``bits_stored`` (e.g. PadChest's BitsStored_DICOM) sets the 16-bit scale."""
     try:
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
         with Image.open(path) as im:
             im.load()
             mode = im.mode
@@ -42,39 +42,22 @@ def read_raster(path: Path, bits_stored: int | None = None) -> Pixels:
                 im = im.convert("L")
                 mode = "L"
             arr = np.asarray(im)
-    except (OSError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot decode image ({exc})") from None
+    except PermissionError:
+        raise ImageReadError("no read permission") from None
+    except FileNotFoundError:
+        raise ImageReadError("listed image is missing on disk") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot decode image (corrupt or truncated: {exc})") from None
     if arr.ndim != 2:
         raise ImageReadError(f"expected a greyscale image, got shape {arr.shape}")
+    if min(arr.shape) < min_size:
+        raise ImageReadError(f"image too small ({arr.shape[0]}x{arr.shape[1]}; expected at least {min_size} px)")
     if mode in ("L", "1"):
         return Pixels(_normalise(arr, 255), 8, notes=notes)
     if bits_stored is None:
         bits_stored = 12 if int(arr.max(initial=0)) < 4096 else 16
         notes.append(f"bit depth {bits_stored} inferred from content")
     return Pixels(_normalise(arr, (1 << int(bits_stored)) - 1), int(bits_stored), notes=notes)
-
-
-def read_dicom_pixels(ds) -> Pixels:  # ds: pydicom Dataset with pixel data
-    """Pixels of a pydicom dataset: modality LUT, MONOCHROME1 inversion, BitsStored scaling."""
-    from pydicom.pixels import apply_modality_lut
-
-    arr = ds.pixel_array
-    if arr.ndim != 2:
-        raise ImageReadError(f"expected one greyscale frame, got pixel array shape {arr.shape}")
-    bits = int(getattr(ds, "BitsStored", 16) or 16)
-    arr = apply_modality_lut(arr, ds).astype(np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    stored_max = float((1 << bits) - 1)
-    if lo >= 0 and hi <= stored_max:
-        out = arr / stored_max
-    else:  # rescaled values (e.g. signed) -> min-max
-        out = (arr - lo) / max(hi - lo, 1e-6)
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    notes = []
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
-        notes.append("MONOCHROME1 inverted")
-    return Pixels(np.clip(out, 0, 1).astype(np.float32), bits, photometric, notes)
 
 
 def resize_square(arr: np.ndarray, size: int) -> np.ndarray:

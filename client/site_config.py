@@ -31,6 +31,9 @@ class SiteConfig:
     test_fraction: float
     sources: tuple[SourceConfig, ...]
     synthetic: bool = False
+    min_image_size: int = 32
+    verify_content: bool = False
+    min_count: int = 5  # counts below this are shown as "<k" in anything meant to leave the site
 
     @property
     def index_path(self) -> Path:
@@ -92,6 +95,9 @@ def load_site_config(path: str | Path) -> SiteConfig:
         test_fraction=float(split.get("test", 0.2)),
         sources=tuple(sources),
         synthetic=bool(site.get("synthetic", False)),
+        min_image_size=int(site.get("min_image_size", 32)),
+        verify_content=bool(site.get("verify_content", False)),
+        min_count=int(raw.get("privacy", {}).get("min_count", 5)),
     )
     if not 0 <= cfg.val_fraction + cfg.test_fraction < 1:
         raise SiteConfigError(f"{path}: split.val + split.test must be in [0, 1)")

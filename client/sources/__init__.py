@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from client.site_config import SiteConfigError, SourceConfig
-from client.sources.base import Record, Rejection, Source, harmonise_view
+from client.sources.base import Note, Record, Rejection, Source, TableError, harmonise_view
 from client.sources.dicom_folder import DicomFolderSource
 from client.sources.mimic import MimicSource
+from client.sources.nih import NIHSource
 from client.sources.openi import OpenISource
 from client.sources.padchest import PadChestSource
 
 SOURCES: dict[str, type[Source]] = {
-    s.kind: s for s in (PadChestSource, MimicSource, OpenISource, DicomFolderSource)
+    s.kind: s for s in (PadChestSource, MimicSource, OpenISource, NIHSource, DicomFolderSource)
 }
 
 
@@ -22,4 +23,4 @@ def make_source(cfg: SourceConfig, label_set: str) -> Source:
     return cls(cfg, label_set)
 
 
-__all__ = ["SOURCES", "Record", "Rejection", "Source", "harmonise_view", "make_source"]
+__all__ = ["SOURCES", "Note", "Record", "Rejection", "Source", "TableError", "harmonise_view", "make_source"]

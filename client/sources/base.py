@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from client.site_config import SourceConfig
 from shared_models.ontology import SourceMap, load_source_map
@@ -39,12 +41,49 @@ class Record:
     reader: str  # "raster" or "dicom"
     bits_stored: int | None = None
     report: str | None = None
+    split: str | None = None  # an official split from the source (e.g. MIMIC's split CSV), else hashed
+    vendor: str = ""
 
 
 @dataclass(frozen=True)
 class Rejection:
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something accepted but worth telling the site engineer (a fallback taken, a field left empty)."""
+
+    path: str
+    message: str
+
+
+class TableError(ValueError):
+    """A metadata or label table that cannot be used; the message names the file and what was expected."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = str(path), message
+
+
+def read_table(path: Path, notes: list[Note] | None = None) -> pd.DataFrame:
+    """A CSV (optionally .gz/.zip) with every column as text, blanks kept as ''. Text that is not UTF-8 is
+    decoded as Latin-1 and noted; an unreadable or malformed file raises TableError naming it."""
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+        except FileNotFoundError:
+            raise TableError(path, "file not found") from None
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise TableError(path, f"cannot read as CSV ({exc})") from None
+        if encoding != "utf-8" and notes is not None:
+            notes.append(Note(str(path), "not UTF-8; decoded as Latin-1"))
+        df.columns = [str(c).strip() for c in df.columns]
+        return df
+    raise TableError(path, "undecodable text")
 
 
 class Source(ABC):
@@ -56,6 +95,19 @@ class Source(ABC):
         self.label_set = label_set
         self.smap: SourceMap = load_source_map(self.synonym_map, label_set)
         self.unmapped: dict[str, int] = {}
+        self.mapped: dict[str, tuple[int, ...]] = {}  # source term -> class indices, as met in this scan
+        self.notes: list[Note] = []
+
+    def note(self, path: str, message: str) -> None:
+        self.notes.append(Note(path, message))
+
+    def table(self, path: Path) -> pd.DataFrame:
+        return read_table(path, self.notes)
+
+    def require_columns(self, df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise TableError(path, f"missing required column(s) {missing}; found {list(df.columns)[:12]}")
 
     @property
     def synonym_map(self) -> str:
@@ -68,8 +120,26 @@ class Source(ABC):
         target, mask, unmapped = self.smap.encode(positives, uncertain=uncertain)
         for t in unmapped:
             self.unmapped[t] = self.unmapped.get(t, 0) + 1
+        for t in positives:
+            if t not in self.mapped and t not in unmapped:
+                self.mapped[t] = self.smap.lookup(t) or ()
         return target, mask
 
     @abstractmethod
     def scan(self) -> Iterator[Record | Rejection]:
         """Every image the source lists, as a Record, or a Rejection naming the path and the reason."""
+
+    image_suffixes: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")
+
+    def candidates(self) -> Iterator[Path]:
+        """Image files on disk under the root (symlinks not followed into folders), to find unlisted ones."""
+        yield from walk_files(self.root, self.image_suffixes)
+
+
+def walk_files(root: Path, suffixes: tuple[str, ...] | None) -> Iterator[Path]:
+    """Files under ``root`` with one of ``suffixes`` (None = any); never follows directory symlinks, so
+    symlink loops cannot hang a scan."""
+    for folder, _dirs, files in os.walk(root, followlinks=False):
+        for f in files:
+            if suffixes is None or f.lower().endswith(suffixes):
+                yield Path(folder) / f

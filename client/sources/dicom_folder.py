@@ -1,71 +1,67 @@
-"""A folder of DICOM files (recursive) with a labels CSV: `path` (relative to root), `labels` ('|'-separated)."""
+"""A folder of DICOM files (recursive) with a labels CSV: `path` (relative to root) and `labels`
+('|'-separated ontology class names or source terms; `Normal` for no finding). The projection comes
+from ViewPosition; without it the image is routed as unknown."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-import pandas as pd
-import pydicom
-from pydicom.errors import InvalidDicomError
-
-from client.sources.base import Record, Rejection, Source, harmonise_view
-
-
-def read_header(path: Path):
-    """The DICOM header without pixel data, or a Rejection saying why not."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        return Rejection(str(path), f"not a readable DICOM file: {exc}")
+from client.dicom_io import read_header
+from client.imaging import ImageReadError
+from client.sources.base import Record, Rejection, Source, TableError, harmonise_view
 
 
 class DicomFolderSource(Source):
     kind = "dicom"
+    image_suffixes = (".dcm", ".dicom")
 
     @property
     def synonym_map(self) -> str:
         return self.option("synonyms", "padchest")
 
     def encode(self, positives, uncertain=None):
-        # Labels may be ontology class names or source terms: ontology names are tried first.
+        """Ontology class names first, then source terms; a labels sheet states every class, so an
+        unlisted class is negative (mask 1)."""
         ls = self.smap.label_set
-        target, mask = super().encode([p for p in positives if not _in(ls, p)], uncertain)
-        mask[:] = 1.0  # a labels sheet states every class: unlisted means negative
+        names = {n.casefold(): i for i, n in enumerate(ls.classes)}
+        target, mask = super().encode([p for p in positives if p.casefold() not in names], uncertain)
+        mask[:] = 1.0
         for p in positives:
-            if _in(ls, p):
-                target[ls.index(p)] = 1.0
+            if p.casefold() in names:
+                target[names[p.casefold()]] = 1.0
         return target, mask
 
     def scan(self) -> Iterator[Record | Rejection]:
         csv = self.root / self.option("labels", "labels.csv")
         try:
-            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            yield Rejection(str(csv), f"cannot read labels CSV: {exc}")
+            df = self.table(csv)
+            self.require_columns(df, csv, ("path", "labels"))
+        except TableError as exc:
+            yield Rejection(exc.path, exc.message)
             return
-        for col in ("path", "labels"):
-            if col not in df.columns:
-                yield Rejection(str(csv), f"labels CSV lacks required column {col!r}")
-                return
-        for r in df.to_dict("records"):
-            path = self.root / r["path"]
-            hdr = read_header(path)
-            if isinstance(hdr, Rejection):
-                yield hdr
+        for line, r in enumerate(df.to_dict("records"), start=2):
+            rel = str(r["path"]).strip()
+            if not rel:
+                yield Rejection(f"{csv}:{line}", "blank path")
                 continue
-            projection = harmonise_view(getattr(hdr, "ViewPosition", None))
-            target, mask = self.encode([t.strip() for t in str(r["labels"]).split("|") if t.strip()])
+            path = self.root / rel
+            labels = str(r["labels"]).strip()
+            if not labels or labels.lower() in ("nan", "none", "null"):
+                yield Rejection(str(path), f"{csv.name} line {line}: blank labels (expected '|'-separated names; "
+                                           "write Normal for no finding)")
+                continue
+            try:
+                hdr = read_header(path)
+            except ImageReadError as exc:
+                yield Rejection(str(path), str(exc))
+                continue
+            view = str(hdr.get("ViewPosition", "") or "").strip()
+            projection = harmonise_view(view)
+            if view and projection is None:
+                self.note(str(path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; routed as unknown")
+            target, mask = self.encode([t.strip() for t in labels.split("|") if t.strip()])
             yield Record(
-                source=self.kind, key=str(r["path"]), path=path, patient_key=str(getattr(hdr, "PatientID", r["path"])),
+                source=self.kind, key=rel, path=path, patient_key=str(hdr.get("PatientID", "") or rel),
                 projection=projection, projection_method="metadata" if projection else "unknown",
-                targets=target, mask=mask, reader="dicom",
+                targets=target, mask=mask, reader="dicom", vendor=str(hdr.get("Manufacturer", "") or ""),
             )
-
-
-def _in(ls, name: str) -> bool:
-    try:
-        ls.index(name)
-        return True
-    except KeyError:
-        return False
