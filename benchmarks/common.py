@@ -57,7 +57,7 @@ def evaluate(model, data: SiteData) -> dict[str, float]:
     return summarise(per_class_metrics(data.targets[:, :c], probs, data.mask[:, :c]))
 
 
-def write_results(updates: dict, command: str) -> Path:
+def write_results(updates: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "latest.json"
     results = json.loads(path.read_text()) if path.exists() else {}

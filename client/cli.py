@@ -43,6 +43,7 @@ def check_report(cfg, report, k: int) -> dict:
         "bit_depths": suppress(dict(report.bit_depths), k),
         "photometric": suppress(dict(report.photometric), k),
         "vendors": suppress(dict(report.vendors), k),
+        "boxes": report.boxes,
         "image_size_px": {"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]} if sizes else {},
         "label_mapping": report.label_mapping,
         "min_count": k,
@@ -73,6 +74,8 @@ def _check(args: argparse.Namespace) -> int:
     if out["image_size_px"]:
         print(f"  {'image size (px)':<18} min {out['image_size_px']['min']}, median {out['image_size_px']['median']}, "
               f"max {out['image_size_px']['max']} (shorter side)")
+    if report.boxes:
+        print(f"  {'boxes':<18} {report.boxes} ground-truth boxes on indexed images")
     print(f"  {'labels':<18} " + ", ".join(f"{a} {b}" for a, b in out["by_label"].items()))
     for name, m in report.label_mapping.items():
         if m["unmapped"]:

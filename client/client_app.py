@@ -62,21 +62,25 @@ def site_data(cfg: SiteConfig, split: str) -> SiteData:
     return _DATA[key][1]
 
 
-def _model(config: ConfigRecord, msg: Message):
-    num_classes = load_label_set(str(config["label-set"])).num_seen
-    model = build_model(str(config["model-preset"]), num_classes)
+def _setup(msg: Message, context: Context, split: str):
+    """What every handler starts with: thread cap, the site, its split's data and the global model."""
+    limit_threads()
+    config = msg.content["config"]
+    site = resolve_site(context, config)
+    data = site_data(site, split)
+    model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return model
+    return config, site, data, model
+
+
+def _site_record(site: SiteConfig) -> ConfigRecord:
+    return ConfigRecord({"name": site.name, "synthetic": site.synthetic})
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    limit_threads()
     t0 = time.perf_counter()
-    config = msg.content["config"]
-    site = resolve_site(context, config)
-    data = site_data(site, "train")
-    model = _model(config, msg)
+    config, site, data, model = _setup(msg, context, "train")
     stats = train_local(
         model, data, epochs=int(config["local-epochs"]), lr=float(config["lr"]),
         batch_size=int(config["batch-size"]), device=select_device(),
@@ -95,23 +99,19 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({
         "arrays": ArrayRecord(model.cpu().state_dict()),
         "metrics": MetricRecord(metrics),
-        "site": ConfigRecord({"name": site.name, "synthetic": site.synthetic}),
+        "site": _site_record(site),
     })
     return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    limit_threads()
     t0 = time.perf_counter()
-    config = msg.content["config"]
-    site = resolve_site(context, config)
-    data = site_data(site, str(config.get("eval-split", "test")))
-    model = _model(config, msg)
+    config, site, data, model = _setup(msg, context, str(msg.content["config"].get("eval-split", "test")))
     probs = predict(model, data, select_device())
     c = model.num_classes
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec)
     summary["eval_seconds"] = time.perf_counter() - t0
-    content = RecordDict({"metrics": MetricRecord(summary), "site": ConfigRecord({"name": site.name, "synthetic": site.synthetic})})
+    content = RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)})
     return Message(content, reply_to=msg)

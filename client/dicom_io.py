@@ -20,12 +20,12 @@ RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "PX", "OT"}
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST", "PORT CHEST")
 
 
-def read_header(path: Path) -> Dataset:
-    """Header only; raises ImageReadError with the reason for an unreadable or non-DICOM file."""
+def read_dataset(path: Path, header_only: bool = False) -> Dataset:
+    """Read a DICOM file; raises ImageReadError with the reason for an unreadable or non-DICOM file."""
     try:
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)")
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -62,12 +62,7 @@ def radiograph_problem(ds: Dataset, min_size: int = 32, has_pixels: bool | None 
 
 def decode(path: Path, min_size: int = 32) -> tuple[Pixels, Dataset]:
     """Full read, checks and decoding; raises ImageReadError with the reason."""
-    try:
-        ds = pydicom.dcmread(path)
-    except PermissionError:
-        raise ImageReadError("no read permission") from None
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImageReadError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    ds = read_dataset(path)
     problem = radiograph_problem(ds, min_size, has_pixels="PixelData" in ds)
     if problem:
         raise ImageReadError(problem)

@@ -15,15 +15,16 @@ import json
 import os
 import sqlite3
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from client import dicom_io
-from client.imaging import ImageReadError, Pixels, read_raster, resize_square
+from client.imaging import ImageReadError, read_raster, resize_square
 from client.site_config import SiteConfig
-from client.sources import Note, Record, Rejection, make_source
+from client.sources import Note, Record, Rejection, harmonise_view, make_source
 from shared_models.networks import PROJECTIONS
 from shared_models.ontology import load_label_set
 
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS samples (
   bit_depth INTEGER, photometric TEXT, height INTEGER, width INTEGER, vendor TEXT
 );
 CREATE TABLE IF NOT EXISTS rejections (path TEXT, reason TEXT);
+CREATE TABLE IF NOT EXISTS boxes (sample_id TEXT, label TEXT, x REAL, y REAL, w REAL, h REAL);
 """
 META_COLUMNS = ("bit_depth", "photometric", "height", "width", "vendor")
 
@@ -54,6 +56,7 @@ class IndexReport:
     photometric: Counter = field(default_factory=Counter)
     vendors: Counter = field(default_factory=Counter)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    boxes: int = 0  # ground-truth boxes joined to indexed images
     label_mapping: dict[str, dict] = field(default_factory=dict)
 
 
@@ -77,10 +80,25 @@ def fingerprint(path: Path, content: bool = False) -> str:
     return fp
 
 
-def decode(record: Record, min_size: int = 32) -> Pixels:
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # (S, S) uint8
+    meta: tuple  # bit depth, photometric, height, width, vendor
+    notes: list[str]
+    view: object = None  # DICOM ViewPosition, when the record defers its projection to the header
+    patient: str | None = None  # DICOM PatientID, when the record defers its patient key to the header
+
+
+def decode(record: Record, size: int, min_size: int = 32) -> Decoded:
+    """Decode and resize one image; raises ImageReadError with the reason."""
     if record.reader == "dicom":
-        return dicom_io.decode(record.path, min_size)[0]
-    return read_raster(record.path, record.bits_stored, min_size)
+        px, ds = dicom_io.decode(record.path, min_size)
+        view, patient = ds.get("ViewPosition"), str(ds.get("PatientID", "") or "") or None
+    else:
+        px, view, patient = read_raster(record.path, record.bits_stored, min_size), None, None
+    meta = (px.bit_depth, px.photometric, *px.array.shape, px.vendor or record.vendor)
+    notes = [n for n in px.notes if "inferred" in n or "RGB" in n]
+    return Decoded(resize_square(px.array, size), meta, notes, view, patient)
 
 
 def _connect(cfg: SiteConfig) -> sqlite3.Connection:
@@ -88,7 +106,7 @@ def _connect(cfg: SiteConfig) -> sqlite3.Connection:
     con = sqlite3.connect(cfg.index_path)
     cols = {r[1] for r in con.execute("PRAGMA table_info(samples)")}
     if cols and "vendor" not in cols:  # index from an older fedchest: rebuild it (the cache is keyed separately)
-        con.executescript("DROP TABLE samples; DROP TABLE IF EXISTS rejections;")
+        con.executescript("DROP TABLE samples; DROP TABLE IF EXISTS rejections; DROP TABLE IF EXISTS boxes;")
     con.executescript(SCHEMA)
     return con
 
@@ -103,82 +121,116 @@ def _mapping_report(source, classes: tuple[str, ...]) -> dict:
     }
 
 
-def prepare_site(cfg: SiteConfig) -> IndexReport:
-    """Scan, split, decode (once) and index every source of the site."""
+def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
+    """Scan, split, decode (once) and index every source of the site.
+
+    ``workers`` > 1 decodes in threads: measured here, that helps large PNGs and hurts DICOM (pydicom holds
+    the GIL), so the default is sequential."""
     salt = cfg.secret_salt()
     classes = load_label_set(cfg.label_set).classes
     report = IndexReport()
     con = _connect(cfg)
-    old = {r[0]: (r[1], r[2], r[3:]) for r in con.execute(
-        f"SELECT sample_id, fingerprint, row, {', '.join(META_COLUMNS)} FROM samples")}
+    old = {r[0]: r[1:] for r in con.execute(
+        f"SELECT sample_id, fingerprint, row, projection, projection_method, split, {', '.join(META_COLUMNS)} FROM samples")}
     pixels_path = cfg.cache_dir / "pixels.npy"
     old_pixels = np.load(pixels_path, mmap_mode="r") if pixels_path.exists() and old else None
-    rows, pixels, seen_ids = [], [], set()
+
+    # 1. scan: tables, labels, fingerprints (cheap, sequential)
+    entries: list[tuple[Record, str, str, tuple | None]] = []
+    seen_ids: set[str] = set()
     for src_cfg in cfg.sources:
         source = make_source(src_cfg, cfg.label_set)
         listed: set[str] = set()
         for item in source.scan():
+            listed.add(os.path.normpath(item.path))
             if isinstance(item, Rejection):
                 report.rejected.append(item)
-                listed.add(os.path.normpath(item.path))
                 continue
-            listed.add(os.path.normpath(item.path))
             sample_id = hashlib.sha256(salt + f"{item.source}/{item.key}".encode()).hexdigest()[:20]
             if sample_id in seen_ids:
                 report.rejected.append(Rejection(str(item.path), f"duplicate image id {item.key!r} in source {item.source}"))
                 continue
             try:
                 fp = fingerprint(item.path, cfg.verify_content)
-                prev = old.get(sample_id)
-                if prev and prev[0] == fp and old_pixels is not None and prev[1] < len(old_pixels):
-                    px, meta = np.asarray(old_pixels[prev[1]]), prev[2]
-                    report.reused += 1
-                else:
-                    decoded = decode(item, cfg.min_image_size)
-                    px = resize_square(decoded.array, cfg.image_size)
-                    meta = (decoded.bit_depth, decoded.photometric, *decoded.array.shape, decoded.vendor or item.vendor)
-                    report.decoded += 1
-                    report.notes += [Note(str(item.path), n) for n in decoded.notes if "inferred" in n or "RGB" in n]
             except ImageReadError as exc:
                 report.rejected.append(Rejection(str(item.path), str(exc)))
                 continue
             seen_ids.add(sample_id)
-            split = item.split or patient_split(salt, item.patient_key, cfg.val_fraction, cfg.test_fraction)
-            rows.append((item, sample_id, fp, split, meta))
-            pixels.append(px)
+            prev = old.get(sample_id)
+            reuse = prev is not None and prev[0] == fp and old_pixels is not None and prev[1] < len(old_pixels)
+            entries.append((item, sample_id, fp, prev if reuse else None))
         for path in source.candidates():
             if os.path.normpath(path) not in listed:
                 report.rejected.append(Rejection(str(path), f"image on disk that no {source.kind} table lists (not indexed)"))
         report.notes += source.notes
         report.label_mapping[f"{source.kind}:{src_cfg.root.name}"] = _mapping_report(source, classes)
+
+    # 2. decode what is new or changed, in threads (Pillow and the JPEG decoders release the GIL)
+    def work(entry) -> Decoded | str:
+        item, _sid, _fp, prev = entry
+        if prev is not None:
+            return Decoded(np.asarray(old_pixels[prev[1]]), tuple(prev[5:]), [])
+        try:
+            return decode(item, cfg.image_size, cfg.min_image_size)
+        except ImageReadError as exc:
+            return str(exc)
+
+    pixels = np.empty((len(entries), cfg.image_size, cfg.image_size), np.uint8)
+    rows = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = map(work, entries) if workers <= 1 else pool.map(work, entries)
+        for (item, sample_id, fp, prev), result in zip(entries, results):
+            if isinstance(result, str):
+                report.rejected.append(Rejection(str(item.path), result))
+                continue
+            if prev is not None:
+                projection, method, split = prev[2], prev[3], prev[4]
+                report.reused += 1
+            else:
+                projection, method = item.projection, item.projection_method
+                if projection is None and result.view:
+                    projection = harmonise_view(result.view)
+                    method = "metadata" if projection else method
+                    if projection is None:
+                        report.notes.append(Note(str(item.path), f"ViewPosition {result.view!r} has no PA/AP/lateral "
+                                                                  "meaning; routed as unknown"))
+                patient = item.patient_key or result.patient or item.key
+                split = item.split or patient_split(salt, patient, cfg.val_fraction, cfg.test_fraction)
+                report.decoded += 1
+                report.notes += [Note(str(item.path), n) for n in result.notes]
+            pixels[len(rows)] = result.pixels
+            rows.append((item, sample_id, fp, projection, method, split, result.meta))
+
+    # 3. write the index and the cache
     with con:
-        con.execute("DELETE FROM samples")
-        con.execute("DELETE FROM rejections")
+        for table in ("samples", "rejections", "boxes"):
+            con.execute(f"DELETE FROM {table}")
+        con.executemany("INSERT INTO boxes VALUES (?,?,?,?,?,?)", [(r[1], *b) for r in rows for b in r[0].boxes])
         con.executemany(
             "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(i, sid, it.source, it.key, str(it.path), fp, it.projection, it.projection_method, split,
+            [(i, sid, it.source, it.key, str(it.path), fp, proj, method, split,
               it.targets.astype(np.float32).tobytes(), it.mask.astype(np.float32).tobytes(), *meta)
-             for i, (it, sid, fp, split, meta) in enumerate(rows)],
+             for i, (it, sid, fp, proj, method, split, meta) in enumerate(rows)],
         )
         con.executemany("INSERT INTO rejections VALUES (?,?)", [(r.path, r.reason) for r in report.rejected])
     con.close()
     del old_pixels
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-    arr = np.stack(pixels) if pixels else np.zeros((0, cfg.image_size, cfg.image_size), np.uint8)
     tmp = cfg.cache_dir / "pixels.tmp.npy"
-    np.save(tmp, arr)
+    np.save(tmp, pixels[: len(rows)])
     tmp.replace(pixels_path)
-    (cfg.cache_dir / "cache.json").write_text(json.dumps({"n": len(arr), "image_size": cfg.image_size}))
+    (cfg.cache_dir / "cache.json").write_text(json.dumps({"n": len(rows), "image_size": cfg.image_size}))
     report.indexed = len(rows)
-    for item, _sid, _fp, split, meta in rows:
+    for item, _sid, _fp, projection, method, split, meta in rows:
         report.by_source[item.source] += 1
-        report.by_projection[item.projection or "unknown"] += 1
-        report.by_projection_method[item.projection_method] += 1
+        report.by_projection[projection or "unknown"] += 1
+        report.by_projection_method[method] += 1
         report.by_split[split] += 1
         report.bit_depths[str(meta[0])] += 1
         report.photometric[meta[1]] += 1
         report.vendors[meta[4] or "unknown"] += 1
         report.sizes.append((meta[2], meta[3]))
+        report.boxes += len(item.boxes)
         for j in np.flatnonzero(item.targets * item.mask > 0):
             report.by_label[classes[j]] += 1
     return report

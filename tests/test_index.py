@@ -60,3 +60,11 @@ def test_bad_site_config_names_the_field(tmp_path):
     p.write_text('[site]\nname = "x"\n[[sources]]\nroot = "data"\n')
     with pytest.raises(SiteConfigError, match=r"sources\[0\]\.kind"):
         load_site_config(p)
+
+
+def test_ground_truth_boxes_are_indexed(synth_sites):
+    cfg = load_site_config(synth_sites["openi"])
+    report = prepare_site(cfg)
+    con = sqlite3.connect(cfg.index_path)
+    n = con.execute("SELECT COUNT(*) FROM boxes").fetchone()[0]
+    assert n == report.boxes > 0

@@ -123,3 +123,34 @@ def test_check_cli_on_the_real_site(real_site, as_json):
     else:
         assert "rejected (119588) listed image is missing on disk" in r.stdout
         assert "can train: no" in r.stdout
+
+
+def test_nih_boxes_join_their_images(real_data, tmp_path):
+    import sqlite3
+
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    for f in ("Data_Entry_2017_v2020.csv.gz", "BBox_List_2017.csv.gz"):
+        shutil.copy(real_data / "nih" / f, root)
+    # a real NIH PNG under the name of an image that has an Atelectasis box in BBox_List_2017
+    shutil.copy(real_data / "nih" / "00000001_000.png", root / "images" / "00013118_008.png")
+    (tmp_path / "site.toml").write_text('[site]\nname = "nih-boxes"\n[[sources]]\nkind = "nih"\nroot = "nih"\n')
+    cfg = load_site_config(tmp_path / "site.toml")
+    report = prepare_site(cfg)
+    assert report.indexed == 1 and report.boxes >= 1
+    con = sqlite3.connect(cfg.index_path)
+    assert ("Atelectasis",) in con.execute("SELECT label FROM boxes").fetchall()
+
+
+def test_mimic_schema_files_parse(real_data, tmp_path):
+    """The real MIMIC-CXR-JPG headers (synthetic rows): metadata + NegBio labels with 1/0/-1/blank."""
+    from client.site_config import SourceConfig
+    from client.sources import Record, make_source
+
+    for f in ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-negbio.csv"):
+        shutil.copy(real_data / "mimic_schema" / f, tmp_path)
+    src = make_source(SourceConfig("mimic", tmp_path, {"labels": "mimic-cxr-2.0.0-negbio.csv"}), "cxrlt2026")
+    items = list(src.scan())
+    records = [i for i in items if isinstance(i, Record)]
+    assert records and all(r.projection in ("PA", "AP", "LAT", None) for r in records)
+    assert any(r.mask.sum() < len(r.mask) for r in records)  # classes MIMIC cannot express stay masked

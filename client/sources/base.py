@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class Record:
     report: str | None = None
     split: str | None = None  # an official split from the source (e.g. MIMIC's split CSV), else hashed
     vendor: str = ""
+    boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)  # label, x, y, w, h (px)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def read_table(path: Path, notes: list[Note] | None = None) -> pd.DataFrame:
     decoded as Latin-1 and noted; an unreadable or malformed file raises TableError naming it."""
     for encoding in ("utf-8", "latin-1"):
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+            df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding=encoding)
         except UnicodeDecodeError:
             continue
         except FileNotFoundError:
@@ -112,6 +113,29 @@ class Source(ABC):
     @property
     def synonym_map(self) -> str:
         return self.kind
+
+    def load_boxes(self, default: str = "boxes.csv") -> dict[str, list[tuple[str, float, float, float, float]]]:
+        """Ground-truth boxes by image key from an optional side file (`boxes` option): columns image, label,
+        x, y, w, h by position, so both fedchest's boxes.csv and NIH's BBox_List_2017.csv read."""
+        path = self.root / self.option("boxes", default)
+        if not path.exists() and path.with_name(path.name + ".gz").exists():
+            path = path.with_name(path.name + ".gz")
+        if not path.exists():
+            return {}
+        try:
+            df = self.table(path)
+        except TableError as exc:
+            self.note(exc.path, exc.message + "; boxes ignored")
+            return {}
+        out: dict[str, list[tuple[str, float, float, float, float]]] = {}
+        for line, row in enumerate(df.itertuples(index=False), start=2):
+            try:
+                box = (str(row[1]).strip(), *(float(v) for v in row[2:6]))
+            except (ValueError, IndexError):
+                self.note(f"{path}:{line}", "box row is not image, label, x, y, w, h; skipped")
+                continue
+            out.setdefault(str(row[0]).strip(), []).append(box)
+        return out
 
     def option(self, key: str, default: str) -> str:
         return str(self.cfg.options.get(key, default))

@@ -1,14 +1,13 @@
 """A folder of DICOM files (recursive) with a labels CSV: `path` (relative to root) and `labels`
 ('|'-separated ontology class names or source terms; `Normal` for no finding). The projection comes
-from ViewPosition; without it the image is routed as unknown."""
+from ViewPosition and the patient from PatientID (both read when the file is decoded); without a view
+the image is routed as unknown."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from client.dicom_io import read_header
-from client.imaging import ImageReadError
-from client.sources.base import Record, Rejection, Source, TableError, harmonise_view
+from client.sources.base import Record, Rejection, Source, TableError
 
 
 class DicomFolderSource(Source):
@@ -32,6 +31,7 @@ class DicomFolderSource(Source):
         return target, mask
 
     def scan(self) -> Iterator[Record | Rejection]:
+        boxes = self.load_boxes("boxes.csv")
         csv = self.root / self.option("labels", "labels.csv")
         try:
             df = self.table(csv)
@@ -50,18 +50,10 @@ class DicomFolderSource(Source):
                 yield Rejection(str(path), f"{csv.name} line {line}: blank labels (expected '|'-separated names; "
                                            "write Normal for no finding)")
                 continue
-            try:
-                hdr = read_header(path)
-            except ImageReadError as exc:
-                yield Rejection(str(path), str(exc))
-                continue
-            view = str(hdr.get("ViewPosition", "") or "").strip()
-            projection = harmonise_view(view)
-            if view and projection is None:
-                self.note(str(path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; routed as unknown")
             target, mask = self.encode([t.strip() for t in labels.split("|") if t.strip()])
+            # projection (ViewPosition) and patient (PatientID) come from the header when the index decodes
+            # the file, so each DICOM is read once
             yield Record(
-                source=self.kind, key=rel, path=path, patient_key=str(hdr.get("PatientID", "") or rel),
-                projection=projection, projection_method="metadata" if projection else "unknown",
-                targets=target, mask=mask, reader="dicom", vendor=str(hdr.get("Manufacturer", "") or ""),
+                source=self.kind, boxes=boxes.get(rel, []), key=rel, path=path, patient_key="",
+                projection=None, projection_method="unknown", targets=target, mask=mask, reader="dicom",
             )

@@ -23,6 +23,7 @@ class MimicSource(Source):
         return path if path.exists() or not (self.root / f"{name}.gz").exists() else self.root / f"{name}.gz"
 
     def scan(self) -> Iterator[Record | Rejection]:
+        boxes = self.load_boxes("boxes.csv")
         policy = self.option("uncertain", "ignore")
         if policy not in UNCERTAIN_POLICIES:
             yield Rejection(str(self.root), f"site.toml: uncertain = {policy!r}; expected one of {UNCERTAIN_POLICIES}")
@@ -69,7 +70,7 @@ class MimicSource(Source):
             if projection is None and view:
                 self.note(str(path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; routed as unknown")
             yield Record(
-                source=self.kind, key=dicom_id, path=path, patient_key=subject, projection=projection,
+                source=self.kind, boxes=boxes.get(dicom_id, []), key=dicom_id, path=path, patient_key=subject, projection=projection,
                 projection_method="metadata" if projection else "unknown", targets=target, mask=mask,
                 reader="raster", split=splits.get(dicom_id),
             )

@@ -31,6 +31,7 @@ class NIHSource(Source):
     image_suffixes = (".png",)
 
     def scan(self) -> Iterator[Record | Rejection]:
+        boxes = self.load_boxes("BBox_List_2017.csv")
         table = self.root / self.option("table", "Data_Entry_2017_v2020.csv")
         if not table.exists():
             for alt in ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz"):
@@ -53,7 +54,7 @@ class NIHSource(Source):
             target, mask = self.encode(terms)
             projection = harmonise_view(r["View Position"])
             yield Record(
-                source=self.kind, key=name, path=path, patient_key=str(r["Patient ID"]).lstrip("0") or "0",
+                source=self.kind, boxes=boxes.get(name, []), key=name, path=path, patient_key=str(r["Patient ID"]).lstrip("0") or "0",
                 projection=projection, projection_method="metadata" if projection else "unknown",
                 targets=target, mask=mask, reader="raster",
             )

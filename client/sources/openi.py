@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.dicom_io import read_header
-from client.imaging import ImageReadError
 from client.sources.base import Record, Rejection, Source, TableError, harmonise_view
 
 SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
@@ -104,6 +102,7 @@ class OpenISource(Source):
         return self.encode(positives)
 
     def scan(self) -> Iterator[Record | Rejection]:
+        boxes = self.load_boxes("boxes.csv")
         location = self._reports_location()
         if not location.exists():
             yield Rejection(str(location), "no Open-i reports (expected an ecgen-radiology/ folder or NLMCXR_reports.tgz)")
@@ -131,19 +130,11 @@ class OpenISource(Source):
                 if meta is not None:
                     projection = harmonise_view(meta.get("View Position"))
                     vendor = str(meta.get("Manufacturer", ""))
-                reader = "raster" if path.suffix == ".png" else "dicom"
-                if reader == "dicom" and path.exists():
-                    try:
-                        hdr = read_header(path)
-                    except ImageReadError as exc:
-                        yield Rejection(str(path), str(exc))
-                        continue
-                    projection = harmonise_view(hdr.get("ViewPosition")) or projection
-                    vendor = str(hdr.get("Manufacturer", "") or vendor)
+                reader = "raster" if path.suffix == ".png" else "dicom"  # DICOM without a table view: header at decode
                 if projection:
                     method = "metadata"
                 yield Record(
-                    source=self.kind, key=image_id, path=path, patient_key=report.report_id, projection=projection,
+                    source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path, patient_key=report.report_id, projection=projection,
                     projection_method=method, targets=target, mask=mask, reader=reader, report=text or None,
                     vendor=vendor,
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from collections.abc import Iterator
 
 from client.sources.base import Record, Rejection, Source, TableError, harmonise_view
@@ -12,7 +13,8 @@ REQUIRED = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
 MASTER_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
-def parse_labels(text: str) -> list[str]:
+@lru_cache(maxsize=65536)  # label strings repeat a lot: parse each distinct one once
+def parse_labels(text: str) -> tuple[str, ...]:
     """PadChest's `Labels` cell: a Python list literal of strings with stray spaces; raises ValueError."""
     if not text.strip() or text.strip().lower() == "nan":
         raise ValueError("blank Labels (expected a Python list literal such as ['normal'])")
@@ -22,7 +24,7 @@ def parse_labels(text: str) -> list[str]:
         raise ValueError(f"Labels is not a Python list literal: {text[:60]!r}") from None
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise ValueError(f"Labels is not a list of strings: {text[:60]!r}")
-    return [t.strip() for t in value if t.strip()]
+    return tuple(t.strip() for t in value if t.strip())
 
 
 class PadChestSource(Source):
@@ -30,6 +32,7 @@ class PadChestSource(Source):
     image_suffixes = (".png",)
 
     def scan(self) -> Iterator[Record | Rejection]:
+        boxes = self.load_boxes("boxes.csv")
         csv = self.root / self.option("csv", MASTER_CSV)
         if not csv.exists() and csv.with_suffix(".csv.gz").exists():
             csv = csv.with_suffix(".csv.gz")
@@ -58,11 +61,11 @@ class PadChestSource(Source):
             except ValueError as exc:
                 yield Rejection(str(path), str(exc))
                 continue
-            target, mask = self.encode(terms)
+            target, mask = self.encode(list(terms))
             bits = str(r.get("BitsStored_DICOM", "")).strip()
             method = str(r.get("MethodProjection", ""))
             yield Record(
-                source=self.kind, key=image_id, path=path, patient_key=str(r["PatientID"]),
+                source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path, patient_key=str(r["PatientID"]),
                 projection=projection, projection_method="cnn" if "resnet" in method.lower() else "metadata",
                 targets=target, mask=mask, reader="raster",
                 bits_stored=int(float(bits)) if bits.replace(".", "", 1).isdigit() else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -59,12 +59,13 @@ class SourceMap:
     terms: dict[str, tuple[int, ...]] = field(default_factory=dict)  # normalised term -> class indices
     spelling: dict[str, str] = field(default_factory=dict)  # normalised term -> the map file's spelling
 
-    @property
+    @cached_property
     def annotated(self) -> np.ndarray:
-        """Boolean mask over the label set: classes this source can express at all."""
+        """Boolean mask over the label set: classes this source can express at all (read-only)."""
         m = np.zeros(len(self.label_set), dtype=bool)
         for idx in self.terms.values():
             m[list(idx)] = True
+        m.flags.writeable = False
         return m
 
     def terms_for(self, class_index: int) -> list[str]:
