@@ -68,3 +68,50 @@ def test_ground_truth_boxes_are_indexed(synth_sites):
     con = sqlite3.connect(cfg.index_path)
     n = con.execute("SELECT COUNT(*) FROM boxes").fetchone()[0]
     assert n == report.boxes > 0
+
+
+@pytest.mark.parametrize("layout", ["v2020", "original"])
+def test_nih_layouts_on_synthetic_files(tmp_path, layout):
+    """NIH ChestX-ray14 in its real layout: Data_Entry table (either header) + PNGs under images_00N/images/."""
+    from PIL import Image
+
+    root = tmp_path / "nih"
+    (root / "images_001" / "images").mkdir(parents=True)
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]" + ("," if layout == "original" else ""))
+    lines = [header]
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        name = f"{i:08d}_000.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "images_001" / "images" / name)
+        labels = ["No Finding", "Cardiomegaly|Effusion", "Nodule", "Infiltration"][i % 4]
+        age, pid = (f"{50 + i:03d}Y", f"{i // 2:08d}") if layout == "original" else (str(50 + i), str(i // 2))
+        lines.append(f"{name},{labels},000,{pid},{age},M,{'PA' if i % 3 else 'AP'},2500,2048,0.143,0.143"
+                     + ("," if layout == "original" else ""))
+    (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "site.toml").write_text('[site]\nname = "nih"\n[[sources]]\nkind = "nih"\nroot = "nih"\n')
+    cfg = load_site_config(tmp_path / "site.toml")
+    report = prepare_site(cfg)
+    assert report.indexed == 12 and not report.rejected
+    assert report.by_projection == {"PA": 8, "AP": 4}
+    assert report.by_label["cardiomegaly"] == 3 and report.by_label["pleural effusion"] == 3
+    assert report.label_mapping["nih:nih"]["unmapped"] == {}  # Infiltration is known and deliberately unmapped
+    data = load_split(cfg, None)
+    from shared_models.ontology import load_label_set
+
+    assert data.mask[:, load_label_set().index("Kyphosis")].sum() == 0  # NIH cannot express it: masked
+
+
+def test_check_cli_json_on_a_synthetic_site(synth_sites):
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "client.cli", "check", "--config", str(synth_sites["mimic"]), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["indexed"] == 80 and out["can_train"] is True and out["rejected"] == []
+    assert set(out) >= {"indexed", "rejected", "by_projection", "by_label", "can_train", "label_mapping"}
+    assert "Nodule" in out["label_mapping"]["mimic:data"]["not_annotated"]
+    assert all(isinstance(v, int) or v == "<5" for v in out["by_label"].values())
