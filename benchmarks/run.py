@@ -13,7 +13,11 @@ from pathlib import Path
 from benchmarks.common import write_results
 from server.simulation import quiet_flower_env
 
-BENCHMARKS = {"accuracy": "benchmarks.bench_accuracy", "data_path": "benchmarks.bench_data_path"}
+BENCHMARKS = {
+    "accuracy": "benchmarks.bench_accuracy",
+    "data_path": "benchmarks.bench_data_path",
+    "experts": "benchmarks.bench_experts",
+}
 
 
 def main() -> None:

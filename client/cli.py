@@ -13,8 +13,19 @@ MIN_TRAIN_SAMPLES = 8
 def _synth(args: argparse.Namespace) -> int:
     from client.synth import synthesize_site
 
-    toml = synthesize_site(Path(args.out), args.format, args.name or Path(args.out).name, args.images,
-                           args.image_size, args.seed, args.label_set)
+    mix = None
+    if args.projection_mix:
+        try:
+            mix = tuple(float(x) for x in args.projection_mix.split(","))
+        except ValueError:
+            print(f"error: --projection-mix {args.projection_mix!r}: expected three numbers PA,AP,LAT", file=sys.stderr)
+            return 2
+    try:
+        toml = synthesize_site(Path(args.out), args.format, args.name or Path(args.out).name, args.images,
+                               args.image_size, args.seed, args.label_set, projection_mix=mix)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config {toml}")
     return 0
 
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-set", default="cxrlt2026")
+    s.add_argument("--projection-mix", help="shares of PA,AP,LAT views (default: the format's hospital profile)")
     s.set_defaults(fn=_synth)
     c = sub.add_parser("check", help="scan, index and cache the site's data; report what was and was not read")
     c.add_argument("--config", required=True, help="path to site.toml")

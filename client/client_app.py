@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -20,7 +21,7 @@ from client.site_config import SiteConfig, load_site_config
 from client.training import predict, train_local
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
-from shared_models.networks import PROJECTIONS, build_model
+from shared_models.networks import PROJECTIONS, build_model, parameter_group
 from shared_models.ontology import load_label_set
 
 app = ClientApp()
@@ -73,6 +74,19 @@ def _setup(msg: Message, context: Context, split: str):
     return config, site, data, model
 
 
+def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Samples and per-class positives behind each expert group. Images of unknown projection train every
+    expert (uniform soft routing), so each expert counts a third of them."""
+    unknown = data.projection < 0
+    counts, positives = {}, {}
+    labelled = data.targets[:, :num_classes] * data.mask[:, :num_classes]
+    for i, p in enumerate(PROJECTIONS):
+        w = (data.projection == i) + unknown / len(PROJECTIONS)
+        counts[f"experts.{p}"] = float(w.sum())
+        positives[f"experts.{p}"] = (labelled * w[:, None]).sum(0)
+    return counts, positives
+
+
 def _site_record(site: SiteConfig) -> ConfigRecord:
     return ConfigRecord({"name": site.name, "synthetic": site.synthetic})
 
@@ -88,8 +102,16 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
     )
     c = model.num_classes
+    counts, positives = group_statistics(data, c)
+    state = model.cpu().state_dict()
+    if str(config.get("aggregation", "projection")) != "fedavg":  # send only the groups this site trained
+        state = {k: v for k, v in state.items() if counts.get(parameter_group(k), 0) > 0}
+    else:
+        counts = {g: float(len(data)) for g in counts}
     metrics = {
         "num-examples": len(data),
+        **{f"count.{g}": v for g, v in counts.items()},
+        **{f"pos.{g}": [float(x) for x in v] for g, v in positives.items()},
         "train_loss": float(stats["train_loss"]),
         "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
         "train_pos": [int(v) for v in (data.targets[:, :c] * data.mask[:, :c]).sum(0)],
@@ -97,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
         **{f"n.{p}": int((data.projection == i).sum()) for i, p in enumerate(PROJECTIONS)},
     }
     content = RecordDict({
-        "arrays": ArrayRecord(model.cpu().state_dict()),
+        "arrays": ArrayRecord(state),
         "metrics": MetricRecord(metrics),
         "site": _site_record(site),
     })

@@ -13,12 +13,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from server.aggregation import MODES
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
-from shared_models.networks import build_model
+from shared_models.networks import build_model, classifier_keys
 from shared_models.ontology import load_label_set
 
 app = ServerApp()
@@ -26,7 +27,7 @@ app = ServerApp()
 DEFAULTS = {
     "num-server-rounds": 5, "local-epochs": 1, "lr": 0.001, "batch-size": 32, "model-preset": "tiny",
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
-    "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0,
+    "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
 }
 
 
@@ -43,6 +44,8 @@ def _clean(obj):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
+    if cfg["aggregation"] not in MODES:
+        raise ValueError(f"run config aggregation = {cfg['aggregation']!r}; expected one of {', '.join(MODES)}")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = resolve_db_url(str(out_dir / "registry.db"))
@@ -54,7 +57,8 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(model.state_dict())
     num_rounds = int(cfg["num-server-rounds"])
     run_id = registry.create_run(
-        name=str(cfg["run-name"]), strategy="FedChestAvg", heads="routed-experts", label_set=label_set.name,
+        name=str(cfg["run-name"]), strategy=f"FedChestAvg[{cfg['aggregation']}]", heads="routed-experts",
+        label_set=label_set.name,
         num_rounds=num_rounds, config=cfg, synthetic=False,
     )
     spec = HistogramSpec()
@@ -66,6 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     min_nodes = int(cfg["min-nodes"])
     strategy = FedChestAvg(
         registry=registry, run_id=run_id, classes=classes, spec=spec, reference=initial, on_round=on_round,
+        classifiers=classifier_keys(model), aggregation=str(cfg["aggregation"]),
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )

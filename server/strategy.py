@@ -8,19 +8,24 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.supercore.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from server.aggregation import MODES, SiteUpdate, aggregate
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.validation import reference_of, validate_update
 from shared_models.metrics import HistogramSpec, prevalence_groups
+from shared_models.networks import group_keys
 
 
 def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
     """Weighted mean of the scalar train metrics only (per-class count lists are handled separately)."""
+    if not replies:
+        return MetricRecord({})
     total = sum(float(next(iter(r.metric_records.values()))[weight_key]) for r in replies) or 1.0
     out: dict[str, float] = {}
     for r in replies:
@@ -41,13 +46,21 @@ class FedChestAvg(FedAvg):
         classes: tuple[str, ...],
         spec: HistogramSpec,
         reference: ArrayRecord,
+        classifiers: dict[str, list[str]] | None = None,
+        aggregation: str = "projection",
         on_round: Callable[[int, dict], None] | None = None,
         **kwargs,
     ) -> None:
+        if aggregation not in MODES:
+            raise ValueError(f"aggregation {aggregation!r}; expected one of {MODES}")
         kwargs.setdefault("train_metrics_aggr_fn", scalar_mean)
         super().__init__(**kwargs)
         self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
         self.reference = reference_of(reference)
+        self.groups = group_keys(reference.keys())
+        self.classifiers = classifiers or {}
+        self.aggregation = aggregation
+        self.current: dict[str, np.ndarray] = {k: a.numpy() for k, a in reference.items()}
         self.on_round = on_round
         self.node_site: dict[int, str] = {}
         self.synthetic_sites: set[str] = set()
@@ -72,10 +85,13 @@ class FedChestAvg(FedAvg):
     # -- train -------------------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.registry.start_round(self.run_id, server_round)
+        self.current = {k: a.numpy() for k, a in arrays.items()}
+        config["aggregation"] = self.aggregation
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         kept: list[Message] = []
+        updates: list[SiteUpdate] = []
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
         rows = []
@@ -83,30 +99,51 @@ class FedChestAvg(FedAvg):
             if msg.has_error():
                 site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
                 self.registry.add_event(self.run_id, "train_error", f"{msg.error.reason}", server_round, site)
-                kept.append(msg)  # FedAvg logs and skips error replies
+                log(WARNING, "round %s: %s failed to train: %s", server_round, site, msg.error.reason)
                 continue
             site = self._site_of(msg)
+            if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
+                self.registry.add_event(self.run_id, "update_rejected", "expected one ArrayRecord and one MetricRecord",
+                                        server_round, site)
+                continue
             arrays = next(iter(msg.content.array_records.values()))
-            reason = validate_update(arrays, self.reference)
+            reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups)
             if reason:
                 log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
                 self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
                 continue
             m = next(iter(msg.content.metric_records.values()))
-            pos += np.asarray(m["train_pos"], np.int64)
-            ann += np.asarray(m["train_annotated"], np.int64)
+            try:
+                pos += np.asarray(m["train_pos"], np.int64)
+                ann += np.asarray(m["train_annotated"], np.int64)
+                updates.append(SiteUpdate(
+                    site, {k: a.numpy() for k, a in arrays.items()},
+                    {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
+                    {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m},
+                ))
+            except (KeyError, ValueError, TypeError) as exc:
+                self.registry.add_event(self.run_id, "update_rejected", f"malformed train metrics: {exc}", server_round, site)
+                continue
             for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT"):
                 if key in m:
                     rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
             kept.append(msg)
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann
-        self.n_train = sum(1 for m in kept if not m.has_error())
-        self.registry.add_metrics(self.run_id, server_round, rows)
-        if not self.n_train:
+        self.n_train = len(updates)
+        if not updates:
+            self.registry.add_metrics(self.run_id, server_round, rows)
             self.registry.add_event(self.run_id, "round_skipped", "no valid update to aggregate", server_round)
             log(WARNING, "round %s: no valid update; the global model is kept", server_round)
-        return super().aggregate_train(server_round, kept)
+            return None, None
+        new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation)
+        for group, sites in contributors.items():
+            proj = group.split(".")[-1] if group.startswith("experts.") else "all"
+            rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,
+                      None) for u in updates]
+        self.registry.add_metrics(self.run_id, server_round, rows)
+        arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(new[k])) for k in self.reference})
+        return arrays, scalar_mean([m.content for m in kept], self.weighted_by_key)
 
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

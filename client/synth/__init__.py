@@ -27,9 +27,18 @@ PROFILES = {
 }
 
 
-def site_profile(fmt: str, seed: int) -> SiteProfile:
+def site_profile(fmt: str, seed: int, projection_mix: tuple[float, float, float] | None = None,
+                 prevalence_scale: dict[str, float] | None = None) -> SiteProfile:
+    """The format's default hospital profile, optionally with another projection mix or case mix."""
     rng = np.random.default_rng([seed, zlib.crc32(fmt.encode())])
-    return SiteProfile(device=DeviceProfile.random(rng), **PROFILES[fmt])
+    kwargs = dict(PROFILES[fmt])
+    if projection_mix is not None:
+        if len(projection_mix) != 3 or min(projection_mix) < 0 or not 0.99 < sum(projection_mix) < 1.01:
+            raise ValueError(f"projection mix {projection_mix} must be three shares (PA, AP, LAT) summing to 1")
+        kwargs["projection_mix"] = tuple(projection_mix)
+    if prevalence_scale is not None:
+        kwargs["prevalence_scale"] = {**kwargs.get("prevalence_scale", {}), **prevalence_scale}
+    return SiteProfile(device=DeviceProfile.random(rng), **kwargs)
 
 
 def synthesize_site(
@@ -40,6 +49,8 @@ def synthesize_site(
     image_size: int = 64,
     seed: int = 0,
     label_set: str = "cxrlt2026",
+    projection_mix: tuple[float, float, float] | None = None,
+    prevalence_scale: dict[str, float] | None = None,
 ) -> Path:
     """Write one site (data in ``fmt`` under ``out_dir/data``) and its ``site.toml``; returns the toml path."""
     if fmt not in FORMATS:
@@ -47,7 +58,7 @@ def synthesize_site(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    profile = site_profile(fmt, seed + zlib.crc32(name.encode()))
+    profile = site_profile(fmt, seed + zlib.crc32(name.encode()), projection_mix, prevalence_scale)
     images = generate(load_catalog(label_set), n_images, image_size, profile, rng)
     WRITERS[fmt](images, out_dir / "data", name, rng, label_set)
     toml = out_dir / "site.toml"

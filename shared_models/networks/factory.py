@@ -43,3 +43,21 @@ def parameter_group(key: str) -> str:
     """The parameter group a state-dict key belongs to (``experts.PA``, ...), the unit of aggregation."""
     parts = key.split(".")
     return ".".join(parts[:2]) if parts[0] == "experts" else parts[0]
+
+
+def group_keys(keys) -> dict[str, list[str]]:
+    """State-dict keys by parameter group, in order."""
+    out: dict[str, list[str]] = {}
+    for k in keys:
+        out.setdefault(parameter_group(k), []).append(k)
+    return out
+
+
+def classifier_keys(model: RoutedExperts) -> dict[str, list[str]]:
+    """Per expert group, the state-dict keys of its final classifier, whose first axis is the class."""
+    out = {}
+    for proj, expert in model.experts.items():
+        head = expert.get_classifier()
+        prefix = next(name for name, module in expert.named_modules() if module is head)
+        out[f"experts.{proj}"] = [f"experts.{proj}.{prefix}.{name}" for name, _ in head.named_parameters()]
+    return out

@@ -1,0 +1,72 @@
+"""Parameter-group-aware aggregation of site updates.
+
+The global model is organised in named groups (one per projection expert, later the router and shared
+parts). Three modes:
+
+- ``fedavg``: every site sends every group; each group is the sample-weighted mean over all sites (plain
+  FedAvg: a lateral expert is averaged with copies from sites that saw no lateral view).
+- ``projection``: a site sends only the groups it has data for, with the number of samples behind each;
+  each group is averaged over the sites that sent it, weighted by those counts. A group nobody sent keeps
+  its global value.
+- ``projection+class``: as ``projection``, and the rows of each expert's classifier (one per class) are
+  averaged with weights from the sites' per-class positive counts in that group; a class no site has
+  positives for falls back to the group's sample weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODES = ("fedavg", "projection", "projection+class")
+
+
+@dataclass
+class SiteUpdate:
+    site: str
+    arrays: dict[str, np.ndarray]  # whole groups only, a subset of the global keys
+    group_counts: dict[str, float]  # samples behind each group the site sent
+    class_pos: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (C,) positives
+
+
+def _cast(value: np.ndarray, like: np.ndarray) -> np.ndarray:
+    if np.issubdtype(like.dtype, np.integer):
+        return np.rint(value).astype(like.dtype)
+    return value.astype(like.dtype)
+
+
+def aggregate(
+    global_arrays: dict[str, np.ndarray],
+    updates: list[SiteUpdate],
+    groups: dict[str, list[str]],
+    classifiers: dict[str, list[str]] | None = None,
+    mode: str = "projection",
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """New global arrays and, per group, the sites that contributed to it."""
+    if mode not in MODES:
+        raise ValueError(f"aggregation mode {mode!r}; expected one of {MODES}")
+    out = dict(global_arrays)
+    contributors: dict[str, list[str]] = {}
+    for group, keys in groups.items():
+        senders = [u for u in updates if u.group_counts.get(group, 0) > 0 and all(k in u.arrays for k in keys)]
+        contributors[group] = [u.site for u in senders]
+        if not senders:
+            continue
+        w = np.array([u.group_counts[group] for u in senders], dtype=np.float64)
+        w /= w.sum()
+        rows = set((classifiers or {}).get(group, [])) if mode == "projection+class" else set()
+        pos = None
+        if rows and all(group in u.class_pos for u in senders):
+            pos = np.stack([np.asarray(u.class_pos[group], dtype=np.float64) for u in senders])  # (S, C)
+            col = pos.sum(0)
+            pos = np.where(col > 0, pos / np.where(col > 0, col, 1.0), w[:, None])  # per-class site weights
+        for k in keys:
+            stack = np.stack([np.asarray(u.arrays[k], dtype=np.float64) for u in senders])
+            if pos is not None and k in rows and stack.shape[1] == pos.shape[1]:
+                cw = pos.reshape(pos.shape + (1,) * (stack.ndim - 2))
+                value = (stack * cw).sum(0)
+            else:
+                value = np.tensordot(w, stack, axes=1)
+            out[k] = _cast(value, global_arrays[k])
+    return out, contributors

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from server.aggregation import SiteUpdate, aggregate
+
+GROUPS = {"experts.PA": ["experts.PA.w", "experts.PA.fc.weight", "experts.PA.n"], "experts.LAT": ["experts.LAT.w"]}
+CLASSIFIERS = {"experts.PA": ["experts.PA.fc.weight"], "experts.LAT": []}
+
+
+def _global():
+    return {"experts.PA.w": np.zeros(2, np.float32), "experts.PA.fc.weight": np.zeros((3, 2), np.float32),
+            "experts.PA.n": np.array(0, np.int64), "experts.LAT.w": np.full(2, 7.0, np.float32)}
+
+
+def test_group_wise_weighted_average_by_hand():
+    a = SiteUpdate("a", {"experts.PA.w": np.array([1.0, 2.0]), "experts.PA.fc.weight": np.ones((3, 2)),
+                         "experts.PA.n": np.array(10), "experts.LAT.w": np.array([3.0, 3.0])},
+                   {"experts.PA": 30, "experts.LAT": 10})
+    b = SiteUpdate("b", {"experts.PA.w": np.array([5.0, 6.0]), "experts.PA.fc.weight": 3 * np.ones((3, 2)),
+                         "experts.PA.n": np.array(20)}, {"experts.PA": 10})
+    new, who = aggregate(_global(), [a, b], GROUPS, CLASSIFIERS, "projection")
+    np.testing.assert_allclose(new["experts.PA.w"], [0.75 * 1 + 0.25 * 5, 0.75 * 2 + 0.25 * 6])
+    np.testing.assert_allclose(new["experts.PA.fc.weight"], 1.5)
+    assert new["experts.PA.n"] == 12 and new["experts.PA.n"].dtype == np.int64  # 0.75*10 + 0.25*20 = 12.5 -> 12
+    np.testing.assert_allclose(new["experts.LAT.w"], [3.0, 3.0])  # only site a had laterals
+    assert who == {"experts.PA": ["a", "b"], "experts.LAT": ["a"]}
+    assert new["experts.PA.w"].dtype == np.float32
+
+
+def test_a_group_nobody_sent_keeps_the_global_value():
+    b = SiteUpdate("b", {k: np.ones_like(v) for k, v in _global().items() if k.startswith("experts.PA")},
+                   {"experts.PA": 5})
+    new, who = aggregate(_global(), [b], GROUPS, CLASSIFIERS, "projection")
+    np.testing.assert_array_equal(new["experts.LAT.w"], [7.0, 7.0])
+    assert who["experts.LAT"] == []
+
+
+def test_class_aware_rows_follow_positive_counts():
+    fc_a, fc_b = np.ones((3, 2)), 3 * np.ones((3, 2))
+    base = {"experts.PA.w": np.zeros(2), "experts.PA.n": np.array(0)}
+    a = SiteUpdate("a", {**base, "experts.PA.fc.weight": fc_a}, {"experts.PA": 30},
+                   {"experts.PA": np.array([9.0, 0.0, 0.0])})
+    b = SiteUpdate("b", {**base, "experts.PA.fc.weight": fc_b}, {"experts.PA": 10},
+                   {"experts.PA": np.array([1.0, 4.0, 0.0])})
+    new, _ = aggregate(_global(), [a, b], GROUPS, CLASSIFIERS, "projection+class")
+    fc = new["experts.PA.fc.weight"]
+    np.testing.assert_allclose(fc[0], 0.9 * 1 + 0.1 * 3)  # class 0: positives 9 vs 1
+    np.testing.assert_allclose(fc[1], 3.0)  # class 1: only site b has positives
+    np.testing.assert_allclose(fc[2], 0.75 * 1 + 0.25 * 3)  # class 2: nobody -> sample weights
+    plain, _ = aggregate(_global(), [a, b], GROUPS, CLASSIFIERS, "projection")
+    np.testing.assert_allclose(plain["experts.PA.fc.weight"], 1.5)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="aggregation mode"):
+        aggregate(_global(), [], GROUPS, CLASSIFIERS, "median-of-means")
+
+
+def test_site_without_laterals_does_not_send_the_lateral_expert():
+    from client.client_app import group_statistics
+    from client.index import SiteData
+
+    proj = np.array([0, 0, 1, 1, 0])  # PA and AP only
+    targets = np.zeros((5, 4), np.float32)
+    targets[[0, 2], 1] = 1
+    data = SiteData(np.zeros((5, 8, 8), np.uint8), proj, targets, np.ones_like(targets))
+    counts, pos = group_statistics(data, 4)
+    assert counts == {"experts.PA": 3.0, "experts.AP": 2.0, "experts.LAT": 0.0}
+    np.testing.assert_allclose(pos["experts.PA"], [0, 1, 0, 0])
+    data.projection[4] = -1  # an image of unknown projection trains every expert: a third each
+    counts, _ = group_statistics(data, 4)
+    assert counts["experts.LAT"] == pytest.approx(1 / 3)
