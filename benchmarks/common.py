@@ -53,7 +53,7 @@ def train_model(data: SiteData, epochs: int, preset: str, num_classes: int, lr: 
 
 def evaluate(model, data: SiteData) -> dict[str, float]:
     c = model.num_classes
-    probs = predict(model, data, select_device())
+    probs, _ = predict(model, data, select_device())
     return summarise(per_class_metrics(data.targets[:, :c], probs, data.mask[:, :c]))
 
 

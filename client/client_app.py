@@ -84,6 +84,7 @@ def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float]
         w = (data.projection == i) + unknown / len(PROJECTIONS)
         counts[f"experts.{p}"] = float(w.sum())
         positives[f"experts.{p}"] = (labelled * w[:, None]).sum(0)
+    counts["router"] = float((~unknown).sum())  # the router learns from images with a trusted view
     return counts, positives
 
 
@@ -130,10 +131,13 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     config, site, data, model = _setup(msg, context, str(msg.content["config"].get("eval-split", "test")))
-    probs = predict(model, data, select_device())
+    probs, routes = predict(model, data, select_device())
     c = model.num_classes
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec)
     summary["eval_seconds"] = time.perf_counter() - t0
+    known = data.projection >= 0
+    summary["router_total"] = int(known.sum()) if routes is not None else 0
+    summary["router_correct"] = int((routes[known] == data.projection[known]).sum()) if routes is not None else 0
     content = RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)})
     return Message(content, reply_to=msg)

@@ -250,17 +250,24 @@ class SiteData:
 
 
 def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
-    """Rows of one split ('train', 'val', 'test' or None for all) from the index and cache."""
+    """Rows of one split ('train', 'val', 'test' or None for all) from the index and cache. Projections the
+    site does not trust (CNN-inferred ones unless `trust_cnn_projection`, and every projection of a source
+    with `trust_projection = false`) come back as unknown (-1), for the router to decide."""
     if not cfg.index_path.exists():
         raise FileNotFoundError(f"{cfg.path}: site not indexed yet; run `fedchest-site check --config {cfg.path}`")
     con = sqlite3.connect(cfg.index_path)
-    q = "SELECT row, projection, targets, mask FROM samples" + (" WHERE split = ?" if split else "") + " ORDER BY row"
+    q = ("SELECT row, projection, targets, mask, projection_method, source FROM samples"
+         + (" WHERE split = ?" if split else "") + " ORDER BY row")
     rows = con.execute(q, (split,) if split else ()).fetchall()
     con.close()
     all_px = np.load(cfg.cache_dir / "pixels.npy", mmap_mode="r")
     n_classes = len(load_label_set(cfg.label_set))
     idx = np.array([r[0] for r in rows], dtype=np.int64)
-    proj = np.array([PROJECTIONS.index(r[1]) if r[1] in PROJECTIONS else -1 for r in rows], dtype=np.int64)
+    def trusted(method: str, source: str) -> bool:
+        return (method != "cnn" or cfg.trust_cnn_projection) and source not in cfg.untrusted_projection_sources
+
+    proj = np.array([PROJECTIONS.index(r[1]) if r[1] in PROJECTIONS and trusted(r[4], r[5]) else -1 for r in rows],
+                    dtype=np.int64)
     tg = np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     mk = np.stack([np.frombuffer(r[3], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk)

@@ -34,6 +34,8 @@ class SiteConfig:
     min_image_size: int = 32
     verify_content: bool = False
     min_count: int = 5  # counts below this are shown as "<k" in anything meant to leave the site
+    trust_cnn_projection: bool = False  # PadChest's CNN-inferred (MethodProjection resnet) views
+    untrusted_projection_sources: tuple[str, ...] = ()  # source kinds whose views the router decides instead
 
     @property
     def index_path(self) -> Path:
@@ -98,6 +100,8 @@ def load_site_config(path: str | Path) -> SiteConfig:
         min_image_size=int(site.get("min_image_size", 32)),
         verify_content=bool(site.get("verify_content", False)),
         min_count=int(raw.get("privacy", {}).get("min_count", 5)),
+        trust_cnn_projection=bool(site.get("trust_cnn_projection", False)),
+        untrusted_projection_sources=tuple(s.kind for s in sources if s.options.get("trust_projection") is False),
     )
     if not 0 <= cfg.val_fraction + cfg.test_fraction < 1:
         raise SiteConfigError(f"{path}: split.val + split.test must be in [0, 1)")

@@ -59,7 +59,11 @@ def train_local(
             if len(idx) < 2:
                 continue
             x, p, y, m = _batch(data, idx, device, num_classes)
-            loss = loss_fn(model(augment(x, gen), p), y, m)
+            logits, router_logits = model.forward_with_router(augment(x, gen), p)
+            loss = loss_fn(logits, y, m)
+            known = p >= 0
+            if router_logits is not None and bool(known.any()):  # the router learns from trusted metadata views
+                loss = loss + torch.nn.functional.cross_entropy(router_logits[known], p[known])
             if global_params is not None:
                 prox = sum(((w - g) ** 2).sum() for w, g in zip(model.parameters(), global_params))
                 loss = loss + 0.5 * proximal_mu * prox
@@ -72,12 +76,17 @@ def train_local(
 
 
 @torch.no_grad()
-def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Probabilities (N, C) for the model's classes."""
+def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_size: int = 256
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (N, C) for the model's classes, and the router's projection guesses (N,) when it has one."""
     model.to(device).eval()
-    out = []
+    out, routes = [], []
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
         x, p, _, _ = _batch(data, idx, device, model.num_classes)
-        out.append(torch.sigmoid(model(x, p)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+        logits, router_logits = model.forward_with_router(x, p)
+        out.append(torch.sigmoid(logits).cpu().numpy())
+        if router_logits is not None:
+            routes.append(router_logits.argmax(1).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+    return probs, (np.concatenate(routes) if routes else None)

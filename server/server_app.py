@@ -109,7 +109,7 @@ def main(grid: Grid, context: Context) -> None:
             "rounds_completed": len(history),
             "sites": sorted(set(strategy.node_site.values())),
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
-                        "sites": h["sites"]} for h in history],
+                        "router_accuracy": h.get("router_accuracy"), "sites": h["sites"]} for h in history],
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
             "db_url": db_url,

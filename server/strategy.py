@@ -149,6 +149,7 @@ class FedChestAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         evals = {}
         timing: list[tuple] = []
+        routed: dict[str, tuple[int, int]] = {}
         for msg in replies:
             if msg.has_error():
                 site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
@@ -160,6 +161,7 @@ class FedChestAvg(FedAvg):
                 evals[site] = parse_site_eval(m, len(self.classes), self.spec)
                 if "eval_seconds" in m:
                     timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
+                routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
             except (KeyError, ValueError) as exc:
                 self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
@@ -168,6 +170,10 @@ class FedChestAvg(FedAvg):
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
         rows += timing
+        correct, total = (sum(v[i] for v in routed.values()) for i in (0, 1))
+        summary["router_accuracy"] = correct / total if total else None
+        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t) for site, (c, t) in routed.items()]
+        rows.append((None, "all", None, "router_accuracy", summary["router_accuracy"], total))
         rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
         self.registry.add_metrics(self.run_id, server_round, rows)

@@ -115,3 +115,22 @@ def test_check_cli_json_on_a_synthetic_site(synth_sites):
     assert set(out) >= {"indexed", "rejected", "by_projection", "by_label", "can_train", "label_mapping"}
     assert "Nodule" in out["label_mapping"]["mimic:data"]["not_annotated"]
     assert all(isinstance(v, int) or v == "<5" for v in out["by_label"].values())
+
+
+def test_cnn_inferred_projections_are_left_to_the_router(synth_sites, tmp_path):
+    import shutil
+
+    site = tmp_path / "pc"
+    shutil.copytree(synth_sites["padchest"].parent, site, ignore=shutil.ignore_patterns("work"))
+    cfg = load_site_config(site / "site.toml")
+    prepare_site(cfg)
+    con = sqlite3.connect(cfg.index_path)
+    n_cnn = con.execute("SELECT COUNT(*) FROM samples WHERE projection_method = 'cnn'").fetchone()[0]
+    assert n_cnn > 0
+    assert (load_split(cfg, None).projection < 0).sum() == n_cnn
+    toml = (site / "site.toml").read_text().replace("[site]\n", "[site]\ntrust_cnn_projection = true\n")
+    (site / "site.toml").write_text(toml)
+    assert (load_split(load_site_config(site / "site.toml"), None).projection < 0).sum() == 0
+    untrusted = toml.replace('kind = "padchest"', 'kind = "padchest"\ntrust_projection = false')
+    (site / "site.toml").write_text(untrusted)
+    assert (load_split(load_site_config(site / "site.toml"), None).projection < 0).all()

@@ -1,8 +1,10 @@
-"""Projection-routed expert ensemble (CXR-LT 2026 task-1 entry, first cut).
+"""Projection-routed expert ensemble (CXR-LT 2026 task-1 entry).
 
-Each image goes to the expert of its projection (PA / AP / LAT), taken from metadata. Images whose
-projection is unknown get the mean of all experts' logits (uniform soft routing) until the learned
-router lands.
+Each image goes to the expert of its projection (PA / AP / LAT). The projection comes from metadata when it
+is present and trusted; otherwise a small learned router (a 3-way projection classifier, trained alongside
+the experts on images whose projection is known) decides: ``hard`` routing sends the image to the router's
+most likely expert, ``soft`` routing mixes all experts' logits by the router's probabilities. Without a
+router, unknown images get the mean of all experts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 
 PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LAT")
 UNKNOWN_PROJECTION = -1
+ROUTING_MODES = ("soft", "hard")
 
 
 def projection_index(name: str | None) -> int:
@@ -25,23 +28,42 @@ def projection_index(name: str | None) -> int:
 
 
 class RoutedExperts(nn.Module):
-    def __init__(self, experts: dict[str, nn.Module], num_classes: int) -> None:
+    def __init__(self, experts: dict[str, nn.Module], num_classes: int, router: nn.Module | None = None,
+                 routing: str = "soft") -> None:
         super().__init__()
         missing = set(PROJECTIONS) - set(experts)
         if missing:
             raise ValueError(f"RoutedExperts needs one expert per projection; missing {sorted(missing)}")
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing {routing!r}; expected one of {ROUTING_MODES}")
         self.experts = nn.ModuleDict({p: experts[p] for p in PROJECTIONS})
+        self.router = router
+        self.routing = routing
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) for images ``x`` (B, 1, H, W) with projection indices (B,) in {-1, 0, 1, 2}."""
+        return self.forward_with_router(x, projection)[0]
+
+    def forward_with_router(self, x: torch.Tensor, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and the router's projection logits (B, 3), or None without a router."""
+        router_logits = self.router(x) if self.router is not None else None
         out = x.new_zeros(x.shape[0], self.num_classes)
+        route = projection.clone()
+        unknown = projection < 0
+        if router_logits is not None and self.routing == "hard":
+            route[unknown] = router_logits[unknown].argmax(1)
         for i, name in enumerate(PROJECTIONS):
-            sel = projection == i
+            sel = route == i
             if bool(sel.any()):
                 out[sel] = self.experts[name](x[sel])
-        unknown = projection < 0
-        if bool(unknown.any()):
-            xu = x[unknown]
-            out[unknown] = torch.stack([e(xu) for e in self.experts.values()]).mean(0)
-        return out
+        rest = route < 0
+        if bool(rest.any()):
+            xu = x[rest]
+            stacked = torch.stack([e(xu) for e in self.experts.values()])  # (3, b, C)
+            if router_logits is None:
+                out[rest] = stacked.mean(0)
+            else:
+                w = torch.softmax(router_logits[rest], dim=1).T.unsqueeze(-1)  # (3, b, 1)
+                out[rest] = (stacked * w).sum(0)
+        return out, router_logits

@@ -28,15 +28,18 @@ def load_preset(name: str) -> dict[str, Any]:
         raise KeyError(f"unknown model preset {name!r}; available: {', '.join(available_presets())}") from None
 
 
-def build_model(preset: str, num_classes: int) -> RoutedExperts:
-    """Routed experts with randomly initialised timm backbones (``in_chans=1``); no weights are downloaded."""
+def _timm(entry: dict, num_classes: int):
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.get("args", {}).items()}
+    return timm.create_model(entry["arch"], pretrained=False, in_chans=1, num_classes=num_classes, **args)
+
+
+def build_model(preset: str, num_classes: int, routing: str = "soft") -> RoutedExperts:
+    """Routed experts (and the router, when the preset has one) with randomly initialised timm backbones
+    (``in_chans=1``); no weights are downloaded."""
     spec = load_preset(preset)
-    experts = {}
-    for proj in PROJECTIONS:
-        e = spec["experts"][proj]
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in e.get("args", {}).items()}
-        experts[proj] = timm.create_model(e["arch"], pretrained=False, in_chans=1, num_classes=num_classes, **args)
-    return RoutedExperts(experts, num_classes)
+    experts = {proj: _timm(spec["experts"][proj], num_classes) for proj in PROJECTIONS}
+    router = _timm(spec["router"], len(PROJECTIONS)) if "router" in spec else None
+    return RoutedExperts(experts, num_classes, router, routing)
 
 
 def parameter_group(key: str) -> str:
