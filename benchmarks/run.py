@@ -17,6 +17,7 @@ BENCHMARKS = {
     "accuracy": "benchmarks.bench_accuracy",
     "data_path": "benchmarks.bench_data_path",
     "experts": "benchmarks.bench_experts",
+    "inference": "benchmarks.bench_inference",
 }
 
 

@@ -107,6 +107,28 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if out["can_train"] else 2
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from client.predict import predict_files
+
+    try:
+        results = predict_files([Path(p) for p in args.images], Path(args.checkpoint), args.image_size,
+                                args.projection, args.tta)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['image']}: cannot read ({r['error']})")
+                continue
+            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
+            print(f"{r['image']}: projection {r['projection']} ({r['projection_from']})"
+                  + (", TTA" if r["tta"] else "") + ": " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    return 0 if all("error" not in r for r in results) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedchest-site", description="fedchest hospital-site tools")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -125,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", action="store_true", help="one JSON object on stdout (counts below k shown as '<k')")
     c.add_argument("--k", type=int, help="small-count threshold (default: [privacy] min_count in site.toml, else 5)")
     c.set_defaults(fn=_check)
+    q = sub.add_parser("predict", help="run the global model on image files (PNG, JPEG, DICOM)")
+    q.add_argument("images", nargs="+")
+    q.add_argument("--checkpoint", required=True, help="a round-NNN.pt checkpoint of the global model")
+    q.add_argument("--projection", choices=["PA", "AP", "LAT"], help="override the view (default: metadata, else router)")
+    q.add_argument("--image-size", type=int, help="model input size (default: the checkpoint's)")
+    q.add_argument("--tta", action="store_true", help="average over radiograph-safe test-time augmentations")
+    q.add_argument("--top", type=int, default=5, help="classes shown per image (all of them with --json)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=_predict)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -47,6 +47,13 @@ def _rows(site: str | None, scope: str, pc: dict[str, np.ndarray], summary: dict
     return rows
 
 
+def frontal_lateral_gap(by_scope: Mapping[str, Mapping[str, float]]) -> float:
+    """Mean frontal (PA, AP) mAP minus lateral mAP; NaN when either side has no result."""
+    frontal = [by_scope[s]["mAP"] for s in ("PA", "AP") if not np.isnan(by_scope[s]["mAP"])]
+    lateral = by_scope["LAT"]["mAP"]
+    return float(np.mean(frontal) - lateral) if frontal and not np.isnan(lateral) else float("nan")
+
+
 def round_metrics(
     site_evals: Mapping[str, dict[str, ScopeEval]],
     groups: np.ndarray,
@@ -55,13 +62,16 @@ def round_metrics(
 ) -> tuple[list[tuple], dict]:
     """Registry rows and the round's summary: pooled and per site, per projection scope."""
     rows: list[tuple] = []
-    summary: dict = {"pooled": {}, "pooled_by_projection": {}, "sites": {}}
+    summary: dict = {"pooled": {}, "pooled_by_projection": {}, "sites": {}, "frontal_lateral_gap": {}}
     for site, scopes in site_evals.items():
         summary["sites"][site] = {}
         for scope, ev in scopes.items():
             s = summarise(ev.per_class, groups) if ev.n else {k: float("nan") for k in SUMMARY_KEYS}
             summary["sites"][site][scope] = s
             rows += _rows(site, scope, ev.per_class, s, classes, ev.n)
+        gap = frontal_lateral_gap(summary["sites"][site])
+        summary["frontal_lateral_gap"][site] = gap
+        rows.append((site, "all", None, "frontal_lateral_gap", gap, None))
     for scope in SCOPES:
         evs = [scopes[scope] for scopes in site_evals.values()]
         pos = sum(e.hist_pos for e in evs)
@@ -71,6 +81,10 @@ def round_metrics(
         s = summarise(pc, groups) if n else {k: float("nan") for k in SUMMARY_KEYS}
         summary["pooled_by_projection"][scope] = s
         rows += _rows(None, scope, pc, s, classes, n)
+        if scope == "LAT":
+            gap = frontal_lateral_gap(summary["pooled_by_projection"])
+            summary["frontal_lateral_gap"]["pooled"] = gap
+            rows.append((None, "all", None, "frontal_lateral_gap", gap, None))
         if scope == "all":
             summary["pooled"] = s
             prev_ap = constant_predictor_ap(pc["n_pos"], pc["n_neg"])

@@ -17,7 +17,8 @@ def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
         f"round {rnd}: pooled mAP {_f(p['mAP'])}  mAUC {_f(p['mAUC'])}  mF1 {_f(p['mF1'])}  "
         f"head/medium/tail mAP {_f(p['head_mAP'])}/{_f(p['medium_mAP'])}/{_f(p['tail_mAP'])}  "
         f"(constant-predictor mAP {_f(summary['baseline']['prevalence_mAP'])}); "
-        f"router accuracy {_f(summary.get('router_accuracy'))}",
+        f"router accuracy {_f(summary.get('router_accuracy'))}; "
+        f"frontal-lateral mAP gap {_f(summary['frontal_lateral_gap'].get('pooled'))}",
         f"  {metric:<22}" + "".join(f"{s:>8}" for s in SCOPES),
     ]
     for site, scopes in summary["sites"].items():

@@ -89,7 +89,8 @@ def main(grid: Grid, context: Context) -> None:
             return None
         path, digest, size = save_checkpoint(ckpt_dir, rnd, arrays.to_torch_state_dict(),
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
-                                              "label_set": label_set.name, "classes": list(classes)})
+                                              "label_set": label_set.name, "classes": list(classes),
+                                              "image_size": int(cfg["image-size"])})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
 
@@ -109,7 +110,8 @@ def main(grid: Grid, context: Context) -> None:
             "rounds_completed": len(history),
             "sites": sorted(set(strategy.node_site.values())),
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
-                        "router_accuracy": h.get("router_accuracy"), "sites": h["sites"]} for h in history],
+                        "router_accuracy": h.get("router_accuracy"), "frontal_lateral_gap": h["frontal_lateral_gap"],
+                        "sites": h["sites"]} for h in history],
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
             "db_url": db_url,

@@ -46,6 +46,8 @@ def test_demo_summary(demo):
         assert set(rnd["sites"]) == set(s["sites"])
         assert set(rnd["sites"]["boston-icu"]) == {"all", "PA", "AP", "LAT"}
     assert 0 < s["baseline"]["prevalence_mAP"] < 1
+    last = s["rounds"][-1]
+    assert 0 <= last["router_accuracy"] <= 1 and "pooled" in last["frontal_lateral_gap"]
     assert len(list((out / "checkpoints").glob("round-*.pt"))) == 2
     assert "pooled mAP" in log and "alicante-general" in log
 

@@ -56,6 +56,10 @@ def test_round_metrics_per_site_exact_and_pooled_from_histograms(tmp_path):
 
     pooled_ap = np.mean([average_precision_score(y[:, j], q[:, j]) for j in range(3)])
     assert summary["pooled"]["mAP"] == pytest.approx(pooled_ap, abs=1e-9)
+    pbp = summary["pooled_by_projection"]
+    assert summary["frontal_lateral_gap"]["pooled"] == pytest.approx(
+        (pbp["PA"]["mAP"] + pbp["AP"]["mAP"]) / 2 - pbp["LAT"]["mAP"])
+    assert set(summary["frontal_lateral_gap"]) == {"s1", "s2", "pooled"}
     assert summary["baseline"]["prevalence_mAP"] == pytest.approx(y.astype(np.float64).mean(0).mean(), abs=1e-9)
     # a row per (site or pooled) x scope x class x metric, plus aggregates
     per_class_rows = [r for r in rows if r[2] is not None]

@@ -1,0 +1,80 @@
+"""`fedchest-site predict`: the routed ensemble on image files (PNG, JPEG or DICOM) with a global checkpoint.
+
+The projection comes from `--projection`, else the DICOM ViewPosition, else the model's router. Everything
+runs at the site; nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from client import dicom_io
+from client.imaging import ImageReadError, read_raster, resize_square
+from client.sources import harmonise_view
+from client.training import PIXEL_MEAN, PIXEL_STD
+from shared_models.device import select_device
+from shared_models.networks import PROJECTIONS, build_model
+from shared_models.tta import predict_with_tta
+
+
+def load_global_model(checkpoint: Path):
+    """The model a round checkpoint holds (preset and classes are stored in it)."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({exc})") from None
+    for key in ("state_dict", "model_preset", "classes"):
+        if key not in ckpt:
+            raise ValueError(f"{checkpoint}: checkpoint lacks {key!r} (expected one written by the fedchest ServerApp)")
+    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip()[:160] if "\n" in str(exc) else str(exc)[:160]
+        raise ValueError(f"{checkpoint}: weights do not fit preset {ckpt['model_preset']!r} of this fedchest "
+                         f"version (written by another version?): {first}") from None
+    return model.eval(), list(ckpt["classes"]), int(ckpt.get("image_size", 0) or 0)
+
+
+def read_image(path: Path) -> tuple[torch.Tensor, str | None]:
+    """(1, 1, H, W) float in [0, 1] and the metadata view when the file carries one."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        pixels, ds = dicom_io.decode(path)
+        return torch.from_numpy(pixels.array)[None, None], harmonise_view(ds.get("ViewPosition"))
+    return torch.from_numpy(read_raster(path).array)[None, None], None
+
+
+def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = None, projection: str | None = None,
+                  tta: bool = False) -> list[dict]:
+    model, classes, ckpt_size = load_global_model(checkpoint)
+    size = image_size or ckpt_size or 224
+    device = select_device()
+    model.to(device)
+    results = []
+    for path in paths:
+        try:
+            img, view = read_image(path)
+        except ImageReadError as exc:
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        x = torch.from_numpy(resize_square(img[0, 0].numpy(), size)).float().div(255).sub(PIXEL_MEAN).div(PIXEL_STD)
+        x = x[None, None].to(device)
+        chosen, how = (projection, "given") if projection else (view, "metadata") if view else (None, "router")
+        proj = torch.tensor([PROJECTIONS.index(chosen) if chosen else -1], device=device)
+        with torch.no_grad():
+            if tta:
+                probs = predict_with_tta(model, x, proj)[0]
+            else:
+                logits, router_logits = model.forward_with_router(x, proj)
+                probs = torch.sigmoid(logits)[0]
+            if chosen is None:
+                router_logits = model.forward_with_router(x, proj)[1]
+                if router_logits is not None:
+                    chosen = PROJECTIONS[int(router_logits.argmax(1))]
+        results.append({
+            "image": str(path), "projection": chosen, "projection_from": how, "tta": tta,
+            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs.cpu())},
+        })
+    return results
