@@ -101,6 +101,10 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(config["batch-size"]), device=select_device(),
         seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
+        asl_class_weights=bool(config.get("asl-class-weights", False)),
+        sampling=str(config.get("sampling", "none")),
+        logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)),
     )
     c = model.num_classes
     counts, positives = group_statistics(data, c)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from client.index import SiteData
-from shared_models.losses import AsymmetricLoss
+from shared_models.longtail import logit_adjustment, sampling_weights
+from shared_models.losses import AsymmetricLoss, prevalence_class_weights
 from shared_models.networks import RoutedExperts
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
@@ -41,11 +42,28 @@ def train_local(
     device: torch.device,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    prevalence: np.ndarray | None = None,
+    asl_class_weights: bool = False,
+    sampling: str = "none",
+    logit_adjust_tau: float = 0.0,
 ) -> dict[str, float]:
-    """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0."""
+    """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0.
+
+    Long-tail options (shared_models.longtail): ASL per-class weights from ``prevalence`` (the CXR-LT
+    variant), class-balanced or square-root re-sampling, and logit adjustment by tau * logit(prevalence).
+    ``prevalence`` is the consortium's (sums of counts over sites) when the server sent it, else local.
+    """
     model.to(device).train()
     num_classes = model.num_classes
-    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
+    if prevalence is None:
+        annotated = data.mask[:, :num_classes].sum(0)
+        prevalence = np.divide((data.targets * data.mask)[:, :num_classes].sum(0), annotated,
+                               out=np.zeros(num_classes), where=annotated > 0)
+    prior = torch.as_tensor(np.asarray(prevalence, dtype=np.float32), device=device)
+    weights = prevalence_class_weights(prior) if asl_class_weights else None
+    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, class_weights=weights).to(device)
+    offset = logit_adjustment(prior, logit_adjust_tau) if logit_adjust_tau else None
+    draw = sampling_weights(data.targets[:, :num_classes], data.mask[:, :num_classes], sampling)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
@@ -53,14 +71,14 @@ def train_local(
     n = len(data)
     total, steps, t0 = 0.0, 0, time.perf_counter()
     for _ in range(epochs):
-        order = rng.permutation(n)
+        order = rng.permutation(n) if draw is None else rng.choice(n, size=n, replace=True, p=draw)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             if len(idx) < 2:
                 continue
             x, p, y, m = _batch(data, idx, device, num_classes)
             logits, router_logits = model.forward_with_router(augment(x, gen), p)
-            loss = loss_fn(logits, y, m)
+            loss = loss_fn(logits if offset is None else logits + offset, y, m)
             known = p >= 0
             if router_logits is not None and bool(known.any()):  # the router learns from trusted metadata views
                 loss = loss + torch.nn.functional.cross_entropy(router_logits[known], p[known])

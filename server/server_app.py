@@ -28,6 +28,7 @@ DEFAULTS = {
     "num-server-rounds": 5, "local-epochs": 1, "lr": 0.001, "batch-size": 32, "model-preset": "tiny",
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
     "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
+    "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
 }
 
 
@@ -81,7 +82,8 @@ def main(grid: Grid, context: Context) -> None:
     if cfg["sim-sites-dir"]:
         shared["sim-sites-dir"] = str(cfg["sim-sites-dir"])
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
-                                 "batch-size": int(cfg["batch-size"])})
+                                 "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
+                                 "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"])})
     ckpt_dir = out_dir / "checkpoints"
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:

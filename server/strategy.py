@@ -87,6 +87,10 @@ class FedChestAvg(FedAvg):
         self.registry.start_round(self.run_id, server_round)
         self.current = {k: a.numpy() for k, a in arrays.items()}
         config["aggregation"] = self.aggregation
+        if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
+            prev = np.divide(self.train_pos, self.train_annotated, out=np.zeros(len(self.classes)),
+                             where=self.train_annotated > 0)
+            config["class-prevalence"] = [float(v) for v in prev]
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):

@@ -41,6 +41,13 @@ class RoutedExperts(nn.Module):
         self.routing = routing
         self.num_classes = num_classes
 
+    def _run(self, expert: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """An expert on its share of the batch. In training, a share of one image is doubled so that batch
+        norm sees more than one value per channel at small inputs (the copy's output is dropped)."""
+        if self.training and x.shape[0] == 1:
+            return expert(torch.cat([x, x]))[:1]
+        return expert(x)
+
     def forward(self, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) for images ``x`` (B, 1, H, W) with projection indices (B,) in {-1, 0, 1, 2}."""
         return self.forward_with_router(x, projection)[0]
@@ -56,11 +63,11 @@ class RoutedExperts(nn.Module):
         for i, name in enumerate(PROJECTIONS):
             sel = route == i
             if bool(sel.any()):
-                out[sel] = self.experts[name](x[sel])
+                out[sel] = self._run(self.experts[name], x[sel])
         rest = route < 0
         if bool(rest.any()):
             xu = x[rest]
-            stacked = torch.stack([e(xu) for e in self.experts.values()])  # (3, b, C)
+            stacked = torch.stack([self._run(e, xu) for e in self.experts.values()])  # (3, b, C)
             if router_logits is None:
                 out[rest] = stacked.mean(0)
             else:
