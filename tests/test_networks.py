@@ -69,3 +69,28 @@ def test_router_learns_projection_from_trusted_views():
     train_local(model, data, epochs=6, lr=0.003, batch_size=16, device=torch.device("cpu"))
     _, routes = predict(model, data, torch.device("cpu"))
     assert (routes == proj).mean() > 0.8
+
+
+def test_family_preset_builds_trains_and_groups():
+    """ConvNeXt-V2 / Swin / CaiT experts go through the same routing, training and grouping code."""
+    import numpy as np
+
+    from client.index import SiteData
+    from client.training import train_local
+    from shared_models.networks import classifier_keys, group_keys
+
+    torch.manual_seed(0)
+    model = build_model("families-tiny", 6)
+    archs = {p: type(model.experts[p]).__name__ for p in PROJECTIONS}
+    assert archs == {"PA": "ConvNeXt", "AP": "SwinTransformer", "LAT": "Cait"}
+    rng = np.random.default_rng(0)
+    data = SiteData(rng.integers(0, 255, (12, 64, 64), dtype=np.uint8), np.array([0, 1, 2] * 4),
+                    (rng.random((12, 6)) < 0.3).astype(np.float32), np.ones((12, 6), np.float32))
+    stats = train_local(model, data, 1, 1e-3, 6, torch.device("cpu"))
+    assert np.isfinite(stats["train_loss"])
+    groups = group_keys(model.state_dict().keys())
+    heads = classifier_keys(model)
+    for p in PROJECTIONS:
+        assert heads[f"experts.{p}"] and set(heads[f"experts.{p}"]) <= set(groups[f"experts.{p}"])
+        weight = model.state_dict()[heads[f"experts.{p}"][0]]
+        assert weight.shape[0] == 6  # first axis is the class, for class-aware aggregation
