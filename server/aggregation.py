@@ -70,3 +70,41 @@ def aggregate(
                 value = np.tensordot(w, stack, axes=1)
             out[k] = _cast(value, global_arrays[k])
     return out, contributors
+
+
+SERVER_OPTIMIZERS = ("none", "fedadam", "fedyogi")
+
+
+class ServerOptimizer:
+    """FedAdam / FedYogi (Reddi et al., 2021) applied per parameter: the aggregate minus the current global
+    model is a pseudo-gradient; groups that no site sent get no step. Integer buffers (batch-norm counters)
+    and keys without a pseudo-gradient pass through unchanged."""
+
+    def __init__(self, kind: str = "fedadam", eta: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99,
+                 tau: float = 1e-3) -> None:
+        if kind not in SERVER_OPTIMIZERS[1:]:
+            raise ValueError(f"server optimizer {kind!r}; expected one of {SERVER_OPTIMIZERS[1:]}")
+        self.kind, self.eta, self.beta_1, self.beta_2, self.tau = kind, eta, beta_1, beta_2, tau
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def step(self, current: dict[str, np.ndarray], aggregated: dict[str, np.ndarray],
+             contributors: dict[str, list[str]], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        out = dict(aggregated)
+        for group, keys in groups.items():
+            if not contributors.get(group):
+                continue
+            for k in keys:
+                if not np.issubdtype(current[k].dtype, np.floating):
+                    continue
+                delta = aggregated[k].astype(np.float64) - current[k].astype(np.float64)
+                m = self.beta_1 * self.m.get(k, np.zeros_like(delta)) + (1 - self.beta_1) * delta
+                v_prev = self.v.get(k, np.full_like(delta, self.tau**2))
+                sq = delta * delta
+                if self.kind == "fedadam":
+                    v = self.beta_2 * v_prev + (1 - self.beta_2) * sq
+                else:  # fedyogi
+                    v = v_prev - (1 - self.beta_2) * sq * np.sign(v_prev - sq)
+                self.m[k], self.v[k] = m, v
+                out[k] = (current[k] + self.eta * m / (np.sqrt(v) + self.tau)).astype(current[k].dtype)
+        return out

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from server.aggregation import MODES
+from server.aggregation import MODES, SERVER_OPTIMIZERS, ServerOptimizer
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
@@ -29,6 +29,7 @@ DEFAULTS = {
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
     "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
+    "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
 }
 
 
@@ -47,6 +48,9 @@ def main(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
     if cfg["aggregation"] not in MODES:
         raise ValueError(f"run config aggregation = {cfg['aggregation']!r}; expected one of {', '.join(MODES)}")
+    if cfg["server-optimizer"] not in SERVER_OPTIMIZERS:
+        raise ValueError(f"run config server-optimizer = {cfg['server-optimizer']!r}; "
+                         f"expected one of {', '.join(SERVER_OPTIMIZERS)}")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = resolve_db_url(str(out_dir / "registry.db"))
@@ -58,7 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(model.state_dict())
     num_rounds = int(cfg["num-server-rounds"])
     run_id = registry.create_run(
-        name=str(cfg["run-name"]), strategy=f"FedChestAvg[{cfg['aggregation']}]", heads="routed-experts",
+        name=str(cfg["run-name"]), strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]", heads="routed-experts",
         label_set=label_set.name,
         num_rounds=num_rounds, config=cfg, synthetic=False,
     )
@@ -72,6 +76,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedChestAvg(
         registry=registry, run_id=run_id, classes=classes, spec=spec, reference=initial, on_round=on_round,
         classifiers=classifier_keys(model), aggregation=str(cfg["aggregation"]),
+        server_optimizer=None if cfg["server-optimizer"] == "none" else ServerOptimizer(
+            str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
+        proximal_mu=float(cfg["proximal-mu"]),
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )

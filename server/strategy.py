@@ -14,7 +14,7 @@ from flwr.supercore.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from server.aggregation import MODES, SiteUpdate, aggregate
+from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.validation import reference_of, validate_update
@@ -48,6 +48,8 @@ class FedChestAvg(FedAvg):
         reference: ArrayRecord,
         classifiers: dict[str, list[str]] | None = None,
         aggregation: str = "projection",
+        server_optimizer: ServerOptimizer | None = None,
+        proximal_mu: float = 0.0,
         on_round: Callable[[int, dict], None] | None = None,
         **kwargs,
     ) -> None:
@@ -60,6 +62,8 @@ class FedChestAvg(FedAvg):
         self.groups = group_keys(reference.keys())
         self.classifiers = classifiers or {}
         self.aggregation = aggregation
+        self.server_optimizer = server_optimizer
+        self.proximal_mu = proximal_mu
         self.current: dict[str, np.ndarray] = {k: a.numpy() for k, a in reference.items()}
         self.on_round = on_round
         self.node_site: dict[int, str] = {}
@@ -87,6 +91,8 @@ class FedChestAvg(FedAvg):
         self.registry.start_round(self.run_id, server_round)
         self.current = {k: a.numpy() for k, a in arrays.items()}
         config["aggregation"] = self.aggregation
+        if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
+            config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
             prev = np.divide(self.train_pos, self.train_annotated, out=np.zeros(len(self.classes)),
                              where=self.train_annotated > 0)
@@ -141,6 +147,8 @@ class FedChestAvg(FedAvg):
             log(WARNING, "round %s: no valid update; the global model is kept", server_round)
             return None, None
         new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation)
+        if self.server_optimizer is not None:
+            new = self.server_optimizer.step(self.current, new, contributors, self.groups)
         for group, sites in contributors.items():
             proj = group.split(".")[-1] if group.startswith("experts.") else "all"
             rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,

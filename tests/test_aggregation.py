@@ -70,3 +70,25 @@ def test_site_without_laterals_does_not_send_the_lateral_expert():
     data.projection[4] = -1  # an image of unknown projection trains every expert: a third each
     counts, _ = group_statistics(data, 4)
     assert counts["experts.LAT"] == pytest.approx(1 / 3)
+
+
+def test_fedadam_step_by_hand_and_untouched_groups():
+    from server.aggregation import ServerOptimizer
+
+    current = {"experts.PA.w": np.array([1.0, 1.0], np.float32), "experts.PA.n": np.array(3, np.int64),
+               "experts.LAT.w": np.array([5.0], np.float32)}
+    aggregated = {"experts.PA.w": np.array([2.0, 0.0], np.float32), "experts.PA.n": np.array(4, np.int64),
+                  "experts.LAT.w": np.array([5.0], np.float32)}
+    groups = {"experts.PA": ["experts.PA.w", "experts.PA.n"], "experts.LAT": ["experts.LAT.w"]}
+    opt = ServerOptimizer("fedadam", eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    new = opt.step(current, aggregated, {"experts.PA": ["a"], "experts.LAT": []}, groups)
+    delta = np.array([1.0, -1.0])
+    m = 0.1 * delta
+    v = 0.99 * 1e-6 + 0.01 * delta**2
+    np.testing.assert_allclose(new["experts.PA.w"], 1.0 + 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-5)
+    assert new["experts.PA.n"] == 4  # integer buffers take the aggregate as is
+    np.testing.assert_array_equal(new["experts.LAT.w"], [5.0])  # nobody sent LAT: no step
+    yogi = ServerOptimizer("fedyogi", eta=0.1)
+    assert np.isfinite(yogi.step(current, aggregated, {"experts.PA": ["a"]}, groups)["experts.PA.w"]).all()
+    with pytest.raises(ValueError):
+        ServerOptimizer("sgd")
