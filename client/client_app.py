@@ -85,6 +85,8 @@ def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float]
         counts[f"experts.{p}"] = float(w.sum())
         positives[f"experts.{p}"] = (labelled * w[:, None]).sum(0)
     counts["router"] = float((~unknown).sum())  # the router learns from images with a trusted view
+    counts["generalist"] = float(len(data))  # used when the preset has a generalist member
+    positives["generalist"] = labelled.sum(0)
     return counts, positives
 
 

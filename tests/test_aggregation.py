@@ -65,7 +65,7 @@ def test_site_without_laterals_does_not_send_the_lateral_expert():
     targets[[0, 2], 1] = 1
     data = SiteData(np.zeros((5, 8, 8), np.uint8), proj, targets, np.ones_like(targets))
     counts, pos = group_statistics(data, 4)
-    assert counts == {"experts.PA": 3.0, "experts.AP": 2.0, "experts.LAT": 0.0, "router": 5.0}
+    assert counts == {"experts.PA": 3.0, "experts.AP": 2.0, "experts.LAT": 0.0, "router": 5.0, "generalist": 5.0}
     np.testing.assert_allclose(pos["experts.PA"], [0, 1, 0, 0])
     data.projection[4] = -1  # an image of unknown projection trains every expert: a third each
     counts, _ = group_statistics(data, 4)

@@ -94,3 +94,18 @@ def test_family_preset_builds_trains_and_groups():
         assert heads[f"experts.{p}"] and set(heads[f"experts.{p}"]) <= set(groups[f"experts.{p}"])
         weight = model.state_dict()[heads[f"experts.{p}"][0]]
         assert weight.shape[0] == 6  # first axis is the class, for class-aware aggregation
+
+
+def test_generalist_member_is_averaged_with_the_routed_logits():
+    torch.manual_seed(0)
+    model = build_model("small-generalist", 4).eval()
+    assert model.generalist is not None
+    x = torch.randn(2, 1, 64, 64)
+    proj = torch.tensor([0, 2])
+    with torch.no_grad():
+        routed = torch.stack([model.experts["PA"](x[:1])[0], model.experts["LAT"](x[1:])[0]])
+        expected = (routed + model.generalist(x)) / 2
+        assert torch.allclose(model(x, proj), expected, atol=1e-5)
+    from shared_models.networks import classifier_keys, group_keys
+
+    assert "generalist" in group_keys(model.state_dict().keys()) and "generalist" in classifier_keys(model)

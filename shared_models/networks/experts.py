@@ -4,7 +4,8 @@ Each image goes to the expert of its projection (PA / AP / LAT). The projection 
 is present and trusted; otherwise a small learned router (a 3-way projection classifier, trained alongside
 the experts on images whose projection is known) decides: ``hard`` routing sends the image to the router's
 most likely expert, ``soft`` routing mixes all experts' logits by the router's probabilities. Without a
-router, unknown images get the mean of all experts.
+router, unknown images get the mean of all experts. An optional generalist member sees every image and is
+averaged with the routed logits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def projection_index(name: str | None) -> int:
 
 class RoutedExperts(nn.Module):
     def __init__(self, experts: dict[str, nn.Module], num_classes: int, router: nn.Module | None = None,
-                 routing: str = "soft") -> None:
+                 routing: str = "soft", generalist: nn.Module | None = None) -> None:
         super().__init__()
         missing = set(PROJECTIONS) - set(experts)
         if missing:
@@ -38,6 +39,7 @@ class RoutedExperts(nn.Module):
             raise ValueError(f"routing {routing!r}; expected one of {ROUTING_MODES}")
         self.experts = nn.ModuleDict({p: experts[p] for p in PROJECTIONS})
         self.router = router
+        self.generalist = generalist  # optional member that sees every image; averaged with the routed logits
         self.routing = routing
         self.num_classes = num_classes
 
@@ -73,4 +75,6 @@ class RoutedExperts(nn.Module):
             else:
                 w = torch.softmax(router_logits[rest], dim=1).T.unsqueeze(-1)  # (3, b, 1)
                 out[rest] = (stacked * w).sum(0)
+        if self.generalist is not None:
+            out = (out + self._run(self.generalist, x)) / 2
         return out, router_logits

@@ -39,7 +39,8 @@ def build_model(preset: str, num_classes: int, routing: str = "soft") -> RoutedE
     spec = load_preset(preset)
     experts = {proj: _timm(spec["experts"][proj], num_classes) for proj in PROJECTIONS}
     router = _timm(spec["router"], len(PROJECTIONS)) if "router" in spec else None
-    return RoutedExperts(experts, num_classes, router, routing)
+    generalist = _timm(spec["generalist"], num_classes) if "generalist" in spec else None
+    return RoutedExperts(experts, num_classes, router, routing, generalist)
 
 
 def parameter_group(key: str) -> str:
@@ -57,10 +58,14 @@ def group_keys(keys) -> dict[str, list[str]]:
 
 
 def classifier_keys(model: RoutedExperts) -> dict[str, list[str]]:
-    """Per expert group, the state-dict keys of its final classifier, whose first axis is the class."""
+    """Per expert group (and the generalist), the state-dict keys of its final classifier, whose first axis
+    is the class."""
+    members = {f"experts.{p}": e for p, e in model.experts.items()}
+    if model.generalist is not None:
+        members["generalist"] = model.generalist
     out = {}
-    for proj, expert in model.experts.items():
-        head = expert.get_classifier()
-        prefix = next(name for name, module in expert.named_modules() if module is head)
-        out[f"experts.{proj}"] = [f"experts.{proj}.{prefix}.{name}" for name, _ in head.named_parameters()]
+    for group, net in members.items():
+        head = net.get_classifier()
+        prefix = next(name for name, module in net.named_modules() if module is head)
+        out[group] = [f"{group}.{prefix}.{name}" for name, _ in head.named_parameters()]
     return out
