@@ -110,6 +110,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     c = model.num_classes
     counts, positives = group_statistics(data, c)
+    train_pos, train_annotated = data.class_counts(c)
     state = model.cpu().state_dict()
     if str(config.get("aggregation", "projection")) != "fedavg":  # send only the groups this site trained
         state = {k: v for k, v in state.items() if counts.get(parameter_group(k), 0) > 0}
@@ -121,8 +122,8 @@ def train(msg: Message, context: Context) -> Message:
         **{f"pos.{g}": [float(x) for x in v] for g, v in positives.items()},
         "train_loss": float(stats["train_loss"]),
         "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
-        "train_pos": [int(v) for v in (data.targets[:, :c] * data.mask[:, :c]).sum(0)],
-        "train_annotated": [int(v) for v in data.mask[:, :c].sum(0)],
+        "train_pos": [int(v) for v in train_pos],
+        "train_annotated": [int(v) for v in train_annotated],
         **{f"n.{p}": int((data.projection == i).sum()) for i, p in enumerate(PROJECTIONS)},
     }
     content = RecordDict({

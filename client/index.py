@@ -248,6 +248,11 @@ class SiteData:
     def __len__(self) -> int:
         return len(self.projection)
 
+    def class_counts(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class annotated positives and annotated images over the first ``num_classes`` classes."""
+        mask = self.mask[:, :num_classes]
+        return (self.targets[:, :num_classes] * mask).sum(0), mask.sum(0)
+
 
 def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
     """Rows of one split ('train', 'val', 'test' or None for all) from the index and cache. Projections the

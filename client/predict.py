@@ -64,15 +64,9 @@ def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = 
         chosen, how = (projection, "given") if projection else (view, "metadata") if view else (None, "router")
         proj = torch.tensor([PROJECTIONS.index(chosen) if chosen else -1], device=device)
         with torch.no_grad():
-            if tta:
-                probs = predict_with_tta(model, x, proj)[0]
-            else:
-                logits, router_logits = model.forward_with_router(x, proj)
-                probs = torch.sigmoid(logits)[0]
-            if chosen is None:
-                router_logits = model.forward_with_router(x, proj)[1]
-                if router_logits is not None:
-                    chosen = PROJECTIONS[int(router_logits.argmax(1))]
+            probs = predict_with_tta(model, x, proj)[0] if tta else torch.sigmoid(model(x, proj))[0]
+            if chosen is None and model.router is not None:
+                chosen = PROJECTIONS[int(model.router(x).argmax(1))]
         results.append({
             "image": str(path), "projection": chosen, "projection_from": how, "tta": tta,
             "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs.cpu())},

@@ -10,6 +10,7 @@ import torch
 from client.index import SiteData
 from shared_models.longtail import logit_adjustment, sampling_weights
 from shared_models.losses import AsymmetricLoss, prevalence_class_weights
+from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
@@ -56,9 +57,7 @@ def train_local(
     model.to(device).train()
     num_classes = model.num_classes
     if prevalence is None:
-        annotated = data.mask[:, :num_classes].sum(0)
-        prevalence = np.divide((data.targets * data.mask)[:, :num_classes].sum(0), annotated,
-                               out=np.zeros(num_classes), where=annotated > 0)
+        prevalence = class_prevalence(*data.class_counts(num_classes), empty=0.0)
     prior = torch.as_tensor(np.asarray(prevalence, dtype=np.float32), device=device)
     weights = prevalence_class_weights(prior) if asl_class_weights else None
     loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, class_weights=weights).to(device)

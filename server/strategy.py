@@ -18,7 +18,7 @@ from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.validation import reference_of, validate_update
-from shared_models.metrics import HistogramSpec, prevalence_groups
+from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
 from shared_models.networks import group_keys
 
 
@@ -55,7 +55,6 @@ class FedChestAvg(FedAvg):
     ) -> None:
         if aggregation not in MODES:
             raise ValueError(f"aggregation {aggregation!r}; expected one of {MODES}")
-        kwargs.setdefault("train_metrics_aggr_fn", scalar_mean)
         super().__init__(**kwargs)
         self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
         self.reference = reference_of(reference)
@@ -74,6 +73,9 @@ class FedChestAvg(FedAvg):
         self.n_train = 0
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _name(self, node: int) -> str:
+        return self._name(node)
+
     def _site_of(self, msg: Message) -> str:
         node = msg.metadata.src_node_id
         cfg = msg.content.config_records.get("site")
@@ -94,9 +96,7 @@ class FedChestAvg(FedAvg):
         if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
             config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
-            prev = np.divide(self.train_pos, self.train_annotated, out=np.zeros(len(self.classes)),
-                             where=self.train_annotated > 0)
-            config["class-prevalence"] = [float(v) for v in prev]
+            config["class-prevalence"] = [float(v) for v in prevalence(self.train_pos, self.train_annotated, 0.0)]
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -107,7 +107,7 @@ class FedChestAvg(FedAvg):
         rows = []
         for msg in replies:
             if msg.has_error():
-                site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+                site = self._name(msg.metadata.src_node_id)
                 self.registry.add_event(self.run_id, "train_error", f"{msg.error.reason}", server_round, site)
                 log(WARNING, "round %s: %s failed to train: %s", server_round, site, msg.error.reason)
                 continue
@@ -164,7 +164,7 @@ class FedChestAvg(FedAvg):
         routed: dict[str, tuple[int, int]] = {}
         for msg in replies:
             if msg.has_error():
-                site = self.node_site.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+                site = self._name(msg.metadata.src_node_id)
                 self.registry.add_event(self.run_id, "evaluate_error", f"{msg.error.reason}", server_round, site)
                 continue
             site = self._site_of(msg)

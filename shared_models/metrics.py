@@ -82,11 +82,16 @@ def per_class_metrics(
     return out
 
 
+def prevalence(positives: np.ndarray, annotated: np.ndarray, empty: float = float("nan")) -> np.ndarray:
+    """Per-class positives / annotated counts; ``empty`` where a class was never annotated."""
+    positives = np.asarray(positives, dtype=np.float64)
+    annotated = np.asarray(annotated, dtype=np.float64)
+    return np.divide(positives, annotated, out=np.full_like(positives, empty), where=annotated > 0)
+
+
 def prevalence_groups(train_pos: np.ndarray, train_n: np.ndarray) -> np.ndarray:
     """'head' / 'medium' / 'tail' per class from training counts; '' where nothing was annotated."""
-    train_pos = np.asarray(train_pos, dtype=np.float64)
-    train_n = np.asarray(train_n, dtype=np.float64)
-    prev = np.divide(train_pos, train_n, out=np.full_like(train_pos, np.nan), where=train_n > 0)
+    prev = prevalence(train_pos, train_n)
     groups = np.full(prev.shape, "", dtype=object)
     groups[prev > HEAD_THRESHOLD] = "head"
     groups[(prev >= TAIL_THRESHOLD) & (prev <= HEAD_THRESHOLD)] = "medium"
