@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
-from client.site_config import SiteConfig, load_site_config
+from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict, train_local
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
@@ -68,8 +68,14 @@ def _setup(msg: Message, context: Context, split: str):
     limit_threads()
     config = msg.content["config"]
     site = resolve_site(context, config)
+    size = int(config.get("image-size", site.image_size))
+    if size != site.image_size:
+        raise SiteConfigError(
+            f"{site.path}: this run trains at image-size {size} px but the site caches {site.image_size} px; set "
+            f"site.image_size = {size} in site.toml and run `fedchest-site check --config {site.path}`")
     data = site_data(site, split)
-    model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen)
+    model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
+                        image_size=size)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return config, site, data, model
 

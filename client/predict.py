@@ -28,14 +28,15 @@ def load_global_model(checkpoint: Path):
     for key in ("state_dict", "model_preset", "classes"):
         if key not in ckpt:
             raise ValueError(f"{checkpoint}: checkpoint lacks {key!r} (expected one written by the fedchest ServerApp)")
-    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]))
+    size = int(ckpt.get("image_size", 0) or 0)
+    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip()[:160] if "\n" in str(exc) else str(exc)[:160]
         raise ValueError(f"{checkpoint}: weights do not fit preset {ckpt['model_preset']!r} of this fedchest "
                          f"version (written by another version?): {first}") from None
-    return model.eval(), list(ckpt["classes"]), int(ckpt.get("image_size", 0) or 0)
+    return model.eval(), list(ckpt["classes"]), size
 
 
 def read_image(path: Path) -> tuple[torch.Tensor, str | None]:

@@ -19,7 +19,7 @@ from server.registry import Registry, resolve_db_url
 from server.report import round_table
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
-from shared_models.networks import build_model, classifier_keys
+from shared_models.networks import build_model, classifier_keys, parse_weights
 from shared_models.ontology import load_label_set
 
 app = ServerApp()
@@ -30,6 +30,7 @@ DEFAULTS = {
     "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
+    "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
 }
 
 
@@ -58,7 +59,8 @@ def main(grid: Grid, context: Context) -> None:
     label_set = load_label_set(str(cfg["label-set"]))
     classes = label_set.seen
     torch.manual_seed(int(cfg["seed"]))
-    model = build_model(str(cfg["model-preset"]), len(classes))
+    model = build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
+                        weights=parse_weights(str(cfg["pretrained-weights"])))
     initial = ArrayRecord(model.state_dict())
     num_rounds = int(cfg["num-server-rounds"])
     run_id = registry.create_run(
@@ -84,6 +86,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     shared = {
         "model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
+        "image-size": int(cfg["image-size"]),
         "hist-bins": spec.bins, "hist-limit": spec.limit,
     }
     if cfg["sim-sites-dir"]:

@@ -4,6 +4,7 @@ per-site, per-projection, per-class metrics in the registry."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
@@ -35,6 +36,16 @@ def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
             if isinstance(v, (int, float)) and k != weight_key:
                 out[k] = out.get(k, 0.0) + w * float(v)
     return MetricRecord(out)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(reason: str | None) -> str:
+    """The line of a ClientApp error that says what went wrong (Flower forwards the site's whole traceback,
+    wrapped by Ray in simulation): its last non-empty line, without colour codes, at most 500 characters."""
+    lines = [ln.strip() for ln in _ANSI.sub("", reason or "").splitlines() if ln.strip().strip("'>")]
+    return (lines[-1].rstrip("'>") if lines else "unknown error")[:500]
 
 
 class FedChestAvg(FedAvg):
@@ -71,10 +82,11 @@ class FedChestAvg(FedAvg):
         self.train_annotated = np.zeros(len(classes), np.int64)
         self.history: list[dict] = []
         self.n_train = 0
+        self.asked: dict[str, set[int]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
-        return self._name(node)
+        return self.node_site.get(node, f"node-{node}")
 
     def _site_of(self, msg: Message) -> str:
         node = msg.metadata.src_node_id
@@ -97,7 +109,23 @@ class FedChestAvg(FedAvg):
             config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
             config["class-prevalence"] = [float(v) for v in prevalence(self.train_pos, self.train_annotated, 0.0)]
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.asked["train"] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def _record_dropouts(self, stage: str, server_round: int, replies: list[Message]) -> None:
+        """Nodes asked this round that sent nothing back (killed, cut off, or past the round timeout)."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in sorted(self.asked.get(stage, set()) - answered):
+            site = self._name(node)
+            log(WARNING, "round %s: %s did not reply to %s (dropout)", server_round, site, stage)
+            self.registry.add_event(self.run_id, "dropout", f"no {stage} reply this round", server_round, site)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         kept: list[Message] = []
@@ -105,11 +133,13 @@ class FedChestAvg(FedAvg):
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
         rows = []
+        replies = list(replies)
+        self._record_dropouts("train", server_round, replies)
         for msg in replies:
             if msg.has_error():
                 site = self._name(msg.metadata.src_node_id)
-                self.registry.add_event(self.run_id, "train_error", f"{msg.error.reason}", server_round, site)
-                log(WARNING, "round %s: %s failed to train: %s", server_round, site, msg.error.reason)
+                self.registry.add_event(self.run_id, "train_error", error_line(msg.error.reason), server_round, site)
+                log(WARNING, "round %s: %s failed to train: %s", server_round, site, error_line(msg.error.reason))
                 continue
             site = self._site_of(msg)
             if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
@@ -117,6 +147,7 @@ class FedChestAvg(FedAvg):
                                         server_round, site)
                 continue
             arrays = next(iter(msg.content.array_records.values()))
+            rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
             reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups)
             if reason:
                 log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
@@ -162,10 +193,12 @@ class FedChestAvg(FedAvg):
         evals = {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
+        replies = list(replies)
+        self._record_dropouts("evaluate", server_round, replies)
         for msg in replies:
             if msg.has_error():
                 site = self._name(msg.metadata.src_node_id)
-                self.registry.add_event(self.run_id, "evaluate_error", f"{msg.error.reason}", server_round, site)
+                self.registry.add_event(self.run_id, "evaluate_error", error_line(msg.error.reason), server_round, site)
                 continue
             site = self._site_of(msg)
             try:

@@ -102,7 +102,7 @@ def test_flwr_run_from_repo_root(demo, tmp_path):
     try:
         r = subprocess.run(
             [str(BIN / "flwr"), "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-             "--run-config", f'num-server-rounds=1 min-nodes=3 sim-sites-dir="{out / "sites"}" out-dir="{run_out}"'],
+             "--run-config", f'num-server-rounds=1 min-nodes=3 image-size=32 sim-sites-dir="{out / "sites"}" out-dir="{run_out}"'],
             cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     finally:
         _kill_local_superlink(home)

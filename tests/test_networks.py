@@ -109,3 +109,68 @@ def test_generalist_member_is_averaged_with_the_routed_logits():
     from shared_models.networks import classifier_keys, group_keys
 
     assert "generalist" in group_keys(model.state_dict().keys()) and "generalist" in classifier_keys(model)
+
+
+def test_local_pretrained_weights_load_into_one_expert(tmp_path):
+    """A user's RGB ImageNet-style checkpoint (3-channel stem, 1000-class head) for the PA expert: the stem is
+    summed to one channel, the body is loaded as is, the head is freshly initialised, other experts untouched."""
+    import timm
+    from safetensors.torch import save_file
+
+    from shared_models.networks import load_preset, parse_weights
+
+    args = {k: tuple(v) for k, v in load_preset("families-tiny")["experts"]["PA"]["args"].items()}
+    torch.manual_seed(1)
+    rgb = timm.create_model("convnextv2_atto", pretrained=False, in_chans=3, num_classes=1000, **args)
+    path = tmp_path / "pa.safetensors"
+    save_file(rgb.state_dict(), path)
+    torch.manual_seed(2)
+    plain = build_model("families-tiny", 6)
+    torch.manual_seed(2)
+    model = build_model("families-tiny", 6, weights=parse_weights(f"PA={path}"))
+    src = rgb.state_dict()
+    got = model.experts["PA"].state_dict()
+    assert torch.allclose(got["stem.0.weight"], src["stem.0.weight"].sum(1, keepdim=True))
+    body = [k for k in got if k.startswith("stages.")]
+    assert body and all(torch.equal(got[k], src[k]) for k in body)
+    assert got["head.fc.weight"].shape == (6, 128)
+    assert not torch.equal(got["stages.0.blocks.0.conv_dw.weight"],
+                           plain.experts["PA"].state_dict()["stages.0.blocks.0.conv_dw.weight"])
+
+
+def test_pretrained_weights_errors_name_the_member_and_file(tmp_path):
+    import pytest
+
+    from shared_models.networks import WeightsError, parse_weights
+
+    with pytest.raises(WeightsError, match="MEMBER=PATH"):
+        parse_weights("chest=/x.pth")
+    with pytest.raises(WeightsError, match="LAT: .*missing.pth is not a file"):
+        build_model("families-tiny", 6, weights={"LAT": tmp_path / "missing.pth"})
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(WeightsError, match=r"AP: .*wrong.pth does not fit swin"):
+        build_model("families-tiny", 6, weights={"AP": wrong})
+    with pytest.raises(WeightsError, match="generalist"):
+        build_model("families-tiny", 6, weights={"generalist": wrong})
+
+
+def test_token_experts_follow_the_run_image_size():
+    model = build_model("families-tiny", 6, image_size=96).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 96, 96), torch.tensor([0, 1, 2]))
+    assert out.shape == (3, 6)
+
+
+def test_paper_preset_has_the_published_families_at_full_size():
+    """Built on the meta device (no memory, no weights): ConvNeXt-V2 / Swin / CaiT at their timm base sizes."""
+    from timm.models.cait import Cait
+    from timm.models.convnext import ConvNeXt
+    from timm.models.swin_transformer import SwinTransformer
+
+    with torch.device("meta"):
+        model = build_model("paper", 30, image_size=384)
+    kinds = {p: type(model.experts[p]) for p in PROJECTIONS}
+    assert kinds == {"PA": ConvNeXt, "AP": SwinTransformer, "LAT": Cait}
+    sizes = {p: sum(t.numel() for t in model.experts[p].parameters()) for p in PROJECTIONS}
+    assert sizes["PA"] > 80e6 and sizes["AP"] > 80e6 and sizes["LAT"] > 40e6

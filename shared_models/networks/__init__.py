@@ -3,21 +3,25 @@
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts, projection_index
 from shared_models.networks.factory import (
     available_presets,
+    WeightsError,
     build_model,
     classifier_keys,
     group_keys,
     load_preset,
     parameter_group,
+    parse_weights,
 )
 
 __all__ = [
     "PROJECTIONS",
     "RoutedExperts",
+    "WeightsError",
     "available_presets",
     "build_model",
     "classifier_keys",
     "group_keys",
     "load_preset",
     "parameter_group",
+    "parse_weights",
     "projection_index",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -28,18 +30,102 @@ def load_preset(name: str) -> dict[str, Any]:
         raise KeyError(f"unknown model preset {name!r}; available: {', '.join(available_presets())}") from None
 
 
-def _timm(entry: dict, num_classes: int):
+MEMBERS = (*PROJECTIONS, "router", "generalist")
+
+
+class WeightsError(ValueError):
+    """A local pretrained-weights file that cannot be used for the member it was given for."""
+
+
+def parse_weights(spec: str) -> dict[str, Path]:
+    """``"PA=/w/convnextv2.safetensors,LAT=/w/cait.pth"`` (the run config ``pretrained-weights``) as a mapping
+    from ensemble member to a local file. Members: PA, AP, LAT, router, generalist."""
+    out: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        member, sep, path = item.partition("=")
+        if not sep or member.strip() not in MEMBERS or not path.strip():
+            raise WeightsError(f"pretrained-weights entry {item!r}: expected MEMBER=PATH with MEMBER one of "
+                               f"{', '.join(MEMBERS)}")
+        out[member.strip()] = Path(path.strip()).expanduser()
+    return out
+
+
+def _timm(entry: dict, num_classes: int, image_size: int | None = None, weights: Path | None = None,
+          member: str = ""):
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.get("args", {}).items()}
-    return timm.create_model(entry["arch"], pretrained=False, in_chans=1, num_classes=num_classes, **args)
+    if image_size and "img_size" in args:  # token models (Swin, CaiT) are built for the run's input size
+        args["img_size"] = image_size
+    net = timm.create_model(entry["arch"], pretrained=False, in_chans=1, num_classes=num_classes, **args)
+    if weights is not None:
+        _load_local(net, weights, member, entry["arch"])
+    return net
 
 
-def build_model(preset: str, num_classes: int, routing: str = "soft") -> RoutedExperts:
-    """Routed experts (and the router, when the preset has one) with randomly initialised timm backbones
-    (``in_chans=1``); no weights are downloaded."""
+def _load_local(net, path: Path, member: str, arch: str) -> None:
+    """A local checkpoint into ``net``, strictly: RGB stems are summed to one channel (timm's
+    ``adapt_input_conv``), position tables go through the architecture's own checkpoint filter, a classifier
+    of another size is left freshly initialised; any other missing or unexpected key is an error."""
+    import sys
+
+    from timm.models import load_state_dict
+    from timm.models._manipulate import adapt_input_conv
+
+    where = f"pretrained weights for {member}: {path}"
+    if not path.is_file():
+        raise WeightsError(f"{where} is not a file")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear message
+        raise WeightsError(f"{where} cannot be read as a state dict ({type(exc).__name__}: {exc})") from None
+    filter_fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+    cfg = net.pretrained_cfg
+    try:
+        if filter_fn is not None:
+            state = filter_fn(state, net)
+        for conv in filter(None, [cfg.get("first_conv")] if isinstance(cfg.get("first_conv"), str) else cfg.get("first_conv") or []):
+            key = f"{conv}.weight"
+            if key in state and state[key].ndim == 4 and state[key].shape[1] != 1:
+                state[key] = adapt_input_conv(1, state[key])
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{where} does not fit {arch}: {type(exc).__name__}: {exc}") from None
+    own = net.state_dict()
+    head = {k for k in own if any(k.startswith(f"{c}.") for c in _classifier_prefixes(cfg))}
+    for k in head:
+        if k in state and state[k].shape != own[k].shape:
+            del state[k]  # another label set: this head starts fresh
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{where} does not fit {arch} with the preset's arguments: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another "
+            f"shape (e.g. {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:2]]})")
+    net.load_state_dict(state, strict=False)
+
+
+def _classifier_prefixes(cfg: dict) -> list[str]:
+    c = cfg.get("classifier") or []
+    return [c] if isinstance(c, str) else list(c)
+
+
+def build_model(preset: str, num_classes: int, routing: str = "soft", image_size: int | None = None,
+                weights: Mapping[str, Path] | None = None) -> RoutedExperts:
+    """Routed experts (and the router and generalist, when the preset has them) from timm with ``in_chans=1``.
+    Random init unless ``weights`` names a local file for a member; nothing is ever downloaded.
+    ``image_size`` sets ``img_size`` for architectures whose preset gives one (Swin, CaiT)."""
     spec = load_preset(preset)
-    experts = {proj: _timm(spec["experts"][proj], num_classes) for proj in PROJECTIONS}
-    router = _timm(spec["router"], len(PROJECTIONS)) if "router" in spec else None
-    generalist = _timm(spec["generalist"], num_classes) if "generalist" in spec else None
+    weights = dict(weights or {})
+    unknown = set(weights) - set(MEMBERS) | {m for m in ("router", "generalist") if m in weights and m not in spec}
+    if unknown:
+        raise WeightsError(f"pretrained weights given for {sorted(unknown)}, which preset {preset!r} does not have")
+
+    def member(name: str, entry: dict, n: int):
+        return _timm(entry, n, image_size, weights.get(name), name)
+
+    experts = {proj: member(proj, spec["experts"][proj], num_classes) for proj in PROJECTIONS}
+    router = member("router", spec["router"], len(PROJECTIONS)) if "router" in spec else None
+    generalist = member("generalist", spec["generalist"], num_classes) if "generalist" in spec else None
     return RoutedExperts(experts, num_classes, router, routing, generalist)
 
 
