@@ -26,6 +26,7 @@ demo: $(STAMP)
 # Default suite first (budget: 15 min on 2 cores), then the end-to-end tests (Flower simulation, CLI).
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 test: $(STAMP)
+	@sh scripts/ensure_chromium.sh
 	$(PY) -m pytest -q -m "not e2e"
 	$(PY) -m pytest -q -m e2e
 
@@ -33,6 +34,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
 test-e2e: $(STAMP)
+	@sh scripts/ensure_chromium.sh
 	$(PY) -m pytest -q -m e2e
 
 bench: $(STAMP)

@@ -18,6 +18,7 @@ from benchmarks.common import concat, evaluate, record, site_configs, train_mode
 from client.index import load_split
 from server.checkpoints import load_checkpoint
 from server.demo import make_sites
+from server.registry import Registry
 from server.simulation import run_in_process
 from shared_models.networks import build_model
 from shared_models.ontology import load_label_set
@@ -67,11 +68,20 @@ def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rou
         others = concat([d for n, d in test.items() if n != name])
         gains[name] = {"local_only_mAP_on_other_sites": evaluate(model, others)["mAP"],
                        "federated_mAP_on_same_data": evaluate(fed_model, others)["mAP"]}
+    # references next to the federated run, for the dashboard (overview and cross-site generalisation)
+    refs = [("pooled", None, "all", "mAP", pooled_map)]
+    cross = {}
+    for model_name, model in [("pooled", pooled_model), *((f"local-only:{n}", m) for n, m in local.items())]:
+        cross[model_name] = {site: evaluate(model, d)["mAP"] for site, d in test.items()}
+        refs += [(model_name, site, "all", "mAP", v) for site, v in cross[model_name].items()]
+    refs.append(("local-only (mean over sites)", None, "all", "mAP",
+                 float(np.mean([evaluate(m, all_test)["mAP"] for m in local.values()]))))
+    Registry(f"sqlite:///{fed_dir / 'registry.db'}").add_references(summary["run_id"], refs)
     gain_mean = float(np.mean([g["federated_mAP_on_same_data"] - g["local_only_mAP_on_other_sites"] for g in gains.values()]))
     accuracy = record({
         "pooled_mAP": pooled_map, "federated_mAP": fed_map, "federated_over_pooled": fed_map / pooled_map,
         "prevalence_mAP": summary["baseline"]["prevalence_mAP"], "per_site_local_only": gains,
-        "mean_gain_over_local_only_on_other_sites": gain_mean, "epochs_equivalent": epochs,
+        "mean_gain_over_local_only_on_other_sites": gain_mean, "cross_site_mAP": cross, "epochs_equivalent": epochs,
         "headline": {"federated/pooled mAP": fed_map / pooled_map, "federated mAP": fed_map, "pooled mAP": pooled_map,
                      "gain over local-only (mAP, other sites)": gain_mean},
     }, command)

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "data_path": "benchmarks.bench_data_path",
     "experts": "benchmarks.bench_experts",
     "inference": "benchmarks.bench_inference",
+    "dashboard": "benchmarks.bench_dashboard",
 }
 
 

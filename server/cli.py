@@ -23,7 +23,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
     env = {**os.environ, "FEDCHEST_DB_URL": args.db} if args.db else dict(os.environ)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.address", args.address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--theme.base", "light", "--client.toolbarMode", "viewer"]
+    print(f"fedchest dashboard: http://{'localhost' if args.address in ('127.0.0.1', '0.0.0.0') else args.address}"
+          f":{args.port} (registry {env.get('FEDCHEST_DB_URL', 'sqlite:///demo-out/registry.db')}, read-only)",
+          flush=True)
     return subprocess.call(cmd, env=env)
 
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")
     b.add_argument("--port", type=int, default=8501)
+    b.add_argument("--address", default="127.0.0.1",
+                   help="interface to listen on (default: this machine only; 0.0.0.0 for every interface)")
     b.set_defaults(fn=_dashboard)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -42,6 +42,8 @@ def _rows(site: str | None, scope: str, pc: dict[str, np.ndarray], summary: dict
     for j, cls in enumerate(classes):
         for k in ("ap", "auroc", "f1"):
             rows.append((site, scope, cls, k, float(pc[k][j]), int(pc["n_pos"][j])))
+        annotated = int(pc["n_pos"][j] + pc["n_neg"][j])  # 0: the site does not annotate this class
+        rows.append((site, scope, cls, "eval_prevalence", pc["n_pos"][j] / annotated if annotated else None, annotated))
     for k, v in summary.items():
         rows.append((site, scope, None, k, v, n))
     return rows

@@ -30,3 +30,32 @@ def synth_sites(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sites")
     return {fmt: synthesize_site(root / fmt, fmt, f"site-{fmt}", n_images=80, image_size=32, seed=1)
             for fmt in ("padchest", "mimic", "openi", "dicom")}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[str, str, list[str]]:
+    """A real federated run (the demo CLI: 3 synthetic sites, 2 rounds, tiny preset, 32 px) and its registry:
+    (URL, run id, site names)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+                        "--images-per-site", "90", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
+                        "--seed", "5"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    return summary["db_url"], summary["run_id"], summary["sites"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run_with_references(tiny_run) -> tuple[str, str, list[str]]:
+    """The tiny run plus the local-only and pooled references a benchmark records next to its run."""
+    from server.registry import Registry
+
+    url, run_id, sites = tiny_run
+    Registry(url).add_references(
+        run_id, [(f"local-only:{a}", b, "all", "mAP", 0.1 + 0.1 * (a == b)) for a in sites for b in sites]
+        + [("pooled", None, "all", "mAP", 0.3)])
+    return tiny_run

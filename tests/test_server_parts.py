@@ -61,9 +61,12 @@ def test_round_metrics_per_site_exact_and_pooled_from_histograms(tmp_path):
         (pbp["PA"]["mAP"] + pbp["AP"]["mAP"]) / 2 - pbp["LAT"]["mAP"])
     assert set(summary["frontal_lateral_gap"]) == {"s1", "s2", "pooled"}
     assert summary["baseline"]["prevalence_mAP"] == pytest.approx(y.astype(np.float64).mean(0).mean(), abs=1e-9)
-    # a row per (site or pooled) x scope x class x metric, plus aggregates
+    # a row per (site or pooled) x scope x class x metric (ap, auroc, f1, eval_prevalence), plus aggregates
     per_class_rows = [r for r in rows if r[2] is not None]
-    assert len(per_class_rows) == 3 * 4 * 3 * 3
+    assert len(per_class_rows) == 3 * 4 * 3 * 4
+    prev = {(r[0], r[1], r[2]): (r[4], r[5]) for r in per_class_rows if r[3] == "eval_prevalence"}
+    value, annotated = prev[("s1", "all", prev_class := next(iter(prev))[2])]
+    assert annotated > 0 and 0 <= value <= 1, prev_class
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
     run = reg.create_run("t", "FedChestAvg", "routed-experts", "x", 1, {}, True)
     reg.add_metrics(run, 1, rows)

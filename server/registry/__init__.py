@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from server.registry.models import Base, Checkpoint, Event, Metric, Round, Run, Site, utcnow
+from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
 
-__all__ = ["Registry", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Round", "Run", "Site"]
+__all__ = ["Registry", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
 
 
 def resolve_db_url(default: str) -> str:
@@ -75,6 +75,15 @@ class Registry:
     def add_event(self, run_id: str, kind: str, message: str, rnd: int | None = None, site: str | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             s.add(Event(run_id=run_id, round=rnd, site=site, kind=kind, message=message))
+
+    def add_references(self, run_id: str, rows: Iterable[tuple]) -> int:
+        """rows: (model, evaluating site or None, projection, name, value)."""
+        objs = [Reference(run_id=run_id, model=model, site=site, projection=proj, name=name,
+                          value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value))
+                for model, site, proj, name, value in rows]
+        with Session(self.engine) as s, s.begin():
+            s.add_all(objs)
+        return len(objs)
 
     def add_checkpoint(self, run_id: str, rnd: int, path: str, sha256: str, size: int) -> None:
         with Session(self.engine) as s, s.begin():

@@ -1,4 +1,4 @@
-"""Registry tables (SQLAlchemy 2): runs, sites, rounds, metrics, events, checkpoints.
+"""Registry tables (SQLAlchemy 2): runs, sites, rounds, metrics, events, references, checkpoints.
 
 Only aggregates live here: no patient-level row ever reaches the registry.
 """
@@ -78,6 +78,21 @@ class Event(Base):
     site: Mapped[str | None] = mapped_column(String(200), default=None)
     kind: Mapped[str] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Reference(Base):
+    """A reference result recorded next to a run: a model trained another way (``local-only:<site>``,
+    ``pooled``) evaluated on a site's test split (``site``; None = pooled over the sites)."""
+
+    __tablename__ = "references"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    site: Mapped[str | None] = mapped_column(String(200), default=None)
+    projection: Mapped[str] = mapped_column(String(10), default="all")
+    name: Mapped[str] = mapped_column(String(50))
+    value: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

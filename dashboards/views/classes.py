@@ -1,0 +1,63 @@
+"""Per-class results sorted by training prevalence, with head / medium / tail bands; classes a site does not
+annotate are shown as such."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts
+from dashboards.data import RunContext, round_picker
+from shared_models.metrics import HEAD_THRESHOLD, TAIL_THRESHOLD
+
+TITLE = "Classes"
+SLUG = "classes"
+METRICS = {"AP": "ap", "AUROC": "auroc", "F1 at 0.5": "f1"}
+
+
+def band(prevalence: float) -> str:
+    if prevalence is None or np.isnan(prevalence):
+        return "not annotated"
+    return "head" if prevalence > HEAD_THRESHOLD else "tail" if prevalence < TAIL_THRESHOLD else "medium"
+
+
+def render(ctx: RunContext) -> None:
+    st.header(TITLE)
+    rnd = round_picker(ctx, "classes_round")
+    if rnd is None:
+        return
+    cm = ctx.classes(rnd)
+    sites = sorted(s for s in cm["site"].dropna().unique())
+    c1, c2, c3 = st.columns(3)
+    site = c1.selectbox("Site", ["pooled (all sites)", *sites], key="classes_site")
+    proj = c2.selectbox("Projection", ["all", "PA", "AP", "LAT"], key="classes_projection")
+    label = c3.selectbox("Metric", list(METRICS), key="classes_metric")
+    at_site = cm["site"].isna() if site.startswith("pooled") else cm["site"] == site
+    prev = cm[cm["site"].isna() & (cm["name"] == "train_prevalence")].set_index("class_name")["value"]
+    here = cm[at_site & (cm["projection"] == proj)]
+    values = here[here["name"] == METRICS[label]].set_index("class_name")
+    annotated = here[here["name"] == "eval_prevalence"].set_index("class_name")["n"]
+    if values.empty:
+        st.info(f"No per-class results for {site}, projection {proj}, round {rnd}.")
+        return
+    df = pd.DataFrame({"class_name": values.index, "value": values["value"].to_numpy(),
+                       "n": values["n"].to_numpy()})
+    df["train_prevalence"] = df["class_name"].map(prev).astype(float)
+    df["band"] = df["train_prevalence"].map(band)
+    df["annotated"] = df["class_name"].map(annotated).fillna(0).astype(int)
+    df.loc[df["annotated"] == 0, "band"] = "not annotated"
+    st.subheader(f"{label} per class: {site}, projection {proj}, round {rnd}")
+    shown = df[df["train_prevalence"] > 0]
+    st.altair_chart(charts.class_bars(shown, f"{label} (0-1)"), width="stretch")
+    missing = df.loc[df["annotated"] == 0, "class_name"].tolist()
+    no_pos = df.loc[(df["annotated"] > 0) & df["value"].isna(), "class_name"].tolist()
+    if missing:
+        st.warning(f"Not annotated in this test split ({len(missing)}): {', '.join(missing)}")
+    if no_pos:
+        st.caption(f"Annotated but without positives in this test split, so {label} is undefined: {', '.join(no_pos)}")
+    unseen = df.loc[~(df["train_prevalence"] > 0), "class_name"].tolist()
+    if unseen:
+        st.caption(f"No training positives anywhere in the consortium (not plotted): {', '.join(unseen)}")
+    st.dataframe(df.sort_values("train_prevalence", ascending=False).round(4), hide_index=True,
+                 width="stretch")
