@@ -19,6 +19,7 @@ BENCHMARKS = {
     "experts": "benchmarks.bench_experts",
     "inference": "benchmarks.bench_inference",
     "dashboard": "benchmarks.bench_dashboard",
+    "dp_cost": "benchmarks.bench_dp_cost",
 }
 
 

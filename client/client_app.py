@@ -15,16 +15,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.audit import outbound_guard
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
+from client.local_round import outgoing_state, train_round
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
-from client.training import predict, train_local
+from client.training import predict
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, build_model, parameter_group
 from shared_models.ontology import load_label_set
 
-app = ClientApp()
+app = ClientApp(mods=[outbound_guard])
 _DATA: dict[tuple[str, str], tuple[float, SiteData]] = {}
 
 
@@ -75,7 +77,7 @@ def _setup(msg: Message, context: Context, split: str):
             f"site.image_size = {size} in site.toml and run `fedchest-site check --config {site.path}`")
     data = site_data(site, split)
     model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
-                        image_size=size)
+                        image_size=size, dp_compatible=bool(config.get("dp", False)))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return config, site, data, model
 
@@ -104,33 +106,26 @@ def _site_record(site: SiteConfig) -> ConfigRecord:
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     config, site, data, model = _setup(msg, context, "train")
-    stats = train_local(
-        model, data, epochs=int(config["local-epochs"]), lr=float(config["lr"]),
-        batch_size=int(config["batch-size"]), device=select_device(),
-        seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
-        asl_class_weights=bool(config.get("asl-class-weights", False)),
-        sampling=str(config.get("sampling", "none")),
-        logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)),
-    )
+    stats, privacy = train_round(config, site, data, model)
     c = model.num_classes
     counts, positives = group_statistics(data, c)
-    train_pos, train_annotated = data.class_counts(c)
-    state = model.cpu().state_dict()
-    if str(config.get("aggregation", "projection")) != "fedavg":  # send only the groups this site trained
-        state = {k: v for k, v in state.items() if counts.get(parameter_group(k), 0) > 0}
-    else:
+    fedavg = str(config.get("aggregation", "projection")) == "fedavg"
+    if fedavg:
         counts = {g: float(len(data)) for g in counts}
+    state = outgoing_state(model, site, counts, fedavg)
+    sent_groups = {parameter_group(k) for k in state}
+    k = site.privacy.suppress
+    train_pos, train_annotated = data.class_counts(c)
     metrics = {
         "num-examples": len(data),
-        **{f"count.{g}": v for g, v in counts.items()},
-        **{f"pos.{g}": [float(x) for x in v] for g, v in positives.items()},
+        **{f"count.{g}": k(v) for g, v in counts.items() if g in sent_groups},
+        **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items() if g in sent_groups},
         "train_loss": float(stats["train_loss"]),
         "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
-        "train_pos": [int(v) for v in train_pos],
-        "train_annotated": [int(v) for v in train_annotated],
-        **{f"n.{p}": int((data.projection == i).sum()) for i, p in enumerate(PROJECTIONS)},
+        "train_pos": [int(k(v)) for v in train_pos],
+        "train_annotated": [int(k(v)) for v in train_annotated],
+        **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
+        **privacy,
     }
     content = RecordDict({
         "arrays": ArrayRecord(state),

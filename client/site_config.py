@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.privacy import PrivacyPolicy
+
 
 class SiteConfigError(ValueError):
     """A site.toml that cannot be used; the message names the file and the field."""
@@ -33,9 +35,14 @@ class SiteConfig:
     synthetic: bool = False
     min_image_size: int = 32
     verify_content: bool = False
-    min_count: int = 5  # counts below this are shown as "<k" in anything meant to leave the site
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # [privacy]: the site's rules (client/privacy.py)
     trust_cnn_projection: bool = False  # PadChest's CNN-inferred (MethodProjection resnet) views
     untrusted_projection_sources: tuple[str, ...] = ()  # source kinds whose views the router decides instead
+
+    @property
+    def min_count(self) -> int:
+        """Counts below this are shown as "<k" (reports) or sent as 0 (updates) in anything that leaves."""
+        return self.privacy.min_count
 
     @property
     def index_path(self) -> Path:
@@ -53,6 +60,13 @@ class SiteConfig:
             p.write_text(secrets.token_hex(32))
             p.chmod(0o600)
         return bytes.fromhex(p.read_text().strip())
+
+
+def _privacy(table: dict, path: Path) -> PrivacyPolicy:
+    try:
+        return PrivacyPolicy.from_table(table, str(path))
+    except ValueError as exc:
+        raise SiteConfigError(str(exc)) from None
 
 
 def _require(table: dict, key: str, kind: type, where: str, path: Path) -> Any:
@@ -99,7 +113,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         synthetic=bool(site.get("synthetic", False)),
         min_image_size=int(site.get("min_image_size", 32)),
         verify_content=bool(site.get("verify_content", False)),
-        min_count=int(raw.get("privacy", {}).get("min_count", 5)),
+        privacy=_privacy(raw.get("privacy", {}), path),
         trust_cnn_projection=bool(site.get("trust_cnn_projection", False)),
         untrusted_projection_sources=tuple(s.kind for s in sources if s.options.get("trust_projection") is False),
     )

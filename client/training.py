@@ -34,6 +34,18 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x * gain.to(x.device) + bias.to(x.device)
 
 
+def objective(model: RoutedExperts, data: SiteData, prevalence: np.ndarray | None, asl_class_weights: bool,
+              logit_adjust_tau: float, device: torch.device) -> tuple[AsymmetricLoss, torch.Tensor | None]:
+    """The ASL loss (optionally class-weighted) and the logit-adjustment offset, from the consortium's
+    prevalence when the server sent it, else the site's own."""
+    if prevalence is None:
+        prevalence = class_prevalence(*data.class_counts(model.num_classes), empty=0.0)
+    prior = torch.as_tensor(np.asarray(prevalence, dtype=np.float32), device=device)
+    weights = prevalence_class_weights(prior) if asl_class_weights else None
+    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, class_weights=weights).to(device)
+    return loss_fn, (logit_adjustment(prior, logit_adjust_tau) if logit_adjust_tau else None)
+
+
 def train_local(
     model: RoutedExperts,
     data: SiteData,
@@ -56,12 +68,7 @@ def train_local(
     """
     model.to(device).train()
     num_classes = model.num_classes
-    if prevalence is None:
-        prevalence = class_prevalence(*data.class_counts(num_classes), empty=0.0)
-    prior = torch.as_tensor(np.asarray(prevalence, dtype=np.float32), device=device)
-    weights = prevalence_class_weights(prior) if asl_class_weights else None
-    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, class_weights=weights).to(device)
-    offset = logit_adjustment(prior, logit_adjust_tau) if logit_adjust_tau else None
+    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
     draw = sampling_weights(data.targets[:, :num_classes], data.mask[:, :num_classes], sampling)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None

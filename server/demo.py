@@ -62,7 +62,8 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int)
 
 def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, image_size: int = 64,
              seed: int = 0, preset: str = "small", local_epochs: int = 2, lr: float = 0.001,
-             verbose: bool = False) -> dict:
+             verbose: bool = False, dp: bool = False, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0
+             ) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print("fedchest demo: SYNTHETIC consortium; figures show the machinery works, not clinical performance.\n")
@@ -73,7 +74,8 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
         "num-server-rounds": rounds, "local-epochs": local_epochs, "lr": lr, "batch-size": 32,
         "model-preset": preset, "image-size": image_size, "label-set": "cxrlt2026", "fraction-train": 1.0,
         "min-nodes": n_sites, "round-timeout": 1800.0, "out-dir": str(out), "sim-sites-dir": str(sites_dir),
-        "run-name": f"demo-{n_sites}sites-{rounds}rounds", "seed": seed,
+        "run-name": f"demo-{n_sites}sites-{rounds}rounds" + ("-dp" if dp else ""), "seed": seed,
+        "dp": dp, "dp-noise-multiplier": noise_multiplier, "dp-max-grad-norm": max_grad_norm,
     }
     t0 = time.perf_counter()
     run_in_process(run_config, num_supernodes=n_sites, cpus_per_client=1.0, verbose=verbose)
@@ -87,6 +89,12 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
     print(f"run {summary['run_id']}: {summary['rounds_completed']} rounds, sites {', '.join(summary['sites'])}")
     print(f"pooled mAP: round 1 {first['mAP']:.3f} -> round {summary['rounds_completed']} {last['mAP']:.3f} "
           f"(constant predictor {summary['baseline']['prevalence_mAP']:.3f}); mAUC {last['mAUC']:.3f}")
+    if summary.get("privacy"):
+        last_round = max(summary["privacy"], key=int)
+        spent = ", ".join(f"{site} {v['epsilon']:.2f}" for site, v in sorted(summary["privacy"][last_round].items()))
+        delta = next(iter(summary["privacy"][last_round].values()))["delta"]
+        print(f"privacy: DP-SGD (noise {noise_multiplier:g}, clip {max_grad_norm:g}); epsilon spent after round "
+              f"{last_round} at delta {delta:g}: {spent}")
     print(f"summary:     {summary_path}")
     print(f"registry:    {summary['db_url']}")
     print(f"checkpoints: {summary['checkpoints']}")

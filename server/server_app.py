@@ -30,6 +30,7 @@ DEFAULTS = {
     "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
+    "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
 }
 
@@ -60,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     classes = label_set.seen
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
-                        weights=parse_weights(str(cfg["pretrained-weights"])))
+                        weights=parse_weights(str(cfg["pretrained-weights"])), dp_compatible=bool(cfg["dp"]))
     initial = ArrayRecord(model.state_dict())
     num_rounds = int(cfg["num-server-rounds"])
     run_id = registry.create_run(
@@ -86,7 +87,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     shared = {
         "model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
-        "image-size": int(cfg["image-size"]),
+        "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
+        "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
         "hist-bins": spec.bins, "hist-limit": spec.limit,
     }
     if cfg["sim-sites-dir"]:
@@ -121,6 +123,7 @@ def main(grid: Grid, context: Context) -> None:
             "status": status,
             "rounds_completed": len(history),
             "sites": sorted(set(strategy.node_site.values())),
+            "privacy": strategy.privacy,
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
                         "router_accuracy": h.get("router_accuracy"), "frontal_lateral_gap": h["frontal_lateral_gap"],
                         "sites": h["sites"]} for h in history],

@@ -38,6 +38,8 @@ def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
     return MetricRecord(out)
 
 
+PRIVACY_KEYS = ("dp_epsilon", "dp_epsilon_budget", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm",
+                "dp_steps", "dp_clipped_fraction")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -83,6 +85,7 @@ class FedChestAvg(FedAvg):
         self.history: list[dict] = []
         self.n_train = 0
         self.asked: dict[str, set[int]] = {}
+        self.privacy: dict[str, dict[str, dict]] = {}  # round -> site -> epsilon spent (cumulative), delta, budget
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
@@ -165,9 +168,13 @@ class FedChestAvg(FedAvg):
             except (KeyError, ValueError, TypeError) as exc:
                 self.registry.add_event(self.run_id, "update_rejected", f"malformed train metrics: {exc}", server_round, site)
                 continue
-            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT"):
+            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", *PRIVACY_KEYS):
                 if key in m:
                     rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
+            if "dp_epsilon" in m:
+                self.privacy.setdefault(str(server_round), {})[site] = {
+                    "epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", float("nan"))),
+                    "budget": float(m["dp_epsilon_budget"]) if "dp_epsilon_budget" in m else None}
             kept.append(msg)
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann

@@ -12,6 +12,7 @@ from typing import Any
 import timm
 
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
+from shared_models.privacy.compat import make_dp_compatible
 
 
 @lru_cache(maxsize=None)
@@ -110,10 +111,12 @@ def _classifier_prefixes(cfg: dict) -> list[str]:
 
 
 def build_model(preset: str, num_classes: int, routing: str = "soft", image_size: int | None = None,
-                weights: Mapping[str, Path] | None = None) -> RoutedExperts:
+                weights: Mapping[str, Path] | None = None, dp_compatible: bool = False) -> RoutedExperts:
     """Routed experts (and the router and generalist, when the preset has them) from timm with ``in_chans=1``.
     Random init unless ``weights`` names a local file for a member; nothing is ever downloaded.
-    ``image_size`` sets ``img_size`` for architectures whose preset gives one (Swin, CaiT)."""
+    ``image_size`` sets ``img_size`` for architectures whose preset gives one (Swin, CaiT).
+    ``dp_compatible`` swaps batch norm for group norm (and in-place / fused ops for plain ones) so that DP-SGD's
+    per-sample gradients are exact; server and sites must agree on it (it changes the parameter names)."""
     spec = load_preset(preset)
     weights = dict(weights or {})
     unknown = set(weights) - set(MEMBERS) | {m for m in ("router", "generalist") if m in weights and m not in spec}
@@ -126,7 +129,10 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
     experts = {proj: member(proj, spec["experts"][proj], num_classes) for proj in PROJECTIONS}
     router = member("router", spec["router"], len(PROJECTIONS)) if "router" in spec else None
     generalist = member("generalist", spec["generalist"], num_classes) if "generalist" in spec else None
-    return RoutedExperts(experts, num_classes, router, routing, generalist)
+    model = RoutedExperts(experts, num_classes, router, routing, generalist)
+    if dp_compatible:
+        make_dp_compatible(model)
+    return model
 
 
 def parameter_group(key: str) -> str:

@@ -1,0 +1,70 @@
+"""Local training under DP-SGD (shared_models.privacy): Poisson-sampled batches, exact per-sample gradients
+clipped to the run's norm, Gaussian noise, AdamW on the noisy mean. The privacy cost of a call is its
+(noise multiplier, sample rate, steps); the site's ledger (client/privacy.py) accounts for it."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from client.index import SiteData
+from client.training import _batch, augment, objective
+from shared_models.networks import RoutedExperts
+from shared_models.privacy import DPSettings, clipped_gradient_sum, is_dp_compatible, poisson_batches, privatise
+
+
+def train_local_dp(
+    model: RoutedExperts,
+    data: SiteData,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    dp: DPSettings,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+    prevalence: np.ndarray | None = None,
+    asl_class_weights: bool = False,
+    logit_adjust_tau: float = 0.0,
+) -> dict[str, float]:
+    """``epochs`` x ceil(N / batch_size) DP-SGD steps at sample rate batch_size / N. FedProx's proximal
+    gradient is added after the noise (it does not touch the data). Re-sampling for the long tail is not
+    available under DP (the accountant assumes uniform Poisson sampling)."""
+    if not is_dp_compatible(model):
+        raise ValueError("the model still has batch norm; build it with dp_compatible=True for DP-SGD")
+    model.to(device).train()
+    n = len(data)
+    if n == 0:
+        raise ValueError("no training images at this site")
+    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
+    sample_rate = min(1.0, batch_size / n)
+    steps = epochs * math.ceil(n / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    params = dict(model.named_parameters())
+    start = {k: v.detach().clone() for k, v in params.items()} if proximal_mu > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    total, seen, clipped, t0 = 0.0, 0, 0, time.perf_counter()
+    for idx in poisson_batches(n, sample_rate, steps, rng):
+        if len(idx):
+            x, p, y, m = _batch(data, idx, device, model.num_classes)
+            summed, losses, norms = clipped_gradient_sum(model, augment(x, gen), p, y, m, loss_fn,
+                                                         dp.max_grad_norm, offset)
+            total += float(losses.sum())
+            seen += len(idx)
+            clipped += int((norms > dp.max_grad_norm).sum())
+        else:  # an empty Poisson batch still takes a (pure-noise) step
+            summed = {k: torch.zeros_like(v) for k, v in params.items() if v.requires_grad}
+        grads = privatise(summed, dp, expected_batch=sample_rate * n, generator=gen)
+        for k, g in grads.items():
+            if start is not None:
+                g = g + proximal_mu * (params[k].detach() - start[k])
+            params[k].grad = g.to(params[k].dtype)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {"train_loss": total / max(seen, 1), "steps": steps, "sample_rate": sample_rate,
+            "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
+            "clipped_fraction": clipped / max(seen, 1), "train_seconds": time.perf_counter() - t0}

@@ -1,0 +1,80 @@
+"""One training round at a site under its privacy policy: check the run's DP settings against the policy,
+check the epsilon budget, train (DP-SGD or plain), write the ledger, and shape what may leave (withheld
+groups dropped, small counts suppressed). Framework-free: client_app.py wraps it in Flower messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.dp_training import train_local_dp
+from client.index import SiteData
+from client.privacy import PolicyRefusal, PrivacyLedger
+from client.site_config import SiteConfig
+from client.training import train_local
+from shared_models.device import select_device
+from shared_models.networks import RoutedExperts, parameter_group
+from shared_models.privacy import DPSettings
+
+HEAD = "routed-experts"
+
+
+def ledger_for(site: SiteConfig) -> PrivacyLedger:
+    return PrivacyLedger(site.work_dir / "privacy-ledger.sqlite")
+
+
+def dp_request(config: Mapping[str, Any]) -> tuple[bool, float, float]:
+    return (bool(config.get("dp", False)), float(config.get("dp-noise-multiplier", 0.0)),
+            float(config.get("dp-max-grad-norm", 0.0)))
+
+
+def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, model: RoutedExperts
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Train the model in place; returns (training stats, privacy metrics to report)."""
+    policy = site.privacy
+    dp, sigma, clip = dp_request(config)
+    policy.check_run(dp, sigma, clip)
+    if policy.withhold and str(config.get("aggregation", "projection")) == "fedavg":
+        raise PolicyRefusal(f"site policy withholds parameter groups {list(policy.withhold)}; plain FedAvg needs "
+                            "every group from every site (use aggregation = \"projection\")")
+    epochs, batch = int(config["local-epochs"]), int(config["batch-size"])
+    common = dict(epochs=epochs, lr=float(config["lr"]), batch_size=batch, device=select_device(),
+                  seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]),
+                  proximal_mu=float(config.get("proximal-mu", 0.0)),
+                  prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
+                  asl_class_weights=bool(config.get("asl-class-weights", False)),
+                  logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)))
+    if not dp:
+        return train_local(model, data, sampling=str(config.get("sampling", "none")), **common), {}
+    if str(config.get("sampling", "none")) != "none":
+        raise PolicyRefusal("re-sampling for the long tail is not available under DP-SGD (the accountant assumes "
+                            "uniform Poisson sampling); use sampling = \"none\" or ASL class weights")
+    ledger = ledger_for(site)
+    rate, steps = min(1.0, batch / max(len(data), 1)), epochs * math.ceil(len(data) / batch)
+    spent = ledger.spent(policy.delta, policy.accountant)
+    after = ledger.projected(sigma, rate, steps, policy.delta, policy.accountant)
+    if after > policy.epsilon_budget:
+        raise PolicyRefusal(f"privacy budget: this round would bring epsilon to {after:.2f} (spent {spent:.2f}, "
+                            f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to train")
+    stats = train_local_dp(model, data, dp=DPSettings(sigma, clip), **common)
+    eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), HEAD, sigma, rate, steps,
+                        policy.delta, policy.accountant)
+    report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": sigma, "dp_max_grad_norm": clip,
+              "dp_steps": float(steps), "dp_sample_rate": rate, "dp_clipped_fraction": stats["clipped_fraction"]}
+    if math.isfinite(policy.epsilon_budget):
+        report["dp_epsilon_budget"] = policy.epsilon_budget
+    return stats, report
+
+
+def outgoing_state(model: RoutedExperts, site: SiteConfig, counts: Mapping[str, float], fedavg: bool
+                   ) -> dict[str, torch.Tensor]:
+    """The parameters that leave: the groups this site trained (all of them under plain FedAvg), minus the
+    groups its policy withholds."""
+    state = model.cpu().state_dict()
+    keep = (lambda g: True) if fedavg else (lambda g: counts.get(g, 0) > 0)
+    return {k: v for k, v in state.items()
+            if keep(parameter_group(k)) and not site.privacy.withheld(parameter_group(k))}

@@ -1,0 +1,9 @@
+"""Differential privacy for the site's training: DP-compatible networks, DP-SGD with exact per-sample
+gradients, and privacy accounting. Framework-free (no flwr): the site's ledger and policy live in client/."""
+
+from shared_models.privacy.accountant import ACCOUNTANTS, epsilon
+from shared_models.privacy.compat import cross_sample_layers, is_dp_compatible, make_dp_compatible
+from shared_models.privacy.dpsgd import DPSettings, clipped_gradient_sum, poisson_batches, privatise
+
+__all__ = ["ACCOUNTANTS", "DPSettings", "clipped_gradient_sum", "cross_sample_layers", "epsilon",
+           "is_dp_compatible", "make_dp_compatible", "poisson_batches", "privatise"]

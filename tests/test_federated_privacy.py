@@ -1,0 +1,105 @@
+"""A federated DP run where each site's policy differs: one site's budget is too small (it declines), one
+demands more noise than the run asks (it refuses), one withholds its router. The run goes on with the site
+that may train; its ledger and the registry record epsilon; nothing the sites send carries planted PHI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pydicom
+import pytest
+
+from tests.conftest import REPO
+
+POLICIES = {  # appended to each site.toml, in the demo's site order
+    0: "[privacy]\nepsilon_budget = 0.5\n",
+    1: "[privacy]\nrequire_dp = true\nmin_noise_multiplier = 2.0\n",
+    2: "[privacy]\nwithhold = [\"router\"]\nepsilon_budget = 1000.0\nmin_count = 5\n",
+}
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory):
+    from server.demo import make_sites
+
+    out = tmp_path_factory.mktemp("dp-run")
+    sites = sorted(make_sites(out, 3, 90, 32, seed=7).glob("*/site.toml"))
+    for i, toml in enumerate(sites):
+        toml.write_text(toml.read_text() + "\n" + POLICIES[i])
+    env = {**os.environ, "FEDCHEST_AUDIT_DIR": str(out / "audit")}
+    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+                        "--images-per-site", "90", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
+                        "--seed", "7", "--dp"], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return out, [t.parent for t in sites], r.stdout + r.stderr
+
+
+def _events(out):
+    con = sqlite3.connect(out / "registry.db")
+    rows = con.execute("SELECT round, site, kind, message FROM events").fetchall()
+    con.close()
+    return rows
+
+
+def test_declining_and_refusing_sites_do_not_stop_the_run(dp_run):
+    out, sites, _ = dp_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    names = [d.name.split("-", 1)[1] for d in sites]
+    errors = {(site, msg) for _, site, kind, msg in _events(out) if kind == "train_error"}
+    budget = [m for s, m in errors if "privacy budget" in m]
+    noise = [m for s, m in errors if "noise multiplier 1; site policy requires at least 2" in m]
+    assert len(budget) == 2 and len(noise) == 2, errors  # both rounds, each with its reason
+    # only the third site trained, and its epsilon is in the summary and the registry
+    assert set(summary["privacy"]) == {"1", "2"}
+    assert all(set(v) == {names[2]} for v in summary["privacy"].values())
+    eps = [summary["privacy"][r][names[2]]["epsilon"] for r in ("1", "2")]
+    assert 0 < eps[0] < eps[1]
+    con = sqlite3.connect(out / "registry.db")
+    reg = con.execute("SELECT round, value FROM metrics WHERE name = 'dp_epsilon' AND site = ? ORDER BY round",
+                      (names[2],)).fetchall()
+    assert [r for r, _ in reg] == [1, 2] and reg[1][1] == pytest.approx(eps[1])
+
+
+def test_ledgers_at_the_sites(dp_run):
+    from client.privacy import PrivacyLedger
+
+    _, sites, _ = dp_run
+    ledgers = [PrivacyLedger(d / "work" / "privacy-ledger.sqlite").entries() for d in sites]
+    assert ledgers[0] == [] and ledgers[1] == []
+    assert [e["round"] for e in ledgers[2]] == [1, 2] and ledgers[2][1]["epsilon_after"] > ledgers[2][0]["epsilon_after"]
+
+
+def test_withheld_router_never_left(dp_run):
+    out, _, _ = dp_run
+    sent = [json.loads(line) for f in (out / "audit").glob("outbound-*.jsonl") for line in f.read_text().splitlines()]
+    trained = [e for e in sent if e["type"] == "train" and "arrays" in e]
+    assert len(trained) == 2  # the one site that trained, twice
+    for e in trained:
+        keys = [k for rec in e["arrays"].values() for k in rec]
+        assert keys and not any(k.startswith("router.") for k in keys)
+    refusals = [e["error"] for e in sent if "error" in e]
+    assert len(refusals) == 4 and all("/" not in r for r in refusals)  # redacted: no local paths
+
+
+def test_no_planted_phi_in_anything_sent(dp_run):
+    out, sites, log = dp_run
+    phi: set[str] = set()
+    for dcm in out.rglob("*.dcm"):
+        ds = pydicom.dcmread(dcm, stop_before_pixels=True)
+        phi |= {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber}
+    for f in out.rglob("PADCHEST_*.csv"):
+        phi |= {r["PatientID"] for r in csv.DictReader(open(f))}
+    for f in out.rglob("mimic-cxr-2.0.0-metadata.csv"):
+        phi |= {r["subject_id"] for r in csv.DictReader(open(f))}
+    assert len(phi) > 50
+    sent = [*sorted((out / "audit").glob("*.jsonl")), out / "registry.db", out / "summary.json",
+            *sorted((out / "checkpoints").glob("*.pt"))]
+    blobs = [p.read_bytes() for p in sent] + [log.encode()]
+    leaked = sorted(v for v in phi if any(v.encode() in b for b in blobs))
+    assert not leaked, leaked[:5]
