@@ -16,7 +16,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
              args.preset, args.local_epochs, args.lr, args.verbose, dp=args.dp,
-             noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm)
+             noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg)
     return 0
 
 
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dp", action="store_true", help="train under DP-SGD at every site (each keeps a privacy ledger)")
     d.add_argument("--dp-noise-multiplier", type=float, default=1.0)
     d.add_argument("--dp-max-grad-norm", type=float, default=1.0)
+    d.add_argument("--secagg", action="store_true",
+                   help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated evaluation")
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

@@ -29,8 +29,11 @@ def quiet_flower_env() -> None:
         os.environ.setdefault(key, value)
 
 
+SECAGG_APPS = ("server.secagg_app:app", "client.secagg_app:app")
+
+
 def run_in_process(run_config: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
-                   verbose: bool = False) -> None:
+                   verbose: bool = False, apps: tuple[str, str] = (SERVER_APP, CLIENT_APP)) -> None:
     quiet_flower_env()
     os.environ.setdefault("FEDCHEST_THREADS", str(max(1, int(cpus_per_client))))
     from flwr.app import Context, RecordDict
@@ -43,8 +46,8 @@ def run_in_process(run_config: dict[str, Any], num_supernodes: int, cpus_per_cli
     _run_simulation(
         num_supernodes=num_supernodes,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        server_app_attr=SERVER_APP,
-        client_app_attr=CLIENT_APP,
+        server_app_attr=apps[0],
+        client_app_attr=apps[1],
         server_app_context=context,
         backend_name="ray",
         backend_config={

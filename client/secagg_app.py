@@ -1,0 +1,51 @@
+"""The site's ClientApp for runs with secure aggregation (SecAgg+). Flower's SecAgg+ exists only on its legacy
+API (``NumPyClient`` with ``secaggplus_mod``; see server/secagg_app.py), so this is a second, small ClientApp
+around the same site code: the same site resolution, privacy policy, ledger and DP-SGD (client/local_round.py).
+The server sees only the masked sum of the sites' weighted float parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+
+from client.audit import outbound_guard
+from client.client_app import resolve_site, site_data
+from client.local_round import train_round
+from shared_models.networks import build_model
+from shared_models.ontology import load_label_set
+
+
+def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The state-dict entries that are securely aggregated: floating point ones, in order."""
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+class SiteClient(NumPyClient):
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def fit(self, parameters, config):
+        site = resolve_site(self.context, ConfigRecord(dict(config)))
+        data = site_data(site, "train")
+        model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
+                            image_size=site.image_size, dp_compatible=bool(config.get("dp", False)))
+        state = model.state_dict()
+        keys = float_keys(state)
+        state.update({k: torch.from_numpy(np.asarray(a)).to(state[k].dtype) for k, a in zip(keys, parameters)})
+        model.load_state_dict(state)
+        stats, privacy = train_round({**config, "aggregation": "fedavg"}, site, data, model)
+        out = model.cpu().state_dict()
+        return [out[k].numpy() for k in keys], len(data), {"train_loss": float(stats["train_loss"]), **privacy}
+
+
+def _client_fn(context: Context):
+    return SiteClient(context).to_client()
+
+
+app = ClientApp(client_fn=_client_fn, mods=[outbound_guard, secaggplus_mod])
+
+__all__ = ["app", "float_keys"]

@@ -1,0 +1,131 @@
+"""ServerApp for runs with secure aggregation (Flower's SecAgg+): weighted FedAvg of the sites' float
+parameters, where the server only ever sees the masked sum. SecAgg+ exists only on Flower's legacy API
+(``LegacyContext`` + ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow)``), so this is a separate, smaller
+ServerApp; its site counterpart is client/secagg_app.py.
+
+What it cannot honour is refused before any round: projection- or class-aware aggregation (they weight each
+group or classifier row by per-site counts, which needs every site's update in the clear), server optimisers
+(per-group steps on group-wise contributions), and robust aggregation. Federated evaluation (per-site
+histograms) is not part of this path: evaluate the final checkpoint with a normal run's evaluation, or at the
+sites with `fedchest-site predict`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+from server.checkpoints import save_checkpoint
+from server.registry import Registry, resolve_db_url
+from server.server_app import DEFAULTS
+from shared_models.networks import build_model
+from shared_models.ontology import load_label_set
+
+app = ServerApp()
+# max-weight: each site's parameters are scaled by (its examples / max-weight) before quantisation to
+# [-clipping-range, clipping-range] in 2^22 steps, so set it just above the largest site's training-set size:
+# larger wastes precision (quantisation error grows as max-weight / examples), smaller overflows.
+SECAGG_DEFAULTS = {"secagg-num-shares": 3, "secagg-reconstruction-threshold": 2, "secagg-clipping-range": 8.0,
+                   "secagg-max-weight": 10_000.0}
+
+
+class SecAggRefusal(ValueError):
+    """A run configuration secure aggregation cannot honour."""
+
+
+def check_secagg_config(cfg: dict) -> None:
+    problems = []
+    if cfg["aggregation"] != "fedavg":
+        problems.append(f"aggregation = {cfg['aggregation']!r} weights groups and classifier rows by per-site counts, "
+                        "which needs each update in the clear; use aggregation = \"fedavg\"")
+    if cfg["server-optimizer"] != "none":
+        problems.append(f"server-optimizer = {cfg['server-optimizer']!r} is not available with SecAgg+ here")
+    if str(cfg.get("robust-aggregation", "none")) != "none":
+        problems.append("robust aggregation needs each update in the clear")
+    if int(cfg["secagg-reconstruction-threshold"]) > int(cfg["secagg-num-shares"]):
+        problems.append("secagg-reconstruction-threshold must not exceed secagg-num-shares")
+    if problems:
+        raise SecAggRefusal("secure aggregation cannot honour this run: " + "; ".join(problems))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = {**DEFAULTS, "aggregation": "fedavg", **SECAGG_DEFAULTS, **dict(context.run_config)}
+    check_secagg_config(cfg)
+    out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(resolve_db_url(str(out_dir / "registry.db")))
+    label_set = load_label_set(str(cfg["label-set"]))
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(str(cfg["model-preset"]), label_set.num_seen, image_size=int(cfg["image-size"]),
+                        dp_compatible=bool(cfg["dp"]))
+    state = model.state_dict()
+    keys = [k for k, v in state.items() if v.is_floating_point()]
+    rounds = int(cfg["num-server-rounds"])
+    run_id = registry.create_run(str(cfg["run-name"]), "FedAvg[SecAgg+]", "routed-experts", label_set.name, rounds,
+                                 cfg, synthetic=False)
+    shared = {"model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
+              "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
+              "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
+              "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]), "batch-size": int(cfg["batch-size"])}
+    if cfg["sim-sites-dir"]:
+        shared["sim-sites-dir"] = str(cfg["sim-sites-dir"])
+    history: list[dict] = []
+
+    def fit_config(rnd: int) -> dict:
+        registry.start_round(run_id, rnd)
+        return {**shared, "server-round": rnd}
+
+    def on_fit_metrics(results: list[tuple[int, dict]]) -> dict:
+        n = sum(k for k, _ in results)
+        loss = sum(k * float(m.get("train_loss", 0.0)) for k, m in results) / max(n, 1)
+        eps = [float(m["dp_epsilon"]) for _, m in results if "dp_epsilon" in m]
+        history.append({"sites": len(results), "examples": n, "train_loss": loss, "max_dp_epsilon": max(eps, default=None)})
+        return {"train_loss": loss}
+
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=int(cfg["min-nodes"]),
+                      min_available_clients=int(cfg["min-nodes"]), min_evaluate_clients=0,
+                      initial_parameters=ndarrays_to_parameters([state[k].numpy() for k in keys]),
+                      on_fit_config_fn=fit_config, fit_metrics_aggregation_fn=on_fit_metrics)
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=float(cfg["round-timeout"])),
+                           strategy=strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=cfg["secagg-num-shares"], reconstruction_threshold=cfg["secagg-reconstruction-threshold"],
+        clipping_range=float(cfg["secagg-clipping-range"]), max_weight=float(cfg["secagg-max-weight"])))
+    status = "failed"
+    t0 = time.perf_counter()
+    try:
+        workflow(grid, legacy)
+        status = "completed"
+    finally:
+        registry.finish_run(run_id, status)
+        final = _final_parameters(legacy)
+        ckpt_dir = out_dir / "checkpoints"
+        if final is not None:
+            state.update({k: torch.from_numpy(np.asarray(a)).to(state[k].dtype) for k, a in zip(keys, final)})
+            path, digest, size = save_checkpoint(ckpt_dir, rounds, state, {
+                "run_id": run_id, "model_preset": cfg["model-preset"], "label_set": label_set.name,
+                "classes": list(label_set.seen), "image_size": int(cfg["image-size"])})
+            registry.add_checkpoint(run_id, rounds, str(path), digest, size)
+        for rnd, h in enumerate(history, 1):
+            registry.finish_round(run_id, rnd, h["sites"], 0)
+            registry.add_metrics(run_id, rnd, [(None, "all", None, "train_loss", h["train_loss"], h["examples"])])
+        (out_dir / "summary.json").write_text(json.dumps({
+            "run_id": run_id, "status": status, "secure_aggregation": "SecAgg+", "rounds_completed": len(history),
+            "rounds": history, "checkpoints": str(ckpt_dir), "wall_seconds": time.perf_counter() - t0,
+            "config": cfg}, indent=1, default=str))
+
+
+def _final_parameters(legacy: LegacyContext) -> list[np.ndarray] | None:
+    """The global parameters after the last round (the legacy workflow keeps them in the context state)."""
+    record = legacy.state.array_records.get(MAIN_PARAMS_RECORD)
+    return None if record is None else [a.numpy() for a in record.values()]
