@@ -103,3 +103,23 @@ def test_no_planted_phi_in_anything_sent(dp_run):
     blobs = [p.read_bytes() for p in sent] + [log.encode()]
     leaked = sorted(v for v in phi if any(v.encode() in b for b in blobs))
     assert not leaked, leaked[:5]
+
+
+def test_dashboard_privacy_page_shows_epsilon_against_budget(dp_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    out, sites, _ = dp_run
+    summary = json.loads((out / "summary.json").read_text())
+    monkeypatch.setenv("FEDCHEST_DB_URL", f"sqlite:///{out / 'registry.db'}")
+    at = AppTest.from_file(str(REPO / "dashboards" / "app.py"), default_timeout=120)
+    at.query_params["page"], at.query_params["run"] = "privacy", summary["run_id"]
+    at.run()
+    assert not at.exception and at.header[0].value == "Privacy"
+    table = at.dataframe[0].value
+    site = sites[2].name.split("-", 1)[1]
+    assert list(table.index) == [site] and table.loc[site, "budget"] == 1000.0
+    assert table.loc[site, "epsilon spent"] == pytest.approx(summary["privacy"]["2"][site]["epsilon"], rel=1e-3)
+    health = AppTest.from_file(str(REPO / "dashboards" / "app.py"), default_timeout=120)
+    health.query_params["page"], health.query_params["run"] = "health", summary["run_id"]
+    health.run()
+    assert any("privacy budget" in str(m) for m in health.dataframe[-1].value["message"])
