@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import REPO
+from tests.phi import leaked
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -78,8 +79,8 @@ def test_no_planted_phi_leaves_the_sites(demo):
     assert len(phi) > 50
     shared = [out / "registry.db", out / "summary.json", *sorted((out / "checkpoints").glob("*.pt"))]
     blobs = [p.read_bytes() for p in shared] + [log.encode()]
-    leaked = [v for v in phi if any(v.encode() in b for b in blobs)]
-    assert not leaked, leaked[:5]
+    found = leaked(phi, blobs)
+    assert not found, found[:5]
 
 
 def _kill_local_superlink(flwr_home: Path) -> None:

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 
 from tests.conftest import REPO
+from tests.phi import leaked
 
 POLICIES = {  # appended to each site.toml, in the demo's site order
     0: "[privacy]\nepsilon_budget = 0.5\n",
@@ -101,8 +102,8 @@ def test_no_planted_phi_in_anything_sent(dp_run):
     sent = [*sorted((out / "audit").glob("*.jsonl")), out / "registry.db", out / "summary.json",
             *sorted((out / "checkpoints").glob("*.pt"))]
     blobs = [p.read_bytes() for p in sent] + [log.encode()]
-    leaked = sorted(v for v in phi if any(v.encode() in b for b in blobs))
-    assert not leaked, leaked[:5]
+    found = leaked(phi, blobs)
+    assert not found, found[:5]
 
 
 def test_dashboard_privacy_page_shows_epsilon_against_budget(dp_run, monkeypatch):

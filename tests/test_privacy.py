@@ -136,3 +136,11 @@ def test_withheld_groups_never_leave(tmp_path):
     for fedavg in (False, True):
         groups = {parameter_group(k) for k in outgoing_state(model, site, counts, fedavg)}
         assert groups == {"experts.PA", "experts.AP"}
+
+
+def test_phi_scan_matches_whole_tokens_only():
+    from tests.phi import leaked
+
+    assert leaked({"19700604", "Doe^Jane"}, [b'{"PatientID": "19700604"}', b"Doe^Jane"]) == ["19700604", "Doe^Jane"]
+    assert leaked({"19700604"}, [b"p19700604/s5"]) == ["19700604"]  # a MIMIC-style path still counts
+    assert leaked({"19700604"}, [b"4938018116421184489419700604", b"0.1970060412"]) == []  # digits inside digits
