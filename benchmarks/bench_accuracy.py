@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmarks.common import concat, evaluate, record, site_configs, train_model
 from client.index import load_split

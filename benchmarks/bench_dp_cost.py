@@ -28,7 +28,6 @@ BATCH, SIZE, CLASSES = 32, 64, 30
 def measure(preset: str, projection: str, mode: str) -> dict:
     """Runs in its own process: one expert as a whole model (every image routed to it)."""
     import torch
-    from torch import nn
 
     from shared_models.device import limit_threads
     from shared_models.losses import AsymmetricLoss

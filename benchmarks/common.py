@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.index import SiteData, load_split
+from client.index import SiteData
 from client.site_config import load_site_config
 from client.training import predict, train_local
 from shared_models.device import select_device

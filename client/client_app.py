@@ -23,7 +23,7 @@ from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
-from shared_models.networks import PROJECTIONS, build_model, parameter_group
+from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
 from shared_models.ontology import load_label_set
 
 app = ClientApp(mods=[outbound_guard])
@@ -70,16 +70,22 @@ def _setup(msg: Message, context: Context, split: str):
     limit_threads()
     config = msg.content["config"]
     site = resolve_site(context, config)
+    model = run_model(config, site)
+    data = site_data(site, split)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return config, site, data, model
+
+
+def run_model(config, site: SiteConfig) -> RoutedExperts:
+    """The run's model architecture (preset, label set, input size, DP-compatible or not) at this site, after
+    checking that the site caches images at the run's size."""
     size = int(config.get("image-size", site.image_size))
     if size != site.image_size:
         raise SiteConfigError(
             f"{site.path}: this run trains at image-size {size} px but the site caches {site.image_size} px; set "
             f"site.image_size = {size} in site.toml and run `fedchest-site check --config {site.path}`")
-    data = site_data(site, split)
-    model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
-                        image_size=size, dp_compatible=bool(config.get("dp", False)))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, site, data, model
+    return build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
+                       image_size=size, dp_compatible=bool(config.get("dp", False)))
 
 
 def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:

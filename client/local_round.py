@@ -55,9 +55,9 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                             "uniform Poisson sampling); use sampling = \"none\" or ASL class weights")
     ledger = ledger_for(site)
     rate, steps = min(1.0, batch / max(len(data), 1)), epochs * math.ceil(len(data) / batch)
-    spent = ledger.spent(policy.delta, policy.accountant)
     after = ledger.projected(sigma, rate, steps, policy.delta, policy.accountant)
     if after > policy.epsilon_budget:
+        spent = ledger.spent(policy.delta, policy.accountant)
         raise PolicyRefusal(f"privacy budget: this round would bring epsilon to {after:.2f} (spent {spent:.2f}, "
                             f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to train")
     stats = train_local_dp(model, data, dp=DPSettings(sigma, clip), **common)

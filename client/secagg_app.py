@@ -13,15 +13,9 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
-from client.client_app import resolve_site, site_data
+from client.client_app import resolve_site, run_model, site_data
 from client.local_round import train_round
-from shared_models.networks import build_model
-from shared_models.ontology import load_label_set
-
-
-def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
-    """The state-dict entries that are securely aggregated: floating point ones, in order."""
-    return [k for k, v in state.items() if v.is_floating_point()]
+from shared_models.networks import float_state_keys
 
 
 class SiteClient(NumPyClient):
@@ -30,11 +24,10 @@ class SiteClient(NumPyClient):
 
     def fit(self, parameters, config):
         site = resolve_site(self.context, ConfigRecord(dict(config)))
+        model = run_model(config, site)
         data = site_data(site, "train")
-        model = build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
-                            image_size=site.image_size, dp_compatible=bool(config.get("dp", False)))
         state = model.state_dict()
-        keys = float_keys(state)
+        keys = float_state_keys(state)
         state.update({k: torch.from_numpy(np.asarray(a)).to(state[k].dtype) for k, a in zip(keys, parameters)})
         model.load_state_dict(state)
         stats, privacy = train_round({**config, "aggregation": "fedavg"}, site, data, model)
@@ -48,4 +41,4 @@ def _client_fn(context: Context):
 
 app = ClientApp(client_fn=_client_fn, mods=[outbound_guard, secaggplus_mod])
 
-__all__ = ["app", "float_keys"]
+__all__ = ["app"]

@@ -26,8 +26,8 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
-from server.server_app import DEFAULTS
-from shared_models.networks import build_model
+from server.server_app import DEFAULTS, run_for_sites
+from shared_models.networks import build_model, float_state_keys
 from shared_models.ontology import load_label_set
 
 app = ServerApp()
@@ -69,16 +69,12 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(str(cfg["model-preset"]), label_set.num_seen, image_size=int(cfg["image-size"]),
                         dp_compatible=bool(cfg["dp"]))
     state = model.state_dict()
-    keys = [k for k, v in state.items() if v.is_floating_point()]
+    keys = float_state_keys(state)
     rounds = int(cfg["num-server-rounds"])
     run_id = registry.create_run(str(cfg["run-name"]), "FedAvg[SecAgg+]", "routed-experts", label_set.name, rounds,
                                  cfg, synthetic=False)
-    shared = {"model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
-              "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
-              "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
-              "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]), "batch-size": int(cfg["batch-size"])}
-    if cfg["sim-sites-dir"]:
-        shared["sim-sites-dir"] = str(cfg["sim-sites-dir"])
+    shared = {**run_for_sites(cfg, label_set.name, run_id), "lr": float(cfg["lr"]),
+              "local-epochs": int(cfg["local-epochs"]), "batch-size": int(cfg["batch-size"])}
     history: list[dict] = []
 
     def fit_config(rnd: int) -> dict:

@@ -45,6 +45,18 @@ def _clean(obj):
     return obj
 
 
+def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
+    """What every site needs to rebuild and train the run's model (sent with every message)."""
+    out = {
+        "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
+        "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
+        "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
+    }
+    if cfg["sim-sites-dir"]:
+        out["sim-sites-dir"] = str(cfg["sim-sites-dir"])
+    return out
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
@@ -85,14 +97,7 @@ def main(grid: Grid, context: Context) -> None:
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
-    shared = {
-        "model-preset": str(cfg["model-preset"]), "label-set": label_set.name, "seed": int(cfg["seed"]),
-        "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
-        "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
-        "hist-bins": spec.bins, "hist-limit": spec.limit,
-    }
-    if cfg["sim-sites-dir"]:
-        shared["sim-sites-dir"] = str(cfg["sim-sites-dir"])
+    shared = {**run_for_sites(cfg, label_set.name, run_id), "hist-bins": spec.bins, "hist-limit": spec.limit}
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
                                  "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
                                  "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"])})

@@ -140,9 +140,9 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("train", server_round, replies)
         for msg in replies:
             if msg.has_error():
-                site = self._name(msg.metadata.src_node_id)
-                self.registry.add_event(self.run_id, "train_error", error_line(msg.error.reason), server_round, site)
-                log(WARNING, "round %s: %s failed to train: %s", server_round, site, error_line(msg.error.reason))
+                site, reason = self._name(msg.metadata.src_node_id), error_line(msg.error.reason)
+                self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
+                log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
                 continue
             site = self._site_of(msg)
             if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:

@@ -7,9 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pydicom
-import pytest
 from pydicom.encaps import encapsulate
 
 from client import dicom_io

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -11,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import REPO
-from tests.phi import leaked
+from tests.phi import leaked, planted_phi
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -68,14 +66,7 @@ def test_registry_holds_every_round_site_projection_class(demo):
 
 def test_no_planted_phi_leaves_the_sites(demo):
     out, log = demo
-    phi: set[str] = set()
-    for dcm in (out / "sites").rglob("*.dcm"):
-        ds = pydicom.dcmread(dcm, stop_before_pixels=True)
-        phi |= {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber}
-    for f in (out / "sites").rglob("PADCHEST_*.csv"):
-        phi |= {r["PatientID"] for r in csv.DictReader(open(f))}
-    for f in (out / "sites").rglob("mimic-cxr-2.0.0-metadata.csv"):
-        phi |= {r["subject_id"] for r in csv.DictReader(open(f))}
+    phi = planted_phi(out / "sites")
     assert len(phi) > 50
     shared = [out / "registry.db", out / "summary.json", *sorted((out / "checkpoints").glob("*.pt"))]
     blobs = [p.read_bytes() for p in shared] + [log.encode()]

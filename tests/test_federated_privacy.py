@@ -4,18 +4,16 @@ that may train; its ledger and the registry record epsilon; nothing the sites se
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 
-import pydicom
 import pytest
 
 from tests.conftest import REPO
-from tests.phi import leaked
+from tests.phi import leaked, planted_phi
 
 POLICIES = {  # appended to each site.toml, in the demo's site order
     0: "[privacy]\nepsilon_budget = 0.5\n",
@@ -90,14 +88,7 @@ def test_withheld_router_never_left(dp_run):
 
 def test_no_planted_phi_in_anything_sent(dp_run):
     out, sites, log = dp_run
-    phi: set[str] = set()
-    for dcm in out.rglob("*.dcm"):
-        ds = pydicom.dcmread(dcm, stop_before_pixels=True)
-        phi |= {str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber}
-    for f in out.rglob("PADCHEST_*.csv"):
-        phi |= {r["PatientID"] for r in csv.DictReader(open(f))}
-    for f in out.rglob("mimic-cxr-2.0.0-metadata.csv"):
-        phi |= {r["subject_id"] for r in csv.DictReader(open(f))}
+    phi = planted_phi(out)
     assert len(phi) > 50
     sent = [*sorted((out / "audit").glob("*.jsonl")), out / "registry.db", out / "summary.json",
             *sorted((out / "checkpoints").glob("*.pt"))]

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from client import dicom_io

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,11 +28,10 @@ run_in_process(cfg, 3, apps=SECAGG_APPS)
 def test_secagg_run_matches_clear_weighted_fedavg(tmp_path):
     from client.client_app import site_data
     from client.local_round import train_round
-    from client.secagg_app import float_keys
     from client.site_config import load_site_config
     from server.checkpoints import load_checkpoint
     from server.demo import make_sites
-    from shared_models.networks import build_model
+    from shared_models.networks import build_model, float_state_keys
 
     sites = make_sites(tmp_path, 3, 90, 32, seed=4)
     out = tmp_path / "run"
@@ -46,7 +44,7 @@ def test_secagg_run_matches_clear_weighted_fedavg(tmp_path):
 
     torch.manual_seed(0)
     init = build_model("tiny", 30, image_size=32).state_dict()
-    keys = float_keys(init)
+    keys = float_state_keys(init)
     total, weight = {k: torch.zeros_like(init[k]) for k in keys}, 0
     for toml in sorted(sites.glob("*/site.toml")):
         site = load_site_config(toml)

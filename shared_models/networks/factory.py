@@ -83,14 +83,14 @@ def _load_local(net, path: Path, member: str, arch: str) -> None:
     try:
         if filter_fn is not None:
             state = filter_fn(state, net)
-        for conv in filter(None, [cfg.get("first_conv")] if isinstance(cfg.get("first_conv"), str) else cfg.get("first_conv") or []):
+        for conv in _cfg_names(cfg, "first_conv"):
             key = f"{conv}.weight"
             if key in state and state[key].ndim == 4 and state[key].shape[1] != 1:
                 state[key] = adapt_input_conv(1, state[key])
     except Exception as exc:  # noqa: BLE001
         raise WeightsError(f"{where} does not fit {arch}: {type(exc).__name__}: {exc}") from None
     own = net.state_dict()
-    head = {k for k in own if any(k.startswith(f"{c}.") for c in _classifier_prefixes(cfg))}
+    head = {k for k in own if any(k.startswith(f"{c}.") for c in _cfg_names(cfg, "classifier"))}
     for k in head:
         if k in state and state[k].shape != own[k].shape:
             del state[k]  # another label set: this head starts fresh
@@ -105,9 +105,10 @@ def _load_local(net, path: Path, member: str, arch: str) -> None:
     net.load_state_dict(state, strict=False)
 
 
-def _classifier_prefixes(cfg: dict) -> list[str]:
-    c = cfg.get("classifier") or []
-    return [c] if isinstance(c, str) else list(c)
+def _cfg_names(cfg: dict, key: str) -> list[str]:
+    """A timm pretrained_cfg field that holds one module name or several (``first_conv``, ``classifier``)."""
+    value = cfg.get(key) or []
+    return [value] if isinstance(value, str) else [v for v in value if v]
 
 
 def build_model(preset: str, num_classes: int, routing: str = "soft", image_size: int | None = None,
@@ -133,6 +134,12 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
     if dp_compatible:
         make_dp_compatible(model)
     return model
+
+
+def float_state_keys(state: Mapping[str, Any]) -> list[str]:
+    """The floating-point entries of a state dict, in order (what secure aggregation sums; integer buffers such
+    as batch-norm counters stay out)."""
+    return [k for k, v in state.items() if v.is_floating_point()]
 
 
 def parameter_group(key: str) -> str:

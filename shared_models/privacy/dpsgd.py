@@ -94,9 +94,8 @@ def clipped_gradient_sum(model: RoutedExperts, x: torch.Tensor, projection: torc
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     losses = x.new_zeros(x.shape[0])
     norms = x.new_zeros(x.shape[0])
-    routes = projection.clone()
     for route in (*range(len(PROJECTIONS)), -1):
-        sel = (routes == route) if route >= 0 else (routes < 0)
+        sel = (projection == route) if route >= 0 else (projection < 0)
         if not bool(sel.any()):
             continue
         prefixes = _members(model, route)
