@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo test test-fast test-e2e bench clean
+.PHONY: venv demo test test-fast test-e2e bench lock clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ demo: $(STAMP)
 # Default suite first (budget: 15 min on 2 cores), then the end-to-end tests (Flower simulation, CLI).
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 test: $(STAMP)
-	@sh scripts/ensure_chromium.sh
+	@sh scripts/ensure_system_packages.sh
 	$(PY) -m pytest -q -m "not e2e"
 	$(PY) -m pytest -q -m e2e
 
@@ -34,11 +34,16 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
 test-e2e: $(STAMP)
-	@sh scripts/ensure_chromium.sh
+	@sh scripts/ensure_system_packages.sh
 	$(PY) -m pytest -q -m e2e
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# deploy/requirements.lock: the exact versions this venv was tested with, for the container images (CPU torch:
+# CUDA / NVIDIA / Triton wheels and test-only packages left out).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(fedchest|pytest|selenium|pyflakes|iniconfig|pluggy|trio|trio-websocket|wsproto|outcome|sortedcontainers|pysocks|websocket-client|nvidia-.*|cuda-.*|triton)==' > deploy/requirements.lock
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache bench-out

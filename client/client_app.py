@@ -7,6 +7,7 @@ Which site this node is: `site-config` in the SuperNode's node config (deploymen
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ def resolve_site(context: Context, config: ConfigRecord) -> SiteConfig:
             raise SiteNotConfigured(f"virtual node {pid} has no site: {sites_dir} holds {len(sites)} site(s)")
         path = sites[pid]
     cfg = load_site_config(path)
+    if "work-dir" in node:  # containers: site.toml and data read-only, the work dir a writable volume
+        cfg = dataclasses.replace(cfg, work_dir=Path(str(node["work-dir"])))
     if not cfg.index_path.exists():
         prepare_site(cfg)
     return cfg
@@ -148,10 +151,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     probs, routes = predict(model, data, select_device())
     c = model.num_classes
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
-    summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec)
+    summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec,
+                                 site.privacy.min_count)
     summary["eval_seconds"] = time.perf_counter() - t0
     known = data.projection >= 0
-    summary["router_total"] = int(known.sum()) if routes is not None else 0
-    summary["router_correct"] = int((routes[known] == data.projection[known]).sum()) if routes is not None else 0
+    k = site.privacy.suppress
+    summary["router_total"] = int(k(int(known.sum()))) if routes is not None else 0
+    summary["router_correct"] = (int(k(int((routes[known] == data.projection[known]).sum())))
+                                 if routes is not None and summary["router_total"] else 0)
     content = RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)})
     return Message(content, reply_to=msg)

@@ -32,6 +32,45 @@ def _dashboard(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from server.deploy.certs import CertError, describe, make_ca, make_site_key, make_superlink_cert
+
+    out = Path(args.out)
+    try:
+        if args.certs_cmd == "init":
+            if not (out / "ca.crt").exists():
+                make_ca(out)
+                print(f"consortium CA: {out / 'ca.crt'} (give this file to every site); key {out / 'ca.key'} (mode 0600, "
+                      "keep it offline)")
+            make_superlink_cert(out, out, args.name)
+            print(describe(out / "superlink.pem"))
+            print(f"SuperLink key: {out / 'superlink.key'} (mode 0600)")
+        elif args.certs_cmd == "site":
+            for site in args.sites:
+                private, public = make_site_key(out, site)
+                print(f"{site}: private key {private} (mode 0600: send it to the site only), public key {public} "
+                      f"(register it: flwr supernode register {public} <connection> --name {site})")
+        else:
+            for p in sorted(out.glob("*.pem")) + sorted(out.glob("*.crt")):
+                print(describe(p))
+    except CertError as exc:
+        print(f"fedchest certs: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from server.deploy.local import DeployError, deploy_local
+
+    try:
+        deploy_local(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.preset,
+                     args.local_epochs, args.seed, insecure=args.insecure)
+    except DeployError as exc:
+        print(f"fedchest deploy local: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_flower_env()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
@@ -60,6 +99,33 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--address", default="127.0.0.1",
                    help="interface to listen on (default: this machine only; 0.0.0.0 for every interface)")
     b.set_defaults(fn=_dashboard)
+    c = sub.add_parser("certs", help="consortium CA, SuperLink TLS certificate, site keys for node authentication")
+    csub = c.add_subparsers(dest="certs_cmd", required=True)
+    ci = csub.add_parser("init", help="create the CA (if absent) and the SuperLink certificate")
+    ci.add_argument("--out", required=True, help="folder for ca.crt, ca.key, superlink.pem, superlink.key")
+    ci.add_argument("--name", action="append", default=[],
+                    help="a DNS name or IP address hospitals dial (repeatable); loopback is always added")
+    cs = csub.add_parser("site", help="an ECDSA key pair per site (OpenSSH format) for SuperNode authentication")
+    cs.add_argument("sites", nargs="+")
+    cs.add_argument("--out", required=True)
+    cshow = csub.add_parser("show", help="subject, SANs and expiry of the certificates in a folder")
+    cshow.add_argument("--out", required=True)
+    c.set_defaults(fn=_certs)
+    dep = sub.add_parser("deploy", help="deployments")
+    dsub = dep.add_subparsers(dest="deploy_cmd", required=True)
+    dl = dsub.add_parser("local", help="SuperLink + N SuperNodes as processes on this machine (TLS, node auth), "
+                                       "one run with flwr run, then stop them all")
+    dl.add_argument("--sites", type=int, default=3)
+    dl.add_argument("--out", required=True)
+    dl.add_argument("--rounds", type=int, default=2)
+    dl.add_argument("--images-per-site", type=int, default=200)
+    dl.add_argument("--image-size", type=int, default=64)
+    dl.add_argument("--preset", default="tiny")
+    dl.add_argument("--local-epochs", type=int, default=1)
+    dl.add_argument("--seed", type=int, default=0)
+    dl.add_argument("--insecure", action="store_true",
+                    help="no TLS and no node authentication (testing only; must be asked for explicitly)")
+    dl.set_defaults(fn=_deploy)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -23,6 +23,7 @@ class ScopeEval:
     hist_pos: np.ndarray  # (C, B)
     hist_neg: np.ndarray
     n: int
+    withheld: int = 0  # classes the site withheld under its small-count policy (client/evaluation.py)
 
 
 def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec) -> dict[str, ScopeEval]:
@@ -32,7 +33,7 @@ def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec) -> 
         neg = np.asarray(metrics[f"hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
         pc = {k: np.asarray(metrics[f"{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}
         pc["n_pos"], pc["n_neg"] = pos.sum(1), neg.sum(1)
-        out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"n.{scope}"]))
+        out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"n.{scope}"]), int(metrics.get(f"withheld.{scope}", 0)))
     return out
 
 
@@ -71,6 +72,8 @@ def round_metrics(
             s = summarise(ev.per_class, groups) if ev.n else {k: float("nan") for k in SUMMARY_KEYS}
             summary["sites"][site][scope] = s
             rows += _rows(site, scope, ev.per_class, s, classes, ev.n)
+            if ev.withheld:
+                rows.append((site, scope, None, "withheld_classes", float(ev.withheld), None))
         gap = frontal_lateral_gap(summary["sites"][site])
         summary["frontal_lateral_gap"][site] = gap
         rows.append((site, "all", None, "frontal_lateral_gap", gap, None))

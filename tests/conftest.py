@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,34 @@ def tiny_run_with_references(tiny_run) -> tuple[str, str, list[str]]:
         run_id, [(f"local-only:{a}", b, "all", "mAP", 0.1 + 0.1 * (a == b)) for a in sites for b in sites]
         + [("pooled", None, "all", "mAP", 0.3)])
     return tiny_run
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server for this test session, or a skip that says why there is none."""
+    from tests.pg import PostgresUnavailable, TempPostgres
+
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (it is a fedchest dependency: reinstall with `make venv`)")
+    root = Path(f"/tmp/fedchest-pg-{os.getpid()}")
+    try:
+        pg = TempPostgres(root)
+        pg.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot start here: {exc}")
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty registry database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    pg = request.getfixturevalue("postgres")
+    return pg.create_database("reg_" + uuid.uuid4().hex[:12])

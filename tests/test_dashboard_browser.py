@@ -39,7 +39,7 @@ def _browser():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         pytest.skip("chromium and chromedriver not installed and not installable here "
-                    "(scripts/ensure_chromium.sh needs root or passwordless sudo with apt-get)")
+                    "(scripts/ensure_system_packages.sh needs root or passwordless sudo with apt-get)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -32,12 +32,13 @@ def _reference(model, x, p, y, m, loss_fn, clip):
     return total, torch.tensor(norms)
 
 
+@pytest.mark.parametrize("engine", ["vmap", "auto"])
 @pytest.mark.parametrize("preset,families", [
     ("tiny", {"ResNet"}),  # batch norm and in-place ReLU
     ("families-tiny", {"ConvNeXt", "SwinTransformer", "Cait"}),  # GRN, window attention with buffers, class attention
     ("small-generalist", {"ResNet"}),  # with a generalist member
 ])
-def test_clipped_per_sample_gradients_match_micro_batches(preset, families):
+def test_clipped_per_sample_gradients_match_micro_batches(preset, families, engine):
     torch.manual_seed(0)
     model = build_model(preset, 6, dp_compatible=True).eval()  # eval: no drop-path randomness to compare
     assert {type(e).__name__ for e in model.experts.values()} == families
@@ -49,7 +50,7 @@ def test_clipped_per_sample_gradients_match_micro_batches(preset, families):
     m[1, 2:] = 0  # a site that does not annotate some classes
     loss_fn = AsymmetricLoss()
     clip = 0.5
-    summed, _, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, clip)
+    summed, _, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, clip, engine=engine)
     ref, ref_norms = _reference(model, x, p, y, m, loss_fn, clip)
     torch.testing.assert_close(norms, ref_norms, rtol=1e-4, atol=1e-5)
     assert (ref_norms > clip).any() and (ref_norms < 100).all()  # clipping was exercised
@@ -143,3 +144,42 @@ def test_phi_scan_matches_whole_tokens_only():
     assert leaked({"19700604", "Doe^Jane"}, [b'{"PatientID": "19700604"}', b"Doe^Jane"]) == ["19700604", "Doe^Jane"]
     assert leaked({"19700604"}, [b"p19700604/s5"]) == ["19700604"]  # a MIMIC-style path still counts
     assert leaked({"19700604"}, [b"4938018116421184489419700604", b"0.1970060412"]) == []  # digits inside digits
+
+
+def test_engine_choice_per_family():
+    """The per-layer engine runs conv / linear / norm networks; Swin and CaiT (parameters held next to
+    submodules) go to vmap, and forcing per-layer on them is refused with the reason."""
+    from shared_models.privacy import engine_for
+
+    tiny = build_model("tiny", 4, dp_compatible=True)
+    assert {engine_for(tiny, r) for r in (0, 1, 2, -1)} == {"per-layer"}
+    fam = build_model("families-tiny", 4, dp_compatible=True)
+    assert engine_for(fam, 0) == "per-layer"  # ConvNeXt-V2 + the ResNet router
+    assert engine_for(fam, 1) == engine_for(fam, 2) == engine_for(fam, -1) == "vmap"
+    with pytest.raises(ValueError, match="per-layer DP engine cannot run"):
+        engine_for(fam, 1, "per-layer")
+
+
+def test_per_layer_engine_with_a_shared_expert():
+    """One network serving every projection is called three times for an unknown view: both engines sum its
+    per-sample gradients over calls before taking norms."""
+    from shared_models.networks import RoutedExperts
+
+    torch.manual_seed(1)
+    net = build_model("tiny", 5, dp_compatible=True).experts["PA"]
+    router = build_model("tiny", 5, dp_compatible=True).router
+    model = RoutedExperts({p: net for p in PROJECTIONS}, 5, router=router).eval()
+    x = torch.randn(6, 1, 64, 64)
+    p = torch.tensor([-1, -1, 0, 1, -1, 2])
+    y = (torch.rand(6, 5) < 0.4).float()
+    m = torch.ones(6, 5)
+    loss_fn = AsymmetricLoss()
+    summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, 0.3, engine="per-layer")
+    ref, ref_norms = _reference(model, x, p, y, m, loss_fn, 0.3)
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-4, atol=1e-5)
+    vm_summed, vm_losses, vm_norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, 0.3, engine="vmap")
+    torch.testing.assert_close(losses, vm_losses)
+    torch.testing.assert_close(vm_norms, ref_norms, rtol=1e-4, atol=1e-5)
+    for k in ref:
+        torch.testing.assert_close(summed[k], ref[k], rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(vm_summed[k], ref[k], rtol=1e-4, atol=1e-6, msg=k)

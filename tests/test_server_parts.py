@@ -72,3 +72,35 @@ def test_round_metrics_per_site_exact_and_pooled_from_histograms(tmp_path):
     reg.add_metrics(run, 1, rows)
     with Session(reg.engine) as s:
         assert s.scalar(select(func.count()).select_from(Metric)) == len(rows)
+
+
+def test_small_counts_never_leave_evaluation():
+    """A class with fewer than k positives (or negatives) in a scope sends no histogram and no local metric; a
+    scope with fewer than k images sends nothing; the server records how many classes were withheld."""
+    from client.evaluation import evaluation_summary
+    from server.federated_eval import parse_site_eval, round_metrics
+
+    rng = np.random.default_rng(1)
+    spec = HistogramSpec()
+    n = 60
+    y = np.zeros((n, 3), np.float32)
+    y[:3, 0] = 1  # 3 positives: below k = 5
+    y[:30, 1] = 1  # 30 positives, 30 negatives: kept
+    y[:57, 2] = 1  # 3 negatives: below k
+    proj = np.zeros(n, np.int64)
+    proj[:4] = 2  # 4 lateral images: the LAT scope is below k
+    p = rng.random((n, 3))
+    out = evaluation_summary(p, y, np.ones_like(y), proj, spec, min_count=5)
+    pos = np.asarray(out["hist_pos.all"]).reshape(3, spec.bins)
+    neg = np.asarray(out["hist_neg.all"]).reshape(3, spec.bins)
+    assert pos[0].sum() == neg[0].sum() == 0 and pos[2].sum() == neg[2].sum() == 0
+    assert pos[1].sum() == 30 and neg[1].sum() == 30
+    assert np.isnan(out["ap.all"][0]) and np.isnan(out["auroc.all"][2]) and not np.isnan(out["ap.all"][1])
+    assert out["withheld.all"] == 2 and out["n.all"] == n
+    assert out["n.LAT"] == 0 and sum(out["hist_pos.LAT"]) + sum(out["hist_neg.LAT"]) == 0
+    assert out["n.PA"] == 56
+    unfiltered = evaluation_summary(p, y, np.ones_like(y), proj, spec)
+    assert unfiltered["withheld.all"] == 0 and sum(unfiltered["hist_pos.all"]) == 3 + 30 + 57
+
+    rows, _ = round_metrics({"s1": parse_site_eval(out, 3, spec)}, np.array(["head"] * 3), ("a", "b", "c"), spec)
+    assert ("s1", "all", None, "withheld_classes", 2.0, None) in rows

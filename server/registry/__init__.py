@@ -1,4 +1,6 @@
-"""The run registry: SQLite by default, any SQLAlchemy URL through FEDCHEST_DB_URL."""
+"""The run registry: SQLite by default, PostgreSQL (``postgresql+psycopg://...``) or any SQLAlchemy URL through
+FEDCHEST_DB_URL. The schema is managed by Alembic (``migrations/``): opening a registry upgrades it to head; a
+database made before migrations existed (same tables, no ``alembic_version``) is stamped at the first revision."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import create_engine, select
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, make_url, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
 
-__all__ = ["Registry", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
+__all__ = ["Registry", "RegistryUnavailable", "migrate", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
 
 
 def resolve_db_url(default: str) -> str:
@@ -23,11 +28,47 @@ def resolve_db_url(default: str) -> str:
     return url if "://" in url else f"sqlite:///{os.path.abspath(url)}"
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+FIRST_REVISION = "0001"
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine) -> str:
+    """Upgrade the database to the newest schema; returns the revision it is at."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.begin() as conn:
+        tables = set(inspect(conn).get_table_names())
+        cfg = alembic_config(conn)
+        if "runs" in tables and "alembic_version" not in tables:
+            command.stamp(cfg, FIRST_REVISION)
+        command.upgrade(cfg, "head")
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry database cannot be reached or migrated (the message names it, without a password)."""
+
+
 class Registry:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = create_engine(url, future=True)
-        Base.metadata.create_all(self.engine)
+        self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        try:
+            migrate(self.engine)
+        except OperationalError as exc:
+            safe = make_url(url).render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise RegistryUnavailable(f"registry database {safe}: {reason}") from None
 
     def create_run(self, name: str, strategy: str, heads: str, label_set: str, num_rounds: int,
                    config: dict[str, Any], synthetic: bool) -> str:

@@ -2,11 +2,17 @@
 per-sample clipping to ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` on the
 sum, Poisson sampling of each batch (each image independently with probability q).
 
-Why not Opacus's per-layer hooks: Swin folds its attention windows into the batch axis (a per-layer hook sees
-B x windows "samples"), keeps buffers next to parameters, and fused timm layers fall back to slow paths. A
-vmap over the whole per-sample loss is exact for any architecture without cross-sample layers
-(``compat.make_dp_compatible`` removes those) and costs one batched forward / backward. Opacus provides the
-accountant (``accountant.py``).
+Two engines give the same clipped sum (tests check both against micro-batches of one):
+
+* ``vmap``: ``torch.func`` over each sample's whole loss. Exact for any architecture without cross-sample
+  layers (``compat.make_dp_compatible`` removes those), including Swin, which folds attention windows into the
+  batch axis and keeps buffers next to parameters, and CaiT's class token and layer scales.
+* ``per-layer`` (``per_layer.py``): one forward, one input-gradient backward, per-sample norms per layer (ghost
+  norms where cheaper). For networks of convolutions, linear layers and norms (ResNet, ConvNeXt-V2).
+
+``auto`` takes the per-layer engine for every route whose members it can run. Opacus's own hooks are not used
+(they refuse Swin, break on ResNet's residual adds and are slower here: ``make bench``, ``dp_cost``); Opacus
+provides the accountant (``accountant.py``), its per-layer samplers for norms and its functorch fallback.
 
 A routed model is not one computation per sample (each image goes to its view's expert), so the batch is split
 by route: images with a trusted view i use expert i (+ the router's cross-entropy, + the generalist when
@@ -25,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
+from shared_models.privacy.per_layer import clipped_sum_per_layer, unsupported
 
 
 @dataclass(frozen=True)
@@ -58,39 +65,75 @@ def _sub(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     return {k[cut:]: v for k, v in params.items() if k.startswith(prefix + ".")}
 
 
-def _single_loss(model: RoutedExperts, route: int, loss_fn: Callable, offset: torch.Tensor | None):
-    """The loss of one image (no batch axis) on the route's members, as a function of their parameters."""
+def _route_loss(model: RoutedExperts, route: int, loss_fn: Callable, offset: torch.Tensor | None,
+                call: Callable[[str, nn.Module, torch.Tensor], torch.Tensor]):
+    """Per-sample losses of a batch on the route's members; ``call(prefix, module, x)`` runs one member
+    (directly, or functionally on given parameters)."""
 
-    def run(params, prefix: str, module: nn.Module, x1):
-        return functional_call(module, _sub(params, prefix), (x1,))
-
-    def loss(params, x, y, m):
-        x1, y1, m1 = x.unsqueeze(0), y.unsqueeze(0), m.unsqueeze(0)
-        router = run(params, "router", model.router, x1) if model.router is not None else None
+    def loss(x, y, m):
+        router = call("router", model.router, x) if model.router is not None else None
         if route >= 0:
-            logits = run(params, f"experts.{PROJECTIONS[route]}", model.experts[PROJECTIONS[route]], x1)
+            logits = call(f"experts.{PROJECTIONS[route]}", model.experts[PROJECTIONS[route]], x)
         else:
-            outs = torch.stack([run(params, f"experts.{p}", model.experts[p], x1) for p in PROJECTIONS])
+            outs = torch.stack([call(f"experts.{p}", model.experts[p], x) for p in PROJECTIONS])
             w = (torch.softmax(router, 1).T.unsqueeze(-1) if router is not None
                  else torch.full((len(PROJECTIONS), 1, 1), 1 / len(PROJECTIONS), device=x.device))
             logits = (outs * w).sum(0)
         if model.generalist is not None:
-            logits = (logits + run(params, "generalist", model.generalist, x1)) / 2
-        value = loss_fn(logits if offset is None else logits + offset, y1, m1)
+            logits = (logits + call("generalist", model.generalist, x)) / 2
+        if offset is not None:
+            logits = logits + offset
+        if x.shape[0] == 1:
+            value = loss_fn(logits, y, m).reshape(1)
+        else:  # the objective averages over its batch: one call per sample gives each sample's own loss
+            value = vmap(lambda lg, yy, mm: loss_fn(lg[None], yy[None], mm[None]))(logits, y, m)
         if route >= 0 and router is not None:
-            value = value + nn.functional.cross_entropy(router, torch.full((1,), route, device=x.device))
+            value = value + nn.functional.cross_entropy(
+                router, torch.full((x.shape[0],), route, device=x.device), reduction="none")
         return value
 
     return loss
 
 
+def _single_loss(model: RoutedExperts, route: int, loss_fn: Callable, offset: torch.Tensor | None):
+    """The loss of one image (no batch axis) as a function of the route's parameters (for vmap)."""
+
+    def loss(params, x, y, m):
+        run = _route_loss(model, route, loss_fn, offset,
+                          lambda prefix, module, x1: functional_call(module, _sub(params, prefix), (x1,)))
+        return run(x.unsqueeze(0), y.unsqueeze(0), m.unsqueeze(0))[0]
+
+    return loss
+
+
+ENGINES = ("auto", "vmap", "per-layer")
+
+
+def engine_for(model: RoutedExperts, route: int, engine: str = "auto") -> str:
+    """The per-layer engine where every member of the route is built of layers it handles, else vmap."""
+    if engine not in ENGINES:
+        raise ValueError(f"DP engine must be one of {ENGINES}, got {engine!r}")
+    if engine != "auto":
+        if engine == "per-layer" and (why := unsupported(_modules(model, route))):
+            raise ValueError(f"the per-layer DP engine cannot run this model: {why[0]}")
+        return engine
+    return "vmap" if unsupported(_modules(model, route)) else "per-layer"
+
+
+def _modules(model: RoutedExperts, route: int) -> list[nn.Module]:
+    return [model.get_submodule(prefix) for prefix in _members(model, route)]
+
+
 def clipped_gradient_sum(model: RoutedExperts, x: torch.Tensor, projection: torch.Tensor, y: torch.Tensor,
                          m: torch.Tensor, loss_fn: Callable, max_grad_norm: float,
-                         offset: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                         offset: torch.Tensor | None = None,
+                         engine: str = "auto") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Sum over the batch of per-sample gradients, each clipped to ``max_grad_norm`` (L2 over every parameter
     the sample touched). Returns (summed gradients by parameter name, per-sample losses, per-sample norms
-    before clipping), in the batch's order for the last two."""
+    before clipping), in the batch's order for the last two. ``engine``: ``vmap`` (any architecture),
+    ``per-layer`` (conv / linear / norm layers only, faster), ``auto`` (per-layer where it applies)."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    names = {v: k for k, v in model.named_parameters()}
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     losses = x.new_zeros(x.shape[0])
     norms = x.new_zeros(x.shape[0])
@@ -98,14 +141,27 @@ def clipped_gradient_sum(model: RoutedExperts, x: torch.Tensor, projection: torc
         sel = (projection == route) if route >= 0 else (projection < 0)
         if not bool(sel.any()):
             continue
-        prefixes = _members(model, route)
-        sub = {k: v for k, v in params.items() if any(k.startswith(p + ".") for p in prefixes)}
-        grads, values = vmap(grad_and_value(_single_loss(model, route, loss_fn, offset)),
-                             in_dims=(None, 0, 0, 0), randomness="different")(sub, x[sel], y[sel], m[sel])
-        norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
-        factor = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
-        for k, g in grads.items():
-            total[k] += torch.einsum("b,b...->...", factor, g)
+        if engine_for(model, route, engine) == "per-layer":
+            run = _route_loss(model, route, loss_fn, offset, lambda prefix, module, x1: module(x1))
+            by_param, values, norm = clipped_sum_per_layer(
+                _modules(model, route), x[sel], lambda xs: run(xs, y[sel], m[sel]), max_grad_norm)
+            for p, g in by_param.items():
+                total[names[p]] += g
+        else:
+            prefixes = _members(model, route)
+            sub = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)
+                   if v.requires_grad and any(k.startswith(p + ".") for p in prefixes)}
+            grads, values = vmap(grad_and_value(_single_loss(model, route, loss_fn, offset)),
+                                 in_dims=(None, 0, 0, 0), randomness="different")(sub, x[sel], y[sel], m[sel])
+            merged: dict[str, torch.Tensor] = {}  # a parameter shared by several members: one gradient
+            for k, g in grads.items():
+                name = names[model.get_parameter(k)]
+                merged[name] = merged[name] + g if name in merged else g
+            grads = merged
+            norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+            factor = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+            for k, g in grads.items():
+                total[k] += torch.einsum("b,b...->...", factor, g)
         losses[sel], norms[sel] = values.detach(), norm.detach()
     return total, losses, norms
 

@@ -1,0 +1,292 @@
+"""``fedchest deploy local``: a real consortium on this machine, one process per party.
+
+A SuperLink (TLS with the consortium CA, SuperNode authentication, a persistent SQLite state database, runtime
+dependency installation off, telemetry off) and N SuperNodes, each with its own site folder, ``site.toml`` and
+ECDSA key, connecting over HTTPS on loopback. The run is submitted with ``flwr run`` exactly as an admin would,
+followed to the end, and every process started here is stopped afterwards (also on errors and Ctrl-C).
+
+The same commands, with other addresses, are what the containers in ``deploy/`` run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.deploy.certs import make_ca, make_site_key, make_superlink_cert
+
+CONNECTION = "fedchest-local"
+BIN = Path(sys.executable).parent
+
+
+class DeployError(RuntimeError):
+    """A deployment step that failed; the message names the step and the log file to read."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_dir() -> Path:
+    """The Flower app folder (the source checkout's root, where pyproject.toml declares the apps)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").exists():
+        raise DeployError(f"{root}: no pyproject.toml here; `flwr run` needs the fedchest source folder")
+    return root
+
+
+def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp by name
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.update(extra or {})
+    return env
+
+
+def write_connection(flwr_home: Path, port: int, ca: Path | None, name: str = CONNECTION) -> None:
+    """The CLI's connection to the SuperLink ($FLWR_HOME/config.toml); insecure only when ``ca`` is None."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    tls = f'root-certificates = "{ca.resolve()}"' if ca is not None else "insecure = true"
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\n{tls}\n')
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalConsortium:
+    """The processes of a local deployment. Use as a context manager: everything started is stopped on exit."""
+
+    out: Path
+    port: int = field(default_factory=free_port)
+    insecure: bool = False
+    db_url: str | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = self.out.resolve()
+        self.certs = self.out / "certs"
+        self.keys = self.out / "keys"
+        self.logs = self.out / "logs"
+        self.flwr_home = self.out / "flwr-home"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = flower_env(self.flwr_home, {"FEDCHEST_DB_URL": self.db_url} if self.db_url else None)
+
+    # ------------------------------------------------------------------ keys and certificates
+    def make_certs(self) -> None:
+        if self.insecure:
+            return
+        if not (self.certs / "ca.crt").exists():
+            make_ca(self.certs)
+        if not (self.certs / "superlink.pem").exists():
+            make_superlink_cert(self.certs, self.certs, ["localhost", "127.0.0.1"])
+
+    def site_key(self, site: str) -> Path:
+        if not (self.keys / site).exists():
+            make_site_key(self.keys, site)
+        return self.keys / site
+
+    # ------------------------------------------------------------------ processes
+    def _start(self, name: str, cmd: list[str]) -> Proc:
+        log = self.logs / f"{name}.log"
+        f = log.open("ab")
+        popen = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.out,
+                                 start_new_session=True)
+        f.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_superlink(self, database: Path | None = None) -> Proc:
+        write_connection(self.flwr_home, self.port, None if self.insecure else self.certs / "ca.crt")
+        cmd = [str(BIN / "flower-superlink"), "--port", str(self.port), "--database",
+               str(database or self.out / "superlink.db"), "--disable-runtime-dependency-installation"]
+        if self.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "superlink.pem"),
+                    "--ssl-keyfile", str(self.certs / "superlink.key"), "--enable-supernode-auth"]
+        proc = self._start("superlink", cmd)
+        self._wait_port(proc)
+        return proc
+
+    def _wait_port(self, proc: Proc, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.popen.poll() is not None:
+                raise DeployError(f"the SuperLink exited with code {proc.popen.returncode}; "
+                                  f"see {proc.log}:\n{proc.tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.3)
+        raise DeployError(f"the SuperLink did not open port {self.port} within {timeout:.0f} s; see {proc.log}")
+
+    def flwr(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(BIN / "flwr"), *args], capture_output=True, text=True, env=self.env,
+                           cwd=self.out, timeout=timeout)
+        if check and r.returncode != 0:
+            raise DeployError(f"`flwr {' '.join(args[:2])}` failed (exit {r.returncode}):\n"
+                              f"{(r.stdout + r.stderr).strip()[-2000:]}")
+        return r
+
+    def register(self, site: str) -> None:
+        self.flwr("supernode", "register", str(self.keys / f"{site}.pub"), CONNECTION, "--name", site)
+
+    def supernodes(self) -> list[dict]:
+        r = self.flwr("supernode", "ls", CONNECTION, "--format", "json")
+        return json.loads(r.stdout).get("nodes", [])
+
+    def start_supernode(self, site: str, site_config: Path, key: Path | None = None,
+                        max_retries: int | None = None) -> Proc:
+        cmd = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+               "--node-config", f'site-config="{site_config.resolve()}"']
+        if self.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(self.certs / "ca.crt"),
+                    "--auth-supernode-private-key", str(key or self.keys / site)]
+        if max_retries is not None:
+            cmd += ["--max-retries", str(max_retries)]
+        return self._start(f"supernode-{site}", cmd)
+
+    def wait_online(self, n: int, timeout: float = 120.0) -> list[dict]:
+        end = time.monotonic() + timeout
+        nodes: list[dict] = []
+        while time.monotonic() < end:
+            for p in self.procs:
+                if p.name.startswith("supernode-") and p.popen.poll() is not None:
+                    raise DeployError(f"{p.name} exited with code {p.popen.returncode}; see {p.log}:\n{p.tail()}")
+            nodes = self.supernodes()
+            if sum(1 for x in nodes if str(x.get("status", "")).lower() == "online") >= n:
+                return nodes
+            time.sleep(1.0)
+        raise DeployError(f"only {sum(1 for x in nodes if x.get('status') == 'online')} of {n} SuperNodes came "
+                          f"online within {timeout:.0f} s; see {self.logs}")
+
+    def submit(self, run_config: dict, stream_to: Path | None = None, timeout: float = 3600.0) -> int:
+        """``flwr run`` with ``--stream``: returns when the run ends; its log goes to ``stream_to``."""
+        items = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in run_config.items())
+        log = stream_to or self.logs / "flwr-run.log"
+        with log.open("ab") as f:
+            r = subprocess.run([str(BIN / "flwr"), "run", str(app_dir()), CONNECTION, "--run-config", items,
+                                "--stream"], stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.out,
+                               timeout=timeout)
+        if r.returncode != 0:
+            raise DeployError(f"`flwr run` failed (exit {r.returncode}); see {log}:\n"
+                              + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+        return self.latest_run()
+
+    def runs(self) -> list[dict]:
+        return json.loads(self.flwr("ls", CONNECTION, "--format", "json").stdout).get("runs", [])
+
+    def latest_run(self) -> int:
+        runs = self.runs()
+        if not runs:
+            raise DeployError("the SuperLink lists no run after `flwr run`")
+        return int(max(runs, key=lambda r: str(r.get("created-at", "")))["run-id"])
+
+    def status(self, run_id: int) -> str:
+        for r in self.runs():
+            if int(r["run-id"]) == run_id:
+                return str(r.get("status", ""))
+        raise DeployError(f"run {run_id} is not on the SuperLink")
+
+    def stop(self, proc: Proc, timeout: float = 20.0) -> None:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs)):  # SuperNodes first, the SuperLink last
+            self.stop(proc)
+
+    def __enter__(self) -> LocalConsortium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200, image_size: int = 64,
+                 preset: str = "tiny", local_epochs: int = 1, seed: int = 0, insecure: bool = False,
+                 db_url: str | None = None, extra_config: dict | None = None) -> dict:
+    """Synthetic sites, certificates and keys, a SuperLink and ``n_sites`` SuperNodes as processes, one
+    ``flwr run`` followed to the end; returns the run's summary (every process is stopped on return)."""
+    from server.demo import make_sites
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"fedchest deploy local: {n_sites} sites, {'INSECURE (no TLS, no node authentication)' if insecure else 'TLS + SuperNode authentication'}; "
+          "SYNTHETIC data")
+    sites_dir = make_sites(out, n_sites, images, image_size, seed)
+    site_configs = sorted(sites_dir.glob("*/site.toml"))
+    run_dir = out / "run"
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with LocalConsortium(out / "deployment", insecure=insecure, db_url=db_url) as c:
+        c.make_certs()
+        c.start_superlink()
+        print(f"SuperLink on 127.0.0.1:{c.port} (state {c.out / 'superlink.db'}, logs {c.logs})")
+        for cfg in site_configs:
+            site = cfg.parent.name
+            if not insecure:
+                c.site_key(site)
+                c.register(site)
+            c.start_supernode(site, cfg)
+        c.wait_online(n_sites)
+        print(f"{n_sites} SuperNodes online after {time.perf_counter() - t0:.1f}s; submitting the run with flwr run")
+        run_config = {"num-server-rounds": rounds, "local-epochs": local_epochs, "model-preset": preset,
+                      "image-size": image_size, "min-nodes": n_sites, "out-dir": str(run_dir), "seed": seed,
+                      "run-name": f"deploy-local-{n_sites}sites", "round-timeout": 1800.0, **(extra_config or {})}
+        run_id = c.submit(run_config)
+        status = c.status(run_id)
+        if status != "finished:completed":
+            raise DeployError(f"Flower run {run_id} ended as {status!r}; see {c.logs / 'flwr-run.log'} and "
+                              f"{c.logs}")
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
+    summary = json.loads(summary_path.read_text())
+    summary["deploy"] = {"flower_run_id": run_id, "wall_seconds": time.perf_counter() - t0, "sites": n_sites,
+                         "tls": not insecure, "node_auth": not insecure, "logs": str(c.logs)}
+    summary_path.write_text(json.dumps(summary, indent=1))
+    last = summary["rounds"][-1].get("pooled", {}) if summary.get("rounds") else {}
+    print(f"run {summary['run_id']} (Flower run {run_id}) finished: {summary['rounds_completed']} rounds in "
+          f"{summary['deploy']['wall_seconds']:.1f}s; pooled mAP {last.get('mAP', float('nan')):.3f} (synthetic)")
+    print(f"summary: {summary_path}\nregistry: {summary['db_url']}\nall processes stopped")
+    return summary
