@@ -20,6 +20,7 @@ BENCHMARKS = {
     "inference": "benchmarks.bench_inference",
     "dashboard": "benchmarks.bench_dashboard",
     "dp_cost": "benchmarks.bench_dp_cost",
+    "deployment": "benchmarks.bench_deployment",
 }
 
 

@@ -71,6 +71,47 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_resume(args: argparse.Namespace) -> int:
+    """Submit a new Flower run that continues a registry run (server/resume.py does the work in the ServerApp)."""
+    import json
+
+    from server.registry import Registry, RegistryUnavailable, resolve_db_url
+
+    try:
+        registry = Registry(resolve_db_url(args.db))
+    except RegistryUnavailable as exc:
+        print(f"fedchest run resume: {exc}", file=sys.stderr)
+        return 2
+    run = registry.get_run(args.run_id)
+    if run is None:
+        print(f"fedchest run resume: run {args.run_id} is not in {registry.url}", file=sys.stderr)
+        return 2
+    if run["status"] == "completed":
+        print(f"fedchest run resume: run {args.run_id} is already completed", file=sys.stderr)
+        return 2
+    cfg = json.loads(run["config_json"])
+    done = registry.checkpoints(args.run_id)
+    print(f"resuming run {args.run_id} ({run['name']}): last checkpoint round "
+          f"{done[0][0] if done else 'none'} of {run['num_rounds']}", flush=True)
+    if args.connection:
+        from server.deploy.local import app_dir
+
+        items = f'resume-run="{args.run_id}" out-dir={json.dumps(str(cfg["out-dir"]))}'
+        return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), args.connection,
+                                "--run-config", items, "--stream"])
+    if not cfg.get("sim-sites-dir"):
+        print("fedchest run resume: the run was not a simulation; give --connection NAME (the SuperLink "
+              "connection in $FLWR_HOME/config.toml)", file=sys.stderr)
+        return 2
+    from server.simulation import run_in_process
+
+    sites = len(list(Path(cfg["sim-sites-dir"]).glob("*/site.toml")))
+    run_in_process({**cfg, "resume-run": args.run_id}, num_supernodes=sites, verbose=args.verbose)
+    run = registry.get_run(args.run_id)
+    print(f"run {args.run_id}: {run['status']}")
+    return 0 if run["status"] == "completed" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_flower_env()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
@@ -111,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     cshow = csub.add_parser("show", help="subject, SANs and expiry of the certificates in a folder")
     cshow.add_argument("--out", required=True)
     c.set_defaults(fn=_certs)
+    r = sub.add_parser("run", help="registry runs")
+    rsub = r.add_subparsers(dest="run_cmd", required=True)
+    rr = rsub.add_parser("resume", help="continue a run that died (ServerApp or SuperLink killed) after its last "
+                                        "complete round, under the same registry run")
+    rr.add_argument("run_id")
+    rr.add_argument("--db", required=True, help="the registry (SQLAlchemy URL or SQLite path)")
+    rr.add_argument("--connection", help="SuperLink connection for `flwr run` (default: simulation, as the run was)")
+    rr.add_argument("--verbose", action="store_true")
+    rr.set_defaults(fn=_run_resume)
     dep = sub.add_parser("deploy", help="deployments")
     dsub = dep.add_subparsers(dest="deploy_cmd", required=True)
     dl = dsub.add_parser("local", help="SuperLink + N SuperNodes as processes on this machine (TLS, node auth), "

@@ -17,6 +17,7 @@ from server.aggregation import MODES, SERVER_OPTIMIZERS, ServerOptimizer
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
+from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import build_model, classifier_keys, parse_weights
@@ -32,6 +33,7 @@ DEFAULTS = {
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
+    "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
 }
 
 
@@ -69,18 +71,29 @@ def main(grid: Grid, context: Context) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = resolve_db_url(str(out_dir / "registry.db"))
     registry = Registry(db_url)
+    point = None
+    if cfg["resume-run"]:  # the run's own configuration, from the registry, wins over this submission's
+        point = resume_point(registry, str(cfg["resume-run"]))
+        cfg = {**DEFAULTS, **point.config, "resume-run": point.run_id}
     label_set = load_label_set(str(cfg["label-set"]))
     classes = label_set.seen
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
-                        weights=parse_weights(str(cfg["pretrained-weights"])), dp_compatible=bool(cfg["dp"]))
+                        weights=None if point else parse_weights(str(cfg["pretrained-weights"])),
+                        dp_compatible=bool(cfg["dp"]))
+    if point:
+        model.load_state_dict(point.state_dict)
     initial = ArrayRecord(model.state_dict())
     num_rounds = int(cfg["num-server-rounds"])
-    run_id = registry.create_run(
-        name=str(cfg["run-name"]), strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]", heads="routed-experts",
-        label_set=label_set.name,
-        num_rounds=num_rounds, config=cfg, synthetic=False,
-    )
+    if point:
+        run_id = point.run_id
+        registry.add_event(run_id, "resumed", f"resumed after round {point.round} in Flower run {context.run_id}",
+                           point.round)
+    else:
+        run_id = registry.create_run(
+            name=str(cfg["run-name"]),
+            strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]",
+            heads="routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
 
@@ -97,6 +110,10 @@ def main(grid: Grid, context: Context) -> None:
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
+    offset = point.round if point else 0
+    if point:
+        strategy.round_offset = offset
+        restore_strategy_state(strategy, point.strategy_state)
     shared = {**run_for_sites(cfg, label_set.name, run_id), "hist-bins": spec.bins, "hist-limit": spec.limit}
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
                                  "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
@@ -106,17 +123,19 @@ def main(grid: Grid, context: Context) -> None:
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
         if rnd == 0:
             return None
+        rnd += offset  # called after the round's federated evaluation: the checkpoint marks a complete round
         path, digest, size = save_checkpoint(ckpt_dir, rnd, arrays.to_torch_state_dict(),
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
-                                              "image_size": int(cfg["image-size"])})
+                                              "image_size": int(cfg["image-size"]),
+                                              "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
 
     status = "failed"
     try:
         strategy.start(
-            grid=grid, initial_arrays=initial, num_rounds=num_rounds, timeout=float(cfg["round-timeout"]),
+            grid=grid, initial_arrays=initial, num_rounds=num_rounds - offset, timeout=float(cfg["round-timeout"]),
             train_config=train_config, evaluate_config=ConfigRecord(shared), evaluate_fn=evaluate_fn,
         )
         status = "completed"
@@ -126,7 +145,8 @@ def main(grid: Grid, context: Context) -> None:
         summary = {
             "run_id": run_id,
             "status": status,
-            "rounds_completed": len(history),
+            "rounds_completed": offset + len(history),
+            "resumed_from": offset or None,
             "sites": sorted(set(strategy.node_site.values())),
             "privacy": strategy.privacy,
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],

@@ -69,6 +69,7 @@ class FedChestAvg(FedAvg):
         if aggregation not in MODES:
             raise ValueError(f"aggregation {aggregation!r}; expected one of {MODES}")
         super().__init__(**kwargs)
+        self.round_offset = 0  # a resumed run (server/resume.py) continues at round offset + 1
         self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
         self.reference = reference_of(reference)
         self.groups = group_keys(reference.keys())
@@ -105,6 +106,7 @@ class FedChestAvg(FedAvg):
 
     # -- train -------------------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.registry.start_round(self.run_id, server_round)
         self.current = {k: a.numpy() for k, a in arrays.items()}
         config["aggregation"] = self.aggregation
@@ -118,6 +120,7 @@ class FedChestAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages
@@ -131,6 +134,7 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "dropout", f"no {stage} reply this round", server_round, site)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.round_offset
         kept: list[Message] = []
         updates: list[SiteUpdate] = []
         pos = np.zeros(len(self.classes), np.int64)
@@ -197,6 +201,7 @@ class FedChestAvg(FedAvg):
 
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         evals = {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}

@@ -97,3 +97,42 @@ def test_unreachable_database_is_a_clear_error(bad):
 
     with pytest.raises(RegistryUnavailable, match="127.0.0.1:1"):
         Registry(bad)
+
+
+def test_resume_point_cuts_the_registry_back_to_the_last_intact_checkpoint(db_url, tmp_path):
+    import numpy as np
+    import torch
+
+    from server.checkpoints import save_checkpoint
+    from server.resume import ResumeError, resume_point
+
+    reg = Registry(db_url)
+    run = reg.create_run("r", "FedChestAvg", "experts", "cxrlt2026", 5, {"lr": 0.1, "out-dir": "/x"}, synthetic=True)
+    state = {"train_pos": torch.tensor([1, 2]), "train_annotated": torch.tensor([4, 4])}
+    for rnd in (1, 2, 3):
+        reg.start_round(run, rnd)
+        reg.add_metrics(run, rnd, [(None, "all", None, "mAP", 0.1, 10)])
+        reg.add_event(run, "note", "x", rnd=rnd)
+        if rnd < 3:
+            reg.finish_round(run, rnd, 2, 2)
+            path, digest, size = save_checkpoint(tmp_path, rnd, {"w": torch.full((2,), float(rnd))},
+                                                 {"strategy_state": state})
+            reg.add_checkpoint(run, rnd, str(path), digest, size)
+    (tmp_path / "round-002.pt").write_bytes(b"corrupted")  # the newest checkpoint is damaged: fall back to 1
+    point = resume_point(reg, run)
+    assert point.round == 1 and float(point.state_dict["w"][0]) == 1.0 and point.config["lr"] == 0.1
+    assert np.array_equal(point.strategy_state["train_pos"].numpy(), [1, 2])
+    from sqlalchemy.orm import Session
+
+    from server.registry import Checkpoint, Event, Metric, Round
+
+    with Session(reg.engine) as s:
+        for table in (Metric, Event, Round, Checkpoint):
+            assert {r.round for r in s.query(table).filter_by(run_id=run)} == {1}, table.__name__
+    assert reg.get_run(run)["status"] == "running"
+    reg.finish_run(run, "completed")
+    with pytest.raises(ResumeError, match="already completed"):
+        resume_point(reg, run)
+    with pytest.raises(ResumeError, match="not in the registry"):
+        resume_point(reg, "no-such-run")
+    reg.engine.dispose()

@@ -13,7 +13,7 @@ from typing import Any
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect, make_url, select
+from sqlalchemy import create_engine, delete, inspect, make_url, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -125,6 +125,28 @@ class Registry:
         with Session(self.engine) as s, s.begin():
             s.add_all(objs)
         return len(objs)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            r = s.get(Run, run_id)
+            return None if r is None else {"id": r.id, "name": r.name, "status": r.status, "num_rounds": r.num_rounds,
+                                           "config_json": r.config_json}
+
+    def checkpoints(self, run_id: str) -> list[tuple[int, str, str]]:
+        """(round, path, sha256) of the run's checkpoints, newest round first."""
+        with Session(self.engine) as s:
+            rows = s.execute(select(Checkpoint.round, Checkpoint.path, Checkpoint.sha256)
+                             .where(Checkpoint.run_id == run_id).order_by(Checkpoint.round.desc())).all()
+        return [tuple(r) for r in rows]
+
+    def truncate_after(self, run_id: str, rnd: int) -> None:
+        """Remove everything recorded for rounds after ``rnd`` (a round interrupted by a crash) and mark the run
+        running again: a resumed run records those rounds once."""
+        with Session(self.engine) as s, s.begin():
+            for table in (Metric, Event, Checkpoint, Round):
+                s.execute(delete(table).where(table.run_id == run_id, table.round > rnd))
+            run = s.get(Run, run_id)
+            run.status, run.finished_at = "running", None
 
     def add_checkpoint(self, run_id: str, rnd: int, path: str, sha256: str, size: int) -> None:
         with Session(self.engine) as s, s.begin():
