@@ -15,17 +15,20 @@ SERVER_APP = "server.server_app:app"
 CLIENT_APP = "client.client_app:app"
 
 
+QUIET_FLOWER_ENV = {  # no telemetry, no update checks, no runtime installs, offline Hugging Face
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
 def quiet_flower_env() -> None:
-    """No telemetry, no update checks, no runtime installs, offline Hugging Face (set before importing flwr)."""
-    for key, value in {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "RAY_DEDUP_LOGS": "0",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    }.items():
+    """``QUIET_FLOWER_ENV`` where not set already (before importing flwr)."""
+    for key, value in QUIET_FLOWER_ENV.items():
         os.environ.setdefault(key, value)
 
 

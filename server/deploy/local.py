@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.deploy.certs import make_ca, make_site_key, make_superlink_cert
+from server.simulation import QUIET_FLOWER_ENV
 
 CONNECTION = "fedchest-local"
 BIN = Path(sys.executable).parent
@@ -48,9 +49,7 @@ def app_dir() -> Path:
 def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
+        **QUIET_FLOWER_ENV, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1",
         # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp by name
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     })
