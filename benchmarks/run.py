@@ -21,6 +21,7 @@ BENCHMARKS = {
     "dashboard": "benchmarks.bench_dashboard",
     "dp_cost": "benchmarks.bench_dp_cost",
     "deployment": "benchmarks.bench_deployment",
+    "zeroshot": "benchmarks.bench_zeroshot",
 }
 
 

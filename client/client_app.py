@@ -26,6 +26,7 @@ from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
 from shared_models.ontology import load_label_set
+from shared_models.zeroshot.config import zeroshot_spec
 
 app = ClientApp(mods=[outbound_guard])
 _DATA: dict[tuple[str, str], tuple[float, SiteData]] = {}
@@ -87,13 +88,16 @@ def run_model(config, site: SiteConfig) -> RoutedExperts:
         raise SiteConfigError(
             f"{site.path}: this run trains at image-size {size} px but the site caches {site.image_size} px; set "
             f"site.image_size = {size} in site.toml and run `fedchest-site check --config {site.path}`")
-    return build_model(str(config["model-preset"]), load_label_set(str(config["label-set"])).num_seen,
-                       image_size=size, dp_compatible=bool(config.get("dp", False)))
+    label_set = load_label_set(str(config["label-set"]))
+    return build_model(str(config["model-preset"]), label_set.num_seen, image_size=size,
+                       dp_compatible=bool(config.get("dp", False)), zeroshot=zeroshot_spec(config, label_set))
 
 
-def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def group_statistics(data: SiteData, num_classes: int, groups: set[str] | None = None
+                     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Samples and per-class positives behind each expert group. Images of unknown projection train every
-    expert (uniform soft routing), so each expert counts a third of them."""
+    expert (uniform soft routing), so each expert counts a third of them. The zero-shot head's groups (in
+    ``groups``): an expert's image projection counts as its expert, the rest every image."""
     unknown = data.projection < 0
     counts, positives = {}, {}
     labelled = data.targets[:, :num_classes] * data.mask[:, :num_classes]
@@ -104,6 +108,9 @@ def group_statistics(data: SiteData, num_classes: int) -> tuple[dict[str, float]
     counts["router"] = float((~unknown).sum())  # the router learns from images with a trusted view
     counts["generalist"] = float(len(data))  # used when the preset has a generalist member
     positives["generalist"] = labelled.sum(0)
+    for g in sorted(groups or ()):
+        if g.startswith("zeroshot."):
+            counts[g] = counts.get(f"experts.{g.rsplit('.', 1)[-1]}", float(len(data)))
     return counts, positives
 
 
@@ -117,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
     config, site, data, model = _setup(msg, context, "train")
     stats, privacy = train_round(config, site, data, model)
     c = model.num_classes
-    counts, positives = group_statistics(data, c)
+    counts, positives = group_statistics(data, c, {parameter_group(k) for k in model.state_dict()})
     fedavg = str(config.get("aggregation", "projection")) == "fedavg"
     if fedavg:
         counts = {g: float(len(data)) for g in counts}
@@ -130,6 +137,7 @@ def train(msg: Message, context: Context) -> Message:
         **{f"count.{g}": k(v) for g, v in counts.items() if g in sent_groups},
         **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items() if g in sent_groups},
         "train_loss": float(stats["train_loss"]),
+        **({"contrastive_loss": float(stats["contrastive_loss"])} if "contrastive_loss" in stats else {}),
         "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
         "train_pos": [int(k(v)) for v in train_pos],
         "train_annotated": [int(k(v)) for v in train_annotated],
@@ -148,11 +156,21 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     config, site, data, model = _setup(msg, context, str(msg.content["config"].get("eval-split", "test")))
-    probs, routes = predict(model, data, select_device())
     c = model.num_classes
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
+    label_set = load_label_set(str(config["label-set"]))
+    zs_spec = zeroshot_spec(config, label_set)
+    if zs_spec is None:
+        probs, routes = predict(model, data, select_device())
+        extra = {}
+    else:
+        from client.zeroshot import zero_shot_evaluation
+
+        probs, routes, extra = zero_shot_evaluation(model, data, label_set, zs_spec, site,
+                                                    site_data(site, "val") if zs_spec.proxy_classes else None)
     summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec,
                                  site.privacy.min_count)
+    summary.update(extra)
     summary["eval_seconds"] = time.perf_counter() - t0
     known = data.projection >= 0
     k = site.privacy.suppress

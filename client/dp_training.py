@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from client.index import SiteData
-from client.training import _batch, augment, objective
+from client.training import ZeroShotTraining, _batch, augment, objective
 from shared_models.networks import RoutedExperts
 from shared_models.privacy import DPSettings, clipped_gradient_sum, is_dp_compatible, poisson_batches, privatise
+from shared_models.zeroshot.dp import check_dp_head, clipped_zeroshot_sum
 
 
 def train_local_dp(
@@ -29,10 +30,21 @@ def train_local_dp(
     prevalence: np.ndarray | None = None,
     asl_class_weights: bool = False,
     logit_adjust_tau: float = 0.0,
+    zeroshot: ZeroShotTraining | None = None,
+    prompts: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """``epochs`` x ceil(N / batch_size) DP-SGD steps at sample rate batch_size / N. FedProx's proximal
     gradient is added after the noise (it does not touch the data). Re-sampling for the long tail is not
-    available under DP (the accountant assumes uniform Poisson sampling)."""
+    available under DP (the accountant assumes uniform Poisson sampling).
+
+    With ``zeroshot`` (a ``DualBranch`` with a separate image encoder), each image's gradient has two parts, the
+    routed experts' (ASL) and the zero-shot head's (per-sample SigLIP against ``prompts``, the seen classes' public
+    prompt embeddings, shared_models/zeroshot/dp.py); each part is clipped to C / sqrt(2), so the whole per-sample
+    vector stays within C and the noise (sigma * C) and the accountant are unchanged."""
+    if zeroshot is not None:
+        check_dp_head(model.zeroshot)
+        if prompts is None:
+            raise ValueError("DP-SGD for the zero-shot branch needs the seen classes' prompt embeddings")
     if not is_dp_compatible(model):
         raise ValueError("the model still has batch norm; build it with dp_compatible=True for DP-SGD")
     model.to(device).train()
@@ -51,8 +63,21 @@ def train_local_dp(
     for idx in poisson_batches(n, sample_rate, steps, rng):
         if len(idx):
             x, p, y, m = _batch(data, idx, device, model.num_classes)
-            summed, losses, norms = clipped_gradient_sum(model, augment(x, gen), p, y, m, loss_fn,
-                                                         dp.max_grad_norm, offset)
+            x = augment(x, gen)
+            if zeroshot is None:
+                summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
+            else:
+                if zeroshot.hidden:
+                    m[:, list(zeroshot.hidden)] = 0.0
+                part = dp.max_grad_norm / math.sqrt(2)
+                summed, losses, n1 = clipped_gradient_sum(model, x, p, y, m, loss_fn, part, offset)
+                t = torch.from_numpy(idx)
+                zs, zs_losses, n2 = clipped_zeroshot_sum(model.zeroshot, x, zeroshot.texts.features[t].to(device),
+                                                         prompts.to(device), y, m, part)
+                for k, g in zs.items():
+                    summed[f"zeroshot.{k}"] = summed[f"zeroshot.{k}"] + g
+                losses = losses + zs_losses  # (zeroshot-weight does not apply: each part has its own clip)
+                norms = torch.maximum(n1, n2) * math.sqrt(2)  # over C iff a part was over C / sqrt(2): clipped
             total += float(losses.sum())
             seen += len(idx)
             clipped += int((norms > dp.max_grad_norm).sum())

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE TABLE IF NOT EXISTS rejections (path TEXT, reason TEXT);
 CREATE TABLE IF NOT EXISTS boxes (sample_id TEXT, label TEXT, x REAL, y REAL, w REAL, h REAL);
+CREATE TABLE IF NOT EXISTS reports (sample_id TEXT PRIMARY KEY, text TEXT);
 """
 META_COLUMNS = ("bit_depth", "photometric", "height", "width", "vendor")
 
@@ -203,7 +204,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
 
     # 3. write the index and the cache
     with con:
-        for table in ("samples", "rejections", "boxes"):
+        for table in ("samples", "rejections", "boxes", "reports"):
             con.execute(f"DELETE FROM {table}")
         con.executemany("INSERT INTO boxes VALUES (?,?,?,?,?,?)", [(r[1], *b) for r in rows for b in r[0].boxes])
         con.executemany(
@@ -213,6 +214,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
              for i, (it, sid, fp, proj, method, split, meta) in enumerate(rows)],
         )
         con.executemany("INSERT INTO rejections VALUES (?,?)", [(r.path, r.reason) for r in report.rejected])
+        con.executemany("INSERT INTO reports VALUES (?,?)", [(r[1], r[0].report) for r in rows if r[0].report])
     con.close()
     del old_pixels
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +246,7 @@ class SiteData:
     projection: np.ndarray  # (N,) int64, -1 = unknown
     targets: np.ndarray  # (N, C) float32
     mask: np.ndarray  # (N, C) float32
+    reports: tuple[str, ...] = ()  # per image, the source's report text ('' where none); stays at the site
 
     def __len__(self) -> int:
         return len(self.projection)
@@ -261,7 +264,10 @@ def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
     if not cfg.index_path.exists():
         raise FileNotFoundError(f"{cfg.path}: site not indexed yet; run `fedchest-site check --config {cfg.path}`")
     con = sqlite3.connect(cfg.index_path)
-    q = ("SELECT row, projection, targets, mask, projection_method, source FROM samples"
+    has_reports = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'reports'").fetchone() is not None
+    q = ("SELECT row, projection, targets, mask, projection_method, source, "
+         + ("COALESCE(reports.text, '')" if has_reports else "''")
+         + " FROM samples" + (" LEFT JOIN reports USING (sample_id)" if has_reports else "")
          + (" WHERE split = ?" if split else "") + " ORDER BY row")
     rows = con.execute(q, (split,) if split else ()).fetchall()
     con.close()
@@ -275,4 +281,4 @@ def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
                     dtype=np.int64)
     tg = np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     mk = np.stack([np.frombuffer(r[3], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
-    return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk)
+    return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk, tuple(r[6] for r in rows))

@@ -15,10 +15,12 @@ from client.dp_training import train_local_dp
 from client.index import SiteData
 from client.privacy import PolicyRefusal, PrivacyLedger
 from client.site_config import SiteConfig
-from client.training import train_local
+from client.training import ZeroShotTraining, train_local
 from shared_models.device import select_device
 from shared_models.networks import RoutedExperts, parameter_group
+from shared_models.ontology import load_label_set
 from shared_models.privacy import DPSettings
+from shared_models.zeroshot.config import zeroshot_spec
 
 HEAD = "routed-experts"
 
@@ -48,8 +50,18 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                   prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
                   asl_class_weights=bool(config.get("asl-class-weights", False)),
                   logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)))
+    zs = prompts = None
+    if bool(config.get("zeroshot", False)):
+        from client.zeroshot import seen_prompt_features, training_text_features
+
+        label_set = load_label_set(str(config["label-set"]))
+        spec = zeroshot_spec(config, label_set)
+        hidden = tuple(spec.proxy_indices(label_set))
+        texts = training_text_features(data, site.work_dir, label_set, set(hidden), spec.text_unit)
+        zs = ZeroShotTraining(texts, spec.weight, hidden)
+        prompts = seen_prompt_features(label_set, site.work_dir) if dp else None
     if not dp:
-        return train_local(model, data, sampling=str(config.get("sampling", "none")), **common), {}
+        return train_local(model, data, sampling=str(config.get("sampling", "none")), zeroshot=zs, **common), {}
     if str(config.get("sampling", "none")) != "none":
         raise PolicyRefusal("re-sampling for the long tail is not available under DP-SGD (the accountant assumes "
                             "uniform Poisson sampling); use sampling = \"none\" or ASL class weights")
@@ -60,7 +72,7 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
         spent = ledger.spent(policy.delta, policy.accountant)
         raise PolicyRefusal(f"privacy budget: this round would bring epsilon to {after:.2f} (spent {spent:.2f}, "
                             f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to train")
-    stats = train_local_dp(model, data, dp=DPSettings(sigma, clip), **common)
+    stats = train_local_dp(model, data, dp=DPSettings(sigma, clip), zeroshot=zs, prompts=prompts, **common)
     eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), HEAD, sigma, rate, steps,
                         policy.delta, policy.accountant)
     report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": sigma, "dp_max_grad_norm": clip,

@@ -16,6 +16,8 @@ from client.sources import harmonise_view
 from client.training import PIXEL_MEAN, PIXEL_STD
 from shared_models.device import select_device
 from shared_models.networks import PROJECTIONS, build_model
+from shared_models.ontology import load_label_set
+from shared_models.zeroshot.config import zeroshot_spec
 from shared_models.tta import predict_with_tta
 
 
@@ -29,7 +31,9 @@ def load_global_model(checkpoint: Path):
         if key not in ckpt:
             raise ValueError(f"{checkpoint}: checkpoint lacks {key!r} (expected one written by the fedchest ServerApp)")
     size = int(ckpt.get("image_size", 0) or 0)
-    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None)
+    zs = zeroshot_spec(ckpt.get("zeroshot") or {}, load_label_set(str(ckpt.get("label_set", "cxrlt2026"))))
+    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None,
+                        dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

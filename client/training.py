@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +15,15 @@ from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+@dataclass
+class ZeroShotTraining:
+    """The image-text branch's share of the local objective: loss = ASL + weight * contrastive."""
+
+    texts: object  # client.zeroshot.TrainingTexts for the rows of the training data
+    weight: float = 1.0
+    hidden: tuple[int, ...] = ()  # proxy classes: hidden from the ASL branch (mask 0)
 
 
 def _batch(data: SiteData, idx: np.ndarray, device: torch.device, num_classes: int):
@@ -59,8 +69,10 @@ def train_local(
     asl_class_weights: bool = False,
     sampling: str = "none",
     logit_adjust_tau: float = 0.0,
+    zeroshot: ZeroShotTraining | None = None,
 ) -> dict[str, float]:
-    """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0.
+    """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0; with ``zeroshot`` (a
+    ``DualBranch`` model) the weighted contrastive term on image / text pairs, proxy classes masked out of ASL.
 
     Long-tail options (shared_models.longtail): ASL per-class weights from ``prevalence`` (the CXR-LT
     variant), class-balanced or square-root re-sampling, and logit adjustment by tau * logit(prevalence).
@@ -76,6 +88,9 @@ def train_local(
     rng = np.random.default_rng(seed)
     n = len(data)
     total, steps, t0 = 0.0, 0, time.perf_counter()
+    contrastive_total = 0.0
+    if zeroshot is not None:
+        from client.zeroshot import contrastive_term
     for _ in range(epochs):
         order = rng.permutation(n) if draw is None else rng.choice(n, size=n, replace=True, p=draw)
         for start in range(0, n, batch_size):
@@ -83,8 +98,18 @@ def train_local(
             if len(idx) < 2:
                 continue
             x, p, y, m = _batch(data, idx, device, num_classes)
-            logits, router_logits = model.forward_with_router(augment(x, gen), p)
+            if zeroshot is None:
+                logits, router_logits = model.forward_with_router(augment(x, gen), p)
+            else:
+                logits, router_logits, emb = model.forward_dual(augment(x, gen), p)
+                if zeroshot.hidden:
+                    m[:, list(zeroshot.hidden)] = 0.0
             loss = loss_fn(logits if offset is None else logits + offset, y, m)
+            if zeroshot is not None:
+                texts, positives = zeroshot.texts.batch(idx)
+                term = contrastive_term(model, emb, texts.to(device), positives.to(device))
+                contrastive_total += float(term.detach())
+                loss = loss + zeroshot.weight * term
             known = p >= 0
             if router_logits is not None and bool(known.any()):  # the router learns from trusted metadata views
                 loss = loss + torch.nn.functional.cross_entropy(router_logits[known], p[known])
@@ -96,7 +121,10 @@ def train_local(
             opt.step()
             total += float(loss.detach())
             steps += 1
-    return {"train_loss": total / max(steps, 1), "steps": steps, "train_seconds": time.perf_counter() - t0}
+    out = {"train_loss": total / max(steps, 1), "steps": steps, "train_seconds": time.perf_counter() - t0}
+    if zeroshot is not None:
+        out["contrastive_loss"] = contrastive_total / max(steps, 1)
+    return out
 
 
 @torch.no_grad()
@@ -114,3 +142,22 @@ def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_si
             routes.append(router_logits.argmax(1).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
     return probs, (np.concatenate(routes) if routes else None)
+
+
+@torch.no_grad()
+def predict_dual(model, data: SiteData, device: torch.device, batch_size: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+    """``predict`` for a ``DualBranch``, plus the image embeddings (N, D) of the image-text branch."""
+    model.to(device).eval()
+    out, routes, embs = [], [], []
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        x, p, _, _ = _batch(data, idx, device, model.num_classes)
+        logits, router_logits, emb = model.forward_dual(x, p)
+        out.append(torch.sigmoid(logits).cpu().numpy())
+        embs.append(emb.cpu())
+        if router_logits is not None:
+            routes.append(router_logits.argmax(1).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+    emb = torch.cat(embs) if embs else torch.zeros(0, model.zeroshot.text_proj.out_features)
+    return probs, (np.concatenate(routes) if routes else None), emb

@@ -14,9 +14,18 @@ from server.simulation import quiet_flower_env
 def _demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
+    extra = {}
+    if args.zeroshot:
+        if args.secagg:
+            print("fedchest demo: --zeroshot needs federated evaluation, which the SecAgg+ demo does not run",
+                  file=sys.stderr)
+            return 2
+        extra = {"zeroshot": True, "zeroshot-proxy-classes": args.proxy_classes,
+                 "zeroshot-image-encoder": "separate" if args.dp else "experts"}  # DP-SGD needs the separate one
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
              args.preset, args.local_epochs, args.lr, args.verbose, dp=args.dp,
-             noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg)
+             noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg,
+             extra=extra)
     return 0
 
 
@@ -133,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dp-max-grad-norm", type=float, default=1.0)
     d.add_argument("--secagg", action="store_true",
                    help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated evaluation")
+    d.add_argument("--zeroshot", action="store_true",
+                   help="train the zero-shot image-text branch too and score the held-out classes every round")
+    d.add_argument("--proxy-classes", default="Nodule,pleural thickening",
+                   help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model selection")
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

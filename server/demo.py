@@ -27,7 +27,8 @@ def _site_cli(*args: str) -> subprocess.CompletedProcess:
 
 def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int) -> Path:
     sites_dir = out / "sites"
-    params = {"sites": n_sites, "images": images, "image_size": image_size, "seed": seed}
+    params = {"sites": n_sites, "images": images, "image_size": image_size, "seed": seed,
+              "generator": 2}  # 2: reports describe held-out findings without naming them
     stamp = sites_dir / "demo-params.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
         print(f"reusing synthetic sites in {sites_dir}")
@@ -60,10 +61,14 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int)
     return sites_dir
 
 
+def _fmt(v) -> str:
+    return "  -  " if v is None else f"{v:.3f}"
+
+
 def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, image_size: int = 64,
              seed: int = 0, preset: str = "small", local_epochs: int = 2, lr: float = 0.001,
              verbose: bool = False, dp: bool = False, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0,
-             secagg: bool = False) -> dict:
+             secagg: bool = False, extra: dict | None = None) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print("fedchest demo: SYNTHETIC consortium; figures show the machinery works, not clinical performance.\n")
@@ -76,6 +81,7 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
         "min-nodes": n_sites, "round-timeout": 1800.0, "out-dir": str(out), "sim-sites-dir": str(sites_dir),
         "run-name": f"demo-{n_sites}sites-{rounds}rounds" + ("-dp" if dp else ""), "seed": seed,
         "dp": dp, "dp-noise-multiplier": noise_multiplier, "dp-max-grad-norm": max_grad_norm,
+        **(extra or {}),
     }
     t0 = time.perf_counter()
     if secagg:  # Flower's SecAgg+ (legacy API): plain weighted FedAvg, masked sums only
@@ -104,6 +110,21 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
         delta = next(iter(summary["privacy"][last_round].values()))["delta"]
         print(f"privacy: DP-SGD (noise {noise_multiplier:g}, clip {max_grad_norm:g}); epsilon spent after round "
               f"{last_round} at delta {delta:g}: {spent}")
+    if summary.get("zeroshot") and summary["zeroshot"].get("last"):
+        zs = summary["zeroshot"]
+        print("zero-shot, held-out classes never in any training label (pooled; 95 % bootstrap interval):")
+        for name, entry in zs["last"].items():
+            p, ci, npos = entry["pooled"]["all"], entry["ci"].get("mAUC", [None, None]), entry["n_pos"]
+            scored = ", ".join(f"{c} {n}" for c, n in npos.items() if n) or "none (too few positives at every site)"
+            print(f"  {name:<12} mAUC {_fmt(p['mAUC'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]  mAP {_fmt(p['mAP'])}"
+                  f"  (positives scored: {scored})")
+        scored = sum(zs["last"]["descriptive"]["n_pos"].values())
+        if scored < 30:
+            print(f"  only {scored} held-out positives were scored: too few for these figures to mean much (at "
+                  "1,000 images per site they swing widely between runs; try --images-per-site 3000)")
+        if zs.get("selected_round"):
+            print(f"  model selection on the proxy classes: round {zs['selected_round']} "
+                  f"(proxy mAUC {zs['selected_proxy_mAUC']:.3f})")
     print(f"summary:     {summary_path}")
     print(f"registry:    {summary['db_url']}")
     print(f"checkpoints: {summary['checkpoints']}")

@@ -26,14 +26,17 @@ class ScopeEval:
     withheld: int = 0  # classes the site withheld under its small-count policy (client/evaluation.py)
 
 
-def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec) -> dict[str, ScopeEval]:
+def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec, prefix: str = ""
+                    ) -> dict[str, ScopeEval]:
+    """One site's summary (client/evaluation.py); ``prefix`` selects a family of keys (``zs.descriptive.``)."""
     out = {}
     for scope in SCOPES:
-        pos = np.asarray(metrics[f"hist_pos.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
-        neg = np.asarray(metrics[f"hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
-        pc = {k: np.asarray(metrics[f"{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}
+        pos = np.asarray(metrics[f"{prefix}hist_pos.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
+        neg = np.asarray(metrics[f"{prefix}hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
+        pc = {k: np.asarray(metrics[f"{prefix}{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}
         pc["n_pos"], pc["n_neg"] = pos.sum(1), neg.sum(1)
-        out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"n.{scope}"]), int(metrics.get(f"withheld.{scope}", 0)))
+        out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"{prefix}n.{scope}"]),
+                               int(metrics.get(f"{prefix}withheld.{scope}", 0)))
     return out
 
 

@@ -25,4 +25,15 @@ def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
         lines.append(f"  {site:<22}" + "".join(f"{_f(scopes[s][metric]):>8}" for s in SCOPES))
     pooled = summary["pooled_by_projection"]
     lines.append(f"  {'pooled':<22}" + "".join(f"{_f(pooled[s][metric]):>8}" for s in SCOPES))
+    if summary.get("zeroshot"):
+        lines.append(zero_shot_line(summary["zeroshot"]))
     return "\n".join(lines)
+
+
+def zero_shot_line(zs: dict) -> str:
+    """Pooled zero-shot mAUC [95 % bootstrap interval] and mAP per prompt set (held-out classes) and proxies."""
+    parts = []
+    for name, entry in zs.items():
+        p, ci = entry["pooled"]["all"], entry.get("ci", {}).get("mAUC", [None, None])
+        parts.append(f"{name} mAUC {_f(p['mAUC'])} [{_f(ci[0])}, {_f(ci[1])}] mAP {_f(p['mAP'])}")
+    return "  zero-shot (pooled): " + "; ".join(parts)

@@ -46,6 +46,8 @@ def strategy_state(strategy) -> dict[str, Any]:
         state["server_optimizer"] = {"kind": opt.kind,
                                      "m": {k: torch.from_numpy(v) for k, v in opt.m.items()},
                                      "v": {k: torch.from_numpy(v) for k, v in opt.v.items()}}
+    if strategy.best_proxy is not None:  # zero-shot model selection so far: (round, proxy mAUC)
+        state["best_proxy"] = [int(strategy.best_proxy[0]), float(strategy.best_proxy[1])]
     return state
 
 
@@ -59,6 +61,8 @@ def restore_strategy_state(strategy, state: dict[str, Any]) -> None:
     if opt is not None:
         opt.m = {k: v.numpy() for k, v in saved["m"].items()}
         opt.v = {k: v.numpy() for k, v in saved["v"].items()}
+    if "best_proxy" in state:
+        strategy.best_proxy = (int(state["best_proxy"][0]), float(state["best_proxy"][1]))
 
 
 def resume_point(registry: Registry, run_id: str) -> ResumePoint:

@@ -51,6 +51,9 @@ def check_secagg_config(cfg: dict) -> None:
         problems.append(f"server-optimizer = {cfg['server-optimizer']!r} is not available with SecAgg+ here")
     if str(cfg.get("robust-aggregation", "none")) != "none":
         problems.append("robust aggregation needs each update in the clear")
+    if bool(cfg.get("zeroshot", False)):
+        problems.append("the zero-shot branch is scored by federated evaluation, which this app does not run; "
+                        "set zeroshot = false")
     if int(cfg["secagg-reconstruction-threshold"]) > int(cfg["secagg-num-shares"]):
         problems.append("secagg-reconstruction-threshold must not exceed secagg-num-shares")
     if problems:

@@ -19,9 +19,13 @@ from server.registry import Registry, resolve_db_url
 from server.report import round_table
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
+from server.zeroshot_eval import zero_shot_sets
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import build_model, classifier_keys, parse_weights
 from shared_models.ontology import load_label_set
+from shared_models.zeroshot.config import DEFAULTS as ZEROSHOT_DEFAULTS
+from shared_models.zeroshot.config import spec_config, zeroshot_spec
+from shared_models.zeroshot.dp import check_dp_settings
 
 app = ServerApp()
 
@@ -34,6 +38,7 @@ DEFAULTS = {
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
+    **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
 }
 
 
@@ -49,7 +54,7 @@ def _clean(obj):
 
 def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     """What every site needs to rebuild and train the run's model (sent with every message)."""
-    out = {
+    out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
@@ -57,6 +62,18 @@ def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     if cfg["sim-sites-dir"]:
         out["sim-sites-dir"] = str(cfg["sim-sites-dir"])
     return out
+
+
+def _zeroshot_summary(strategy: FedChestAvg, history: list[dict]) -> dict:
+    """The last round's zero-shot results, the pooled mAUC per prompt set per round, and the round the proxy
+    classes select."""
+    return {"last": history[-1].get("zeroshot") if history else None,
+            "mAUC_by_round": {name: [h.get("zeroshot", {}).get(name, {}).get("pooled", {}).get("all", {}).get("mAUC")
+                                     for h in history] for name in strategy.zeroshot_sets},
+            "selected_round": strategy.best_proxy[0] if strategy.best_proxy else None,
+            "selected_proxy_mAUC": strategy.best_proxy[1] if strategy.best_proxy else None,
+            "selected": next((h.get("zeroshot") for h in history
+                              if strategy.best_proxy and h["round"] == strategy.best_proxy[0]), None)}
 
 
 @app.main()
@@ -77,10 +94,13 @@ def main(grid: Grid, context: Context) -> None:
         cfg = {**DEFAULTS, **point.config, "resume-run": point.run_id}
     label_set = load_label_set(str(cfg["label-set"]))
     classes = label_set.seen
+    zs = zeroshot_spec(cfg, label_set)
+    if zs is not None and bool(cfg["dp"]):
+        check_dp_settings(zs.image_encoder, zs.loss)  # refuse before any site trains
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
                         weights=None if point else parse_weights(str(cfg["pretrained-weights"])),
-                        dp_compatible=bool(cfg["dp"]))
+                        dp_compatible=bool(cfg["dp"]), zeroshot=zs)
     if point:
         model.load_state_dict(point.state_dict)
     initial = ArrayRecord(model.state_dict())
@@ -93,7 +113,7 @@ def main(grid: Grid, context: Context) -> None:
         run_id = registry.create_run(
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]",
-            heads="routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
+            heads="routed-experts+zeroshot" if zs else "routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
 
@@ -107,6 +127,8 @@ def main(grid: Grid, context: Context) -> None:
         server_optimizer=None if cfg["server-optimizer"] == "none" else ServerOptimizer(
             str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
         proximal_mu=float(cfg["proximal-mu"]),
+        zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
+        bootstrap=zs.bootstrap if zs else 0,
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -128,6 +150,7 @@ def main(grid: Grid, context: Context) -> None:
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
+                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
@@ -154,6 +177,7 @@ def main(grid: Grid, context: Context) -> None:
                         "sites": h["sites"]} for h in history],
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
+            "zeroshot": _zeroshot_summary(strategy, history) if zs else None,
             "db_url": db_url,
             "checkpoints": str(ckpt_dir),
             "synthetic": bool(strategy.synthetic_sites),

@@ -19,8 +19,10 @@ from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.validation import reference_of, validate_update
+from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
 from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
 from shared_models.networks import group_keys
+from shared_models.zeroshot.scoring import SCORE_HISTOGRAM
 
 
 def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
@@ -64,6 +66,8 @@ class FedChestAvg(FedAvg):
         server_optimizer: ServerOptimizer | None = None,
         proximal_mu: float = 0.0,
         on_round: Callable[[int, dict], None] | None = None,
+        zeroshot_sets: dict[str, tuple[str, ...]] | None = None,
+        bootstrap: int = 1000,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -87,6 +91,9 @@ class FedChestAvg(FedAvg):
         self.n_train = 0
         self.asked: dict[str, set[int]] = {}
         self.privacy: dict[str, dict[str, dict]] = {}  # round -> site -> epsilon spent (cumulative), delta, budget
+        self.zeroshot_sets = zeroshot_sets or {}  # server/zeroshot_eval.py: summary family -> classes
+        self.bootstrap = bootstrap
+        self.best_proxy: tuple[int, float] | None = None  # (round, pooled proxy mAUC): zero-shot model selection
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
@@ -202,7 +209,7 @@ class FedChestAvg(FedAvg):
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        evals = {}
+        evals, zs_evals = {}, {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
         replies = list(replies)
@@ -216,6 +223,8 @@ class FedChestAvg(FedAvg):
             try:
                 m = next(iter(msg.content.metric_records.values()))
                 evals[site] = parse_site_eval(m, len(self.classes), self.spec)
+                if self.zeroshot_sets:
+                    zs_evals[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
                 if "eval_seconds" in m:
                     timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
                 routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
@@ -233,6 +242,15 @@ class FedChestAvg(FedAvg):
         rows.append((None, "all", None, "router_accuracy", summary["router_accuracy"], total))
         rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
+        if zs_evals:
+            zs_rows, summary["zeroshot"] = zero_shot_round(dict(sorted(zs_evals.items())), self.zeroshot_sets,
+                                                           SCORE_HISTOGRAM, self.bootstrap, seed=server_round)
+            rows += zs_rows
+            score = proxy_score(summary["zeroshot"])
+            if score is not None and (self.best_proxy is None or score > self.best_proxy[1]):
+                self.best_proxy = (server_round, score)
+                self.registry.add_event(self.run_id, "model_selection",
+                                        f"best round so far by proxy-class zero-shot mAUC {score:.4f}", server_round)
         self.registry.add_metrics(self.run_id, server_round, rows)
         self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals))
         summary["round"] = server_round

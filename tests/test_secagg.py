@@ -75,6 +75,7 @@ def test_secagg_refuses_what_it_cannot_honour():
     check_secagg_config(base)
     for change, words in ((("aggregation", "projection+class"), "needs each update in the clear"),
                           (("server-optimizer", "fedadam"), "server-optimizer"),
-                          (("secagg-reconstruction-threshold", 9), "must not exceed")):
+                          (("secagg-reconstruction-threshold", 9), "must not exceed"),
+                          (("zeroshot", True), "zero-shot branch")):
         with pytest.raises(SecAggRefusal, match=words):
             check_secagg_config({**base, change[0]: change[1]})

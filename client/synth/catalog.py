@@ -40,6 +40,7 @@ class Catalog:
     label_set: str
     normal: str
     findings: tuple[ClassSpec, ...]  # every class except the derived normal class
+    held_out: frozenset[str] = frozenset()  # the label set's zero-shot classes: reports never name them
 
     def by_name(self, name: str) -> ClassSpec:
         for c in self.findings:
@@ -70,4 +71,4 @@ def load_catalog(label_set: str = "cxrlt2026") -> Catalog:
             shape=sig["shape"], size=sig["size"], density=sig["density"], zone=sig["zone"],
             factors=dict(c.get("factors", {})), implies=tuple(c.get("implies", ())),
         ))
-    return Catalog(label_set=label_set, normal=normal[0], findings=tuple(findings))
+    return Catalog(label_set=label_set, normal=normal[0], findings=tuple(findings), held_out=frozenset(ls.zeroshot))

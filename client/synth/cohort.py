@@ -52,7 +52,7 @@ def generate(
             if made >= n_images:
                 break
             findings = [catalog.findings[j] for j in np.flatnonzero(pos[study])]
-            report = write_report(findings, rng)
+            report = write_report(findings, rng, catalog.held_out)
             views = ["PA" if rng.random() < frontal_pa else "AP"]
             if rng.random() < min(1.0, lateral_rate):
                 views.append("LAT")

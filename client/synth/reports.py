@@ -1,4 +1,8 @@
-"""Report text that describes findings with the same attribute words as their visual signatures."""
+"""Report text that describes findings with the same attribute words as their visual signatures.
+
+Held-out (zero-shot) classes are described but never named: the radiologist reports what is seen ("a large
+ring-shaped lucency at the apex") without the diagnosis, so no training text carries a held-out class name
+(zero-shot evaluation then tests the prompts, not a leaked label)."""
 
 from __future__ import annotations
 
@@ -34,12 +38,17 @@ def describe(spec: ClassSpec) -> str:
     return f"A {spec.size} {_SHAPE_ADJ[spec.shape]} {density}{noun} {_ZONE_PHRASE[spec.zone]}"
 
 
-def finding_sentence(spec: ClassSpec) -> str:
-    return f"{describe(spec)}, consistent with {spec.name.lower()}."
+def finding_sentence(spec: ClassSpec, named: bool = True) -> str:
+    return f"{describe(spec)}, consistent with {spec.name.lower()}." if named else f"{describe(spec)}."
 
 
-def write_report(findings: list[ClassSpec], rng: np.random.Generator) -> dict[str, str]:
-    """FINDINGS / IMPRESSION / INDICATION / COMPARISON sections in English."""
+def _impression(spec: ClassSpec, named: bool) -> str:
+    return spec.name.capitalize() if named else f"{describe(spec)[2:].capitalize()}, of uncertain significance"
+
+
+def write_report(findings: list[ClassSpec], rng: np.random.Generator,
+                 held_out: frozenset[str] = frozenset()) -> dict[str, str]:
+    """FINDINGS / IMPRESSION / INDICATION / COMPARISON sections in English; ``held_out`` classes unnamed."""
     indication = str(rng.choice(["Cough.", "Shortness of breath.", "Chest pain.", "Preoperative evaluation.", "Fever."]))
     comparison = str(rng.choice(["None.", "Prior radiograph XXXX.", "None available."]))
     if not findings:
@@ -50,6 +59,7 @@ def write_report(findings: list[ClassSpec], rng: np.random.Generator) -> dict[st
             "COMPARISON": comparison,
         }
     order = rng.permutation(len(findings))
-    body = " ".join(finding_sentence(findings[i]) for i in order)
-    impression = "; ".join(findings[i].name.capitalize() for i in order) + "."
+    named = [findings[i].name not in held_out for i in range(len(findings))]
+    body = " ".join(finding_sentence(findings[i], named[i]) for i in order)
+    impression = "; ".join(_impression(findings[i], named[i]) for i in order) + "."
     return {"FINDINGS": body, "IMPRESSION": impression, "INDICATION": indication, "COMPARISON": comparison}

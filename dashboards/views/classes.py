@@ -61,3 +61,44 @@ def render(ctx: RunContext) -> None:
         st.caption(f"No training positives anywhere in the consortium (not plotted): {', '.join(unseen)}")
     st.dataframe(df.sort_values("train_prevalence", ascending=False).round(4), hide_index=True,
                  width="stretch")
+    zero_shot(ctx, rnd, cm[at_site & (cm["projection"] == proj)], site, proj, METRICS[label])
+
+
+ZS_SETS = {"descriptive": "descriptive prompts", "template": "template prompts",
+           "random": "random embeddings (one seeded draw)"}
+
+
+def zero_shot(ctx: RunContext, rnd: int, here: pd.DataFrame, site: str, proj: str, metric: str) -> None:
+    """Held-out classes (never in any training label), scored by the image-text branch, apart from the seen ones:
+    per class under each prompt set, and the pooled macro means with their bootstrap intervals."""
+    zs = here[here["name"].str.startswith("zs_")]
+    if zs.empty:
+        return
+    st.subheader(f"Zero-shot classes (never in any training label): {site}, projection {proj}, round {rnd}")
+    agg = ctx.aggregates()
+    agg = agg[(agg["round"] == rnd) & agg["site"].isna() & (agg["projection"] == "all")].set_index("name")["value"]
+    rows = []
+    for key, title in ZS_SETS.items():
+        get = lambda m: agg.get(f"zs_{key}_{m}")  # noqa: E731
+        if get("mAUC") is not None:
+            rows.append({"prompts": title, "mAUC": get("mAUC"), "mAUC 95% CI": _ci(get("mAUC_lo"), get("mAUC_hi")),
+                         "mAP": get("mAP"), "mAP 95% CI": _ci(get("mAP_lo"), get("mAP_hi")), "mF1": get("mF1")})
+    if rows:
+        st.caption("Pooled over all sites (bootstrap per class from the pooled score histograms, 95 % percentile "
+                   "intervals). Classes with fewer positives than a site's min_count are withheld by that site.")
+        st.dataframe(pd.DataFrame(rows).round(4), hide_index=True, width="stretch")
+    table = {}
+    for key, title in {**ZS_SETS, "proxy": "proxy (descriptive)"}.items():
+        part = zs[zs["name"] == f"zs_{key}_{metric}"].set_index("class_name")
+        for cls, row in part.iterrows():
+            table.setdefault(cls, {"class_name": cls, "positives": int(row["n"]) if row["n"] is not None else 0})
+            table[cls][title] = row["value"]
+    if table:
+        st.dataframe(pd.DataFrame(list(table.values())).round(4), hide_index=True, width="stretch")
+        proxy = zs.loc[zs["name"] == f"zs_proxy_{metric}", "class_name"].unique().tolist()
+        if proxy:
+            st.caption(f"Proxy classes (seen, hidden from the ASL branch, used for model selection): {', '.join(proxy)}")
+
+
+def _ci(lo, hi) -> str:
+    return "-" if lo is None or hi is None or np.isnan(lo) or np.isnan(hi) else f"[{lo:.3f}, {hi:.3f}]"

@@ -50,6 +50,20 @@ class RoutedExperts(nn.Module):
             return expert(torch.cat([x, x]))[:1]
         return expert(x)
 
+    def route(self, projection: torch.Tensor, router_logits: torch.Tensor | None) -> torch.Tensor:
+        """Per image, the expert it goes to; -1 for the mixture of all experts (unknown view, soft routing)."""
+        route = projection.clone()
+        unknown = projection < 0
+        if router_logits is not None and self.routing == "hard":
+            route[unknown] = router_logits[unknown].argmax(1)
+        return route
+
+    def mixture(self, router_logits: torch.Tensor | None, rest: torch.Tensor) -> torch.Tensor:
+        """(3, b, 1) weights of the experts for the images in ``rest``: the router's probabilities, else uniform."""
+        if router_logits is None:
+            return torch.full((len(PROJECTIONS), int(rest.sum()), 1), 1 / len(PROJECTIONS), device=rest.device)
+        return torch.softmax(router_logits[rest], dim=1).T.unsqueeze(-1)
+
     def forward(self, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) for images ``x`` (B, 1, H, W) with projection indices (B,) in {-1, 0, 1, 2}."""
         return self.forward_with_router(x, projection)[0]
@@ -58,10 +72,7 @@ class RoutedExperts(nn.Module):
         """Logits and the router's projection logits (B, 3), or None without a router."""
         router_logits = self.router(x) if self.router is not None else None
         out = x.new_zeros(x.shape[0], self.num_classes)
-        route = projection.clone()
-        unknown = projection < 0
-        if router_logits is not None and self.routing == "hard":
-            route[unknown] = router_logits[unknown].argmax(1)
+        route = self.route(projection, router_logits)
         for i, name in enumerate(PROJECTIONS):
             sel = route == i
             if bool(sel.any()):
@@ -70,11 +81,7 @@ class RoutedExperts(nn.Module):
         if bool(rest.any()):
             xu = x[rest]
             stacked = torch.stack([self._run(e, xu) for e in self.experts.values()])  # (3, b, C)
-            if router_logits is None:
-                out[rest] = stacked.mean(0)
-            else:
-                w = torch.softmax(router_logits[rest], dim=1).T.unsqueeze(-1)  # (3, b, 1)
-                out[rest] = (stacked * w).sum(0)
+            out[rest] = (stacked * self.mixture(router_logits, rest)).sum(0)
         if self.generalist is not None:
             out = (out + self._run(self.generalist, x)) / 2
         return out, router_logits

@@ -112,12 +112,16 @@ def _cfg_names(cfg: dict, key: str) -> list[str]:
 
 
 def build_model(preset: str, num_classes: int, routing: str = "soft", image_size: int | None = None,
-                weights: Mapping[str, Path] | None = None, dp_compatible: bool = False) -> RoutedExperts:
+                weights: Mapping[str, Path] | None = None, dp_compatible: bool = False,
+                zeroshot: Any = None) -> RoutedExperts:
     """Routed experts (and the router and generalist, when the preset has them) from timm with ``in_chans=1``.
     Random init unless ``weights`` names a local file for a member; nothing is ever downloaded.
     ``image_size`` sets ``img_size`` for architectures whose preset gives one (Swin, CaiT).
     ``dp_compatible`` swaps batch norm for group norm (and in-place / fused ops for plain ones) so that DP-SGD's
-    per-sample gradients are exact; server and sites must agree on it (it changes the parameter names)."""
+    per-sample gradients are exact; server and sites must agree on it (it changes the parameter names).
+    ``zeroshot`` (a ``shared_models.zeroshot.config.ZeroShotSpec``) adds the image-text head: the result is then a
+    ``DualBranch``, whose separate image encoder (when asked for) comes from the preset's ``zeroshot`` entry, else
+    its ``generalist`` entry."""
     spec = load_preset(preset)
     weights = dict(weights or {})
     unknown = set(weights) - set(MEMBERS) | {m for m in ("router", "generalist") if m in weights and m not in spec}
@@ -131,6 +135,19 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
     router = member("router", spec["router"], len(PROJECTIONS)) if "router" in spec else None
     generalist = member("generalist", spec["generalist"], num_classes) if "generalist" in spec else None
     model = RoutedExperts(experts, num_classes, router, routing, generalist)
+    if zeroshot is not None:
+        from shared_models.zeroshot.config import TEXT_DIM
+        from shared_models.zeroshot.model import DualBranch, build_head
+
+        def encoder():
+            entry = spec.get("zeroshot") or spec.get("generalist")
+            if entry is None:
+                raise KeyError(f"preset {preset!r} has neither a zeroshot nor a generalist entry for a separate "
+                               "image encoder; use zeroshot-image-encoder = \"experts\"")
+            return _timm(entry, 0, image_size)
+
+        model = DualBranch(model, build_head(zeroshot, model, encoder, TEXT_DIM), zeroshot.image_encoder,
+                           zeroshot.image_grad)
     if dp_compatible:
         make_dp_compatible(model)
     return model
@@ -143,9 +160,12 @@ def float_state_keys(state: Mapping[str, Any]) -> list[str]:
 
 
 def parameter_group(key: str) -> str:
-    """The parameter group a state-dict key belongs to (``experts.PA``, ...), the unit of aggregation."""
+    """The parameter group a state-dict key belongs to (``experts.PA``, ``zeroshot.image_proj.PA``,
+    ``zeroshot.text_proj`` ...), the unit of aggregation."""
     parts = key.split(".")
-    return ".".join(parts[:2]) if parts[0] == "experts" else parts[0]
+    if parts[0] == "zeroshot" and len(parts) > 2:
+        return ".".join(parts[:3]) if parts[1] == "image_proj" else ".".join(parts[:2])
+    return ".".join(parts[:2]) if parts[0] in ("experts", "zeroshot") else parts[0]
 
 
 def group_keys(keys) -> dict[str, list[str]]:

@@ -36,6 +36,10 @@ class MiniLMTextEncoder(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars in every site's log
+        hf_logging.set_verbosity_error()
 
         folder = minilm_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

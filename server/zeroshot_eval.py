@@ -1,0 +1,71 @@
+"""Pool the sites' zero-shot summaries (``zs.<set>.*`` keys, client/zeroshot.py): per prompt set (descriptive,
+template, random) and the proxy classes, pooled and per-site metrics per projection scope, with bootstrap
+confidence intervals for the pooled macro means, and model selection on the proxy classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from server.federated_eval import SCOPES, ScopeEval, parse_site_eval
+from shared_models.metrics import HistogramSpec, bootstrap_macro, summarise
+
+PROMPT_SETS = ("descriptive", "template", "random")
+MACRO = ("mAP", "mAUC", "mF1")
+
+
+def zero_shot_sets(held_out: tuple[str, ...], proxy: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Summary family -> its classes: every prompt set over the held-out classes, ``proxy`` over the proxies."""
+    return {**{s: held_out for s in PROMPT_SETS}, **({"proxy": proxy} if proxy else {})}
+
+
+def parse_zero_shot(metrics: Mapping, sets: Mapping[str, tuple[str, ...]], spec: HistogramSpec
+                    ) -> dict[str, dict[str, ScopeEval]]:
+    return {name: parse_site_eval(metrics, len(classes), spec, f"zs.{name}.") for name, classes in sets.items()}
+
+
+def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]],
+                    sets: Mapping[str, tuple[str, ...]], spec: HistogramSpec, replicates: int, seed: int = 0
+                    ) -> tuple[list[tuple], dict]:
+    """Registry rows ``(site, scope, class, metric, value, n)`` with metrics named ``zs_<set>_<metric>`` and the
+    round's zero-shot summary: ``{set: {"pooled": {scope: {mAP, mAUC, mF1}}, "ci": {mAUC: [lo, hi], ...},
+    "sites": {site: {scope: {...}}}, "n_pos": {class: n}}}``."""
+    rows: list[tuple] = []
+    out: dict = {}
+    for name, classes in sets.items():
+        entry: dict = {"classes": list(classes), "pooled": {}, "sites": {}, "ci": {}, "n_pos": {}}
+        for site, families in site_evals.items():
+            entry["sites"][site] = {}
+            for scope, ev in families[name].items():
+                s = summarise(ev.per_class) if ev.n else {k: float("nan") for k in MACRO}
+                entry["sites"][site][scope] = s
+                rows += [(site, scope, None, f"zs_{name}_{k}", v, ev.n) for k, v in s.items()]
+                rows += [(site, scope, cls, f"zs_{name}_{k}", float(ev.per_class[k][j]), int(ev.per_class["n_pos"][j]))
+                         for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
+        for scope in SCOPES:
+            evs = [families[name][scope] for families in site_evals.values()]
+            pos, neg = sum(e.hist_pos for e in evs), sum(e.hist_neg for e in evs)
+            n = sum(e.n for e in evs)
+            pc = spec.metrics(pos, neg)
+            s = summarise(pc) if n else {k: float("nan") for k in MACRO}
+            entry["pooled"][scope] = s
+            rows += [(None, scope, None, f"zs_{name}_{k}", v, n) for k, v in s.items()]
+            rows += [(None, scope, cls, f"zs_{name}_{k}", float(pc[k][j]), int(pc["n_pos"][j]))
+                     for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
+            if scope == "all":
+                entry["n_pos"] = {cls: int(v) for cls, v in zip(classes, pc["n_pos"])}
+                if n and replicates > 0:
+                    ci = bootstrap_macro(pos, neg, spec, replicates, seed)
+                    entry["ci"] = {k: list(v) for k, v in ci.items()}
+                    for k, (lo, hi) in ci.items():
+                        rows += [(None, scope, None, f"zs_{name}_{k}_lo", lo, n),
+                                 (None, scope, None, f"zs_{name}_{k}_hi", hi, n)]
+        out[name] = entry
+    return rows, out
+
+
+def proxy_score(summary: Mapping) -> float | None:
+    """The model-selection score of a round: pooled proxy-class mAUC (None without proxies or results)."""
+    v = summary.get("proxy", {}).get("pooled", {}).get("all", {}).get("mAUC")
+    return None if v is None or np.isnan(v) else float(v)
