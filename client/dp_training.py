@@ -67,8 +67,7 @@ def train_local_dp(
             if zeroshot is None:
                 summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
             else:
-                if zeroshot.hidden:
-                    m[:, list(zeroshot.hidden)] = 0.0
+                zeroshot.hide(m)
                 part = dp.max_grad_norm / math.sqrt(2)
                 summed, losses, n1 = clipped_gradient_sum(model, x, p, y, m, loss_fn, part, offset)
                 t = torch.from_numpy(idx)

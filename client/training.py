@@ -22,8 +22,14 @@ class ZeroShotTraining:
     """The image-text branch's share of the local objective: loss = ASL + weight * contrastive."""
 
     texts: object  # client.zeroshot.TrainingTexts for the rows of the training data
-    weight: float = 1.0
+    weight: float
     hidden: tuple[int, ...] = ()  # proxy classes: hidden from the ASL branch (mask 0)
+
+    def hide(self, mask: torch.Tensor) -> torch.Tensor:
+        """The label mask with the proxy classes masked out (in place; ``_batch`` returns a copy)."""
+        if self.hidden:
+            mask[:, list(self.hidden)] = 0.0
+        return mask
 
 
 def _batch(data: SiteData, idx: np.ndarray, device: torch.device, num_classes: int):
@@ -102,8 +108,7 @@ def train_local(
                 logits, router_logits = model.forward_with_router(augment(x, gen), p)
             else:
                 logits, router_logits, emb = model.forward_dual(augment(x, gen), p)
-                if zeroshot.hidden:
-                    m[:, list(zeroshot.hidden)] = 0.0
+                zeroshot.hide(m)
             loss = loss_fn(logits if offset is None else logits + offset, y, m)
             if zeroshot is not None:
                 texts, positives = zeroshot.texts.batch(idx)
@@ -128,36 +133,35 @@ def train_local(
 
 
 @torch.no_grad()
-def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_size: int = 256
-            ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (N, C) for the model's classes, and the router's projection guesses (N,) when it has one."""
-    model.to(device).eval()
-    out, routes = [], []
-    for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
-        x, p, _, _ = _batch(data, idx, device, model.num_classes)
-        logits, router_logits = model.forward_with_router(x, p)
-        out.append(torch.sigmoid(logits).cpu().numpy())
-        if router_logits is not None:
-            routes.append(router_logits.argmax(1).cpu().numpy())
-    probs = np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
-    return probs, (np.concatenate(routes) if routes else None)
-
-
-@torch.no_grad()
-def predict_dual(model, data: SiteData, device: torch.device, batch_size: int = 256
-                 ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
-    """``predict`` for a ``DualBranch``, plus the image embeddings (N, D) of the image-text branch."""
+def _predict_batches(model, data: SiteData, device: torch.device, batch_size: int, dual: bool):
+    """Probabilities, router guesses and (``dual``) image-text embeddings, batch by batch."""
     model.to(device).eval()
     out, routes, embs = [], [], []
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
         x, p, _, _ = _batch(data, idx, device, model.num_classes)
-        logits, router_logits, emb = model.forward_dual(x, p)
+        if dual:
+            logits, router_logits, emb = model.forward_dual(x, p)
+            embs.append(emb.cpu())
+        else:
+            logits, router_logits = model.forward_with_router(x, p)
         out.append(torch.sigmoid(logits).cpu().numpy())
-        embs.append(emb.cpu())
         if router_logits is not None:
             routes.append(router_logits.argmax(1).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+    return probs, (np.concatenate(routes) if routes else None), embs
+
+
+def predict(model: RoutedExperts, data: SiteData, device: torch.device, batch_size: int = 256
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (N, C) for the model's classes, and the router's projection guesses (N,) when it has one."""
+    probs, routes, _ = _predict_batches(model, data, device, batch_size, dual=False)
+    return probs, routes
+
+
+def predict_dual(model, data: SiteData, device: torch.device, batch_size: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+    """``predict`` for a ``DualBranch``, plus the image embeddings (N, D) of the image-text branch."""
+    probs, routes, embs = _predict_batches(model, data, device, batch_size, dual=True)
     emb = torch.cat(embs) if embs else torch.zeros(0, model.zeroshot.text_proj.out_features)
-    return probs, (np.concatenate(routes) if routes else None), emb
+    return probs, routes, emb

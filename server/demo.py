@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from server.report import fmt
 from server.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
 
 FORMATS = ("padchest", "mimic", "openi", "dicom")
@@ -59,10 +60,6 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int)
     print(f"made {n_sites} synthetic sites in {time.perf_counter() - t0:.1f}s")
     stamp.write_text(json.dumps(params))
     return sites_dir
-
-
-def _fmt(v) -> str:
-    return "  -  " if v is None else f"{v:.3f}"
 
 
 def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, image_size: int = 64,
@@ -116,7 +113,7 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
         for name, entry in zs["last"].items():
             p, ci, npos = entry["pooled"]["all"], entry["ci"].get("mAUC", [None, None]), entry["n_pos"]
             scored = ", ".join(f"{c} {n}" for c, n in npos.items() if n) or "none (too few positives at every site)"
-            print(f"  {name:<12} mAUC {_fmt(p['mAUC'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]  mAP {_fmt(p['mAP'])}"
+            print(f"  {name:<12} mAUC {fmt(p['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}]  mAP {fmt(p['mAP'])}"
                   f"  (positives scored: {scored})")
         scored = sum(zs["last"]["descriptive"]["n_pos"].values())
         if scored < 30:

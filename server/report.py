@@ -7,24 +7,25 @@ import math
 from server.federated_eval import SCOPES
 
 
-def _f(v: float) -> str:
+def fmt(v: float | None) -> str:
+    """A metric for the console: three decimals, '  -  ' for None / NaN."""
     return "  -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
     p = summary["pooled"]
     lines = [
-        f"round {rnd}: pooled mAP {_f(p['mAP'])}  mAUC {_f(p['mAUC'])}  mF1 {_f(p['mF1'])}  "
-        f"head/medium/tail mAP {_f(p['head_mAP'])}/{_f(p['medium_mAP'])}/{_f(p['tail_mAP'])}  "
-        f"(constant-predictor mAP {_f(summary['baseline']['prevalence_mAP'])}); "
-        f"router accuracy {_f(summary.get('router_accuracy'))}; "
-        f"frontal-lateral mAP gap {_f(summary['frontal_lateral_gap'].get('pooled'))}",
+        f"round {rnd}: pooled mAP {fmt(p['mAP'])}  mAUC {fmt(p['mAUC'])}  mF1 {fmt(p['mF1'])}  "
+        f"head/medium/tail mAP {fmt(p['head_mAP'])}/{fmt(p['medium_mAP'])}/{fmt(p['tail_mAP'])}  "
+        f"(constant-predictor mAP {fmt(summary['baseline']['prevalence_mAP'])}); "
+        f"router accuracy {fmt(summary.get('router_accuracy'))}; "
+        f"frontal-lateral mAP gap {fmt(summary['frontal_lateral_gap'].get('pooled'))}",
         f"  {metric:<22}" + "".join(f"{s:>8}" for s in SCOPES),
     ]
     for site, scopes in summary["sites"].items():
-        lines.append(f"  {site:<22}" + "".join(f"{_f(scopes[s][metric]):>8}" for s in SCOPES))
+        lines.append(f"  {site:<22}" + "".join(f"{fmt(scopes[s][metric]):>8}" for s in SCOPES))
     pooled = summary["pooled_by_projection"]
-    lines.append(f"  {'pooled':<22}" + "".join(f"{_f(pooled[s][metric]):>8}" for s in SCOPES))
+    lines.append(f"  {'pooled':<22}" + "".join(f"{fmt(pooled[s][metric]):>8}" for s in SCOPES))
     if summary.get("zeroshot"):
         lines.append(zero_shot_line(summary["zeroshot"]))
     return "\n".join(lines)
@@ -35,5 +36,5 @@ def zero_shot_line(zs: dict) -> str:
     parts = []
     for name, entry in zs.items():
         p, ci = entry["pooled"]["all"], entry.get("ci", {}).get("mAUC", [None, None])
-        parts.append(f"{name} mAUC {_f(p['mAUC'])} [{_f(ci[0])}, {_f(ci[1])}] mAP {_f(p['mAP'])}")
+        parts.append(f"{name} mAUC {fmt(p['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}] mAP {fmt(p['mAP'])}")
     return "  zero-shot (pooled): " + "; ".join(parts)
