@@ -22,6 +22,7 @@ BENCHMARKS = {
     "dp_cost": "benchmarks.bench_dp_cost",
     "deployment": "benchmarks.bench_deployment",
     "zeroshot": "benchmarks.bench_zeroshot",
+    "box_latent": "benchmarks.bench_box_latent",
 }
 
 

@@ -107,9 +107,37 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if out["can_train"] else 2
 
 
+def _report(args: argparse.Namespace) -> int:
+    from client.box_report import report_files
+
+    if not args.config:
+        print("error: --report needs --config SITE.toml (the site's case index and calibration live there)",
+              file=sys.stderr)
+        return 2
+    try:
+        results = report_files([Path(p) for p in args.images], Path(args.checkpoint), Path(args.config),
+                               args.projection, args.cases)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=1))
+    for r in results if not args.json else ():
+        if "error" in r:
+            print(f"{r['image']}: cannot read ({r['error']})")
+            continue
+        temp = f"temperature {r['temperature']:.2f}" if r["temperature"] else "temperature not fitted"
+        print(f"== {r['image']} (projection {r['projection']}, {r['projection_from']}; BL-TTA N={r['samples']}, "
+              f"{temp}; OOD score {r['ood']['score']:.2f}, site threshold {r['ood']['threshold']:.2f})")
+        print(r["draft_report"])
+    return 0 if all("error" not in r for r in results) else 2
+
+
 def _predict(args: argparse.Namespace) -> int:
     from client.predict import predict_files
 
+    if args.report:
+        return _report(args)
     try:
         results = predict_files([Path(p) for p in args.images], Path(args.checkpoint), args.image_size,
                                 args.projection, args.tta)
@@ -155,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--tta", action="store_true", help="average over radiograph-safe test-time augmentations")
     q.add_argument("--top", type=int, default=5, help="classes shown per image (all of them with --json)")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--report", action="store_true",
+                   help="box-latent checkpoints: findings with confidence tiers, OOD flag, similar site cases, draft")
+    q.add_argument("--config", help="with --report: the site.toml whose case index and calibration are used")
+    q.add_argument("--cases", type=int, default=3, help="with --report: similar cases shown")
     q.set_defaults(fn=_predict)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -17,11 +17,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
+from client.boxlatent import box_evaluation
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
 from client.local_round import outgoing_state, train_round
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict
+from shared_models.boxlatent import BoxLatentNet, build_box_model
+from shared_models.boxlatent.config import box_spec
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
@@ -80,7 +83,7 @@ def _setup(msg: Message, context: Context, split: str):
     return config, site, data, model
 
 
-def run_model(config, site: SiteConfig) -> RoutedExperts:
+def run_model(config, site: SiteConfig) -> RoutedExperts | BoxLatentNet:
     """The run's model architecture (preset, label set, input size, DP-compatible or not) at this site, after
     checking that the site caches images at the run's size."""
     size = int(config.get("image-size", site.image_size))
@@ -89,6 +92,9 @@ def run_model(config, site: SiteConfig) -> RoutedExperts:
             f"{site.path}: this run trains at image-size {size} px but the site caches {site.image_size} px; set "
             f"site.image_size = {size} in site.toml and run `fedchest-site check --config {site.path}`")
     label_set = load_label_set(str(config["label-set"]))
+    box = box_spec(config)
+    if box is not None:
+        return build_box_model(str(config["model-preset"]), label_set.num_seen, box, image_size=size)
     return build_model(str(config["model-preset"]), label_set.num_seen, image_size=size,
                        dp_compatible=bool(config.get("dp", False)), zeroshot=zeroshot_spec(config, label_set))
 
@@ -114,6 +120,19 @@ def group_statistics(data: SiteData, num_classes: int, groups: set[str] | None =
     return counts, positives
 
 
+def update_statistics(model, data: SiteData, aggregation: str
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray], bool]:
+    """(samples per group, positives per group, plain FedAvg or not) for the update this site sends. A box-latent
+    model trains and sends its head only: the frozen backbone never travels back."""
+    c = model.num_classes
+    if isinstance(model, BoxLatentNet):
+        return {"box": float(len(data))}, {"box": (data.targets[:, :c] * data.mask[:, :c]).sum(0)}, False
+    counts, positives = group_statistics(data, c, {parameter_group(k) for k in model.state_dict()})
+    if aggregation == "fedavg":
+        counts = {g: float(len(data)) for g in counts}
+    return counts, positives, aggregation == "fedavg"
+
+
 def _site_record(site: SiteConfig) -> ConfigRecord:
     return ConfigRecord({"name": site.name, "synthetic": site.synthetic})
 
@@ -124,10 +143,7 @@ def train(msg: Message, context: Context) -> Message:
     config, site, data, model = _setup(msg, context, "train")
     stats, privacy = train_round(config, site, data, model)
     c = model.num_classes
-    counts, positives = group_statistics(data, c, {parameter_group(k) for k in model.state_dict()})
-    fedavg = str(config.get("aggregation", "projection")) == "fedavg"
-    if fedavg:
-        counts = {g: float(len(data)) for g in counts}
+    counts, positives, fedavg = update_statistics(model, data, str(config.get("aggregation", "projection")))
     state = outgoing_state(model, site, counts, fedavg)
     sent_groups = {parameter_group(k) for k in state}
     k = site.privacy.suppress
@@ -137,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
         **{f"count.{g}": k(v) for g, v in counts.items() if g in sent_groups},
         **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items() if g in sent_groups},
         "train_loss": float(stats["train_loss"]),
-        **({"contrastive_loss": float(stats["contrastive_loss"])} if "contrastive_loss" in stats else {}),
+        **{k: float(stats[k]) for k in ("contrastive_loss", "box_gap") if k in stats},
         "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
         "train_pos": [int(k(v)) for v in train_pos],
         "train_annotated": [int(k(v)) for v in train_annotated],
@@ -160,7 +176,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     label_set = load_label_set(str(config["label-set"]))
     zs_spec = zeroshot_spec(config, label_set)
-    if zs_spec is None:
+    if isinstance(model, BoxLatentNet):
+        probs, extra = box_evaluation(model, data, site_data(site, "val"), box_spec(config), select_device(), spec,
+                                      site.privacy.min_count, seed=int(config.get("seed", 0)))
+        routes = None
+    elif zs_spec is None:
         probs, routes = predict(model, data, select_device())
         extra = {}
     else:

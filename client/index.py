@@ -247,6 +247,7 @@ class SiteData:
     targets: np.ndarray  # (N, C) float32
     mask: np.ndarray  # (N, C) float32
     reports: tuple[str, ...] = ()  # per image, the source's report text ('' where none); stays at the site
+    rows: np.ndarray | None = None  # per image, its row in the site index (a local case number, not an identifier)
 
     def __len__(self) -> int:
         return len(self.projection)
@@ -281,4 +282,4 @@ def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
                     dtype=np.int64)
     tg = np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     mk = np.stack([np.frombuffer(r[3], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
-    return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk, tuple(r[6] for r in rows))
+    return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk, tuple(r[6] for r in rows), idx)

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.boxlatent import train_box
 from client.dp_training import train_local_dp
 from client.index import SiteData
 from client.privacy import PolicyRefusal, PrivacyLedger
 from client.site_config import SiteConfig
 from client.training import ZeroShotTraining, train_local
+from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
 from shared_models.networks import RoutedExperts, parameter_group
 from shared_models.ontology import load_label_set
@@ -44,6 +46,14 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
         raise PolicyRefusal(f"site policy withholds parameter groups {list(policy.withhold)}; plain FedAvg needs "
                             "every group from every site (use aggregation = \"projection\")")
     epochs, batch = int(config["local-epochs"]), int(config["batch-size"])
+    box = box_spec(config)
+    if box is not None:
+        if dp:
+            raise NotImplementedError("the box-latent head has no DP-SGD training yet; run it with dp = false")
+        prevalence = np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None
+        return train_box(model, data, box, epochs, float(config["lr"]), batch, select_device(),
+                         seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]), prevalence=prevalence,
+                         asl_class_weights=bool(config.get("asl-class-weights", False))), {}
     common = dict(epochs=epochs, lr=float(config["lr"]), batch_size=batch, device=select_device(),
                   seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]),
                   proximal_mu=float(config.get("proximal-mu", 0.0)),

@@ -14,6 +14,8 @@ from client import dicom_io
 from client.imaging import ImageReadError, read_raster, resize_square
 from client.sources import harmonise_view
 from client.training import PIXEL_MEAN, PIXEL_STD
+from shared_models.boxlatent import BoxLatentNet, build_box_model
+from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
 from shared_models.networks import PROJECTIONS, build_model
 from shared_models.ontology import load_label_set
@@ -31,9 +33,13 @@ def load_global_model(checkpoint: Path):
         if key not in ckpt:
             raise ValueError(f"{checkpoint}: checkpoint lacks {key!r} (expected one written by the fedchest ServerApp)")
     size = int(ckpt.get("image_size", 0) or 0)
-    zs = zeroshot_spec(ckpt.get("zeroshot") or {}, load_label_set(str(ckpt.get("label_set", "cxrlt2026"))))
-    model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None,
-                        dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs)
+    box = box_spec(ckpt.get("box") or {})
+    if box is not None:
+        model = build_box_model(str(ckpt["model_preset"]), len(ckpt["classes"]), box, image_size=size or None)
+    else:
+        zs = zeroshot_spec(ckpt.get("zeroshot") or {}, load_label_set(str(ckpt.get("label_set", "cxrlt2026"))))
+        model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None,
+                            dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
@@ -51,6 +57,23 @@ def read_image(path: Path) -> tuple[torch.Tensor, str | None]:
     return torch.from_numpy(read_raster(path).array)[None, None], None
 
 
+def model_input(img: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, size, size) normalised input from a (1, 1, H, W) image in [0, 1]."""
+    x = torch.from_numpy(resize_square(img[0, 0].numpy(), size)).float().div(255).sub(PIXEL_MEAN).div(PIXEL_STD)
+    return x[None, None].to(device)
+
+
+def projection_of(model, x: torch.Tensor, view: str | None, projection: str | None) -> tuple[str | None, str]:
+    """The view an image is routed by, and where it came from (given, metadata, or the router's guess)."""
+    if projection:
+        return projection, "given"
+    if view:
+        return view, "metadata"
+    router = model.backbone.router if isinstance(model, BoxLatentNet) else model.router
+    with torch.no_grad():
+        return (PROJECTIONS[int(router(x).argmax(1))] if router is not None else None), "router"
+
+
 def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = None, projection: str | None = None,
                   tta: bool = False) -> list[dict]:
     model, classes, ckpt_size = load_global_model(checkpoint)
@@ -64,14 +87,17 @@ def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = 
         except ImageReadError as exc:
             results.append({"image": str(path), "error": str(exc)})
             continue
-        x = torch.from_numpy(resize_square(img[0, 0].numpy(), size)).float().div(255).sub(PIXEL_MEAN).div(PIXEL_STD)
-        x = x[None, None].to(device)
-        chosen, how = (projection, "given") if projection else (view, "metadata") if view else (None, "router")
-        proj = torch.tensor([PROJECTIONS.index(chosen) if chosen else -1], device=device)
+        x = model_input(img, size, device)
+        given = projection or view
+        proj = torch.tensor([PROJECTIONS.index(given) if given else -1], device=device)
+        chosen, how = projection_of(model, x, view, projection)
         with torch.no_grad():
-            probs = predict_with_tta(model, x, proj)[0] if tta else torch.sigmoid(model(x, proj))[0]
-            if chosen is None and model.router is not None:
-                chosen = PROJECTIONS[int(model.router(x).argmax(1))]
+            if isinstance(model, BoxLatentNet):  # BL-TTA, uncalibrated (predict --report uses the site's temperature)
+                if tta:
+                    raise ValueError("--tta is for the routed experts; a box-latent checkpoint averages its own samples")
+                probs = model(x, proj, model.samples).probabilities()[0]
+            else:
+                probs = predict_with_tta(model, x, proj)[0] if tta else torch.sigmoid(model(x, proj))[0]
         results.append({
             "image": str(path), "projection": chosen, "projection_from": how, "tta": tta,
             "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs.cpu())},

@@ -15,6 +15,10 @@ def _demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
     extra = {}
+    if args.box_latent and (args.secagg or args.dp):
+        print("fedchest demo: --box-latent follows a plain run (its head has no DP-SGD or SecAgg+ path yet)",
+              file=sys.stderr)
+        return 2
     if args.zeroshot:
         if args.secagg:
             print("fedchest demo: --zeroshot needs federated evaluation, which the SecAgg+ demo does not run",
@@ -25,7 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
              args.preset, args.local_epochs, args.lr, args.verbose, dp=args.dp,
              noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg,
-             extra=extra)
+             extra=extra, box_rounds=args.box_latent_rounds if args.box_latent else 0)
     return 0
 
 
@@ -146,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train the zero-shot image-text branch too and score the held-out classes every round")
     d.add_argument("--proxy-classes", default="Nodule,pleural thickening",
                    help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model selection")
+    d.add_argument("--box-latent", action="store_true",
+                   help="then train the box-latent head on the run's final experts, frozen (a second federated run)")
+    d.add_argument("--box-latent-rounds", type=int, default=5)
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

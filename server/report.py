@@ -28,6 +28,8 @@ def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
     lines.append(f"  {'pooled':<22}" + "".join(f"{fmt(pooled[s][metric]):>8}" for s in SCOPES))
     if summary.get("zeroshot"):
         lines.append(zero_shot_line(summary["zeroshot"]))
+    if summary.get("box"):
+        lines.append(box_line(summary["box"]))
     return "\n".join(lines)
 
 
@@ -38,3 +40,19 @@ def zero_shot_line(zs: dict) -> str:
         p, ci = entry["pooled"]["all"], entry.get("ci", {}).get("mAUC", [None, None])
         parts.append(f"{name} mAUC {fmt(p['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}] mAP {fmt(p['mAP'])}")
     return "  zero-shot (pooled): " + "; ".join(parts)
+
+
+def _ci(ci) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "[  -  ,   -  ]"
+
+
+def box_line(box: dict) -> str:
+    """Pooled box-latent figures: macro-AUROC per N of BL-TTA, Brier and ECE after temperature scaling at the
+    primary N, OOD AUROC per kind, each with its 95 % bootstrap interval."""
+    by_n, primary = box["by_samples"], box["primary"]
+    auc = "; ".join(f"N={n} {fmt(e['mAUC'])} {_ci(e['mAUC_ci'])}" for n, e in by_n.items())
+    e = by_n[primary]
+    ood = "; ".join(f"{kind} {fmt(o['auroc'])} {_ci(o['ci'])}" for kind, o in box["ood"].items())
+    return (f"  box-latent (pooled): mAUC {auc}\n"
+            f"  box-latent N={primary}: Brier {fmt(e['brier'])} {_ci(e['brier_ci'])} (raw {fmt(e['brier_raw'])}), "
+            f"ECE {fmt(e['ece'])} {_ci(e['ece_ci'])} (raw {fmt(e['ece_raw'])}); OOD AUROC (radius) {ood}")

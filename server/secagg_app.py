@@ -54,6 +54,9 @@ def check_secagg_config(cfg: dict) -> None:
     if bool(cfg.get("zeroshot", False)):
         problems.append("the zero-shot branch is scored by federated evaluation, which this app does not run; "
                         "set zeroshot = false")
+    if bool(cfg.get("box-latent", False)):
+        problems.append("the box-latent head is scored by federated evaluation and sends the head only, neither of "
+                        "which this app does; set box-latent = false")
     if int(cfg["secagg-reconstruction-threshold"]) > int(cfg["secagg-num-shares"]):
         problems.append("secagg-reconstruction-threshold must not exceed secagg-num-shares")
     if problems:

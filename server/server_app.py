@@ -20,6 +20,11 @@ from server.report import round_table
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.zeroshot_eval import zero_shot_sets
+from shared_models.boxlatent import build_box_model
+from shared_models.boxlatent.config import DEFAULTS as BOX_DEFAULTS
+from shared_models.boxlatent.config import box_spec
+from shared_models.boxlatent.config import spec_config as box_config
+from shared_models.boxlatent.model import load_backbone_weights
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import build_model, classifier_keys, parse_weights
 from shared_models.ontology import load_label_set
@@ -32,13 +37,14 @@ app = ServerApp()
 DEFAULTS = {
     "num-server-rounds": 5, "local-epochs": 1, "lr": 0.001, "batch-size": 32, "model-preset": "tiny",
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
-    "out-dir": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
+    "out-dir": "", "db-url": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
+    **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
 }
 
 
@@ -54,7 +60,7 @@ def _clean(obj):
 
 def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     """What every site needs to rebuild and train the run's model (sent with every message)."""
-    out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))),
+    out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))), **box_config(box_spec(cfg)),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
@@ -76,6 +82,32 @@ def _zeroshot_summary(strategy: FedChestAvg, history: list[dict]) -> dict:
                               if strategy.best_proxy and h["round"] == strategy.best_proxy[0]), None)}
 
 
+def _box_summary(history: list[dict], backbone: str) -> dict:
+    """The last round's box-latent results and the macro-AUROC at the primary N per round."""
+    last = history[-1].get("box") if history else None
+    primary = last["primary"] if last else None
+    return {"backbone": backbone or "random init", "last": last,
+            "mAUC_by_round": [h.get("box", {}).get("by_samples", {}).get(primary, {}).get("mAUC") for h in history]}
+
+
+def _build(cfg: dict, classes: tuple[str, ...], zs, box, resumed: bool):
+    """The run's global model: routed experts (+ zero-shot head), or the box head on frozen routed experts."""
+    if box is not None:
+        if zs is not None:
+            raise ValueError("run config: box-latent and zeroshot cannot be combined in one run")
+        if bool(cfg["dp"]):
+            raise ValueError("run config: the box-latent head has no DP-SGD training yet; set dp = false")
+        if cfg["aggregation"] == "fedavg":
+            raise ValueError("run config: box-latent sites send the head only; use aggregation = \"projection\" "
+                             "(the head is one group, so this is FedAvg of the head)")
+        weights = str(cfg["box-backbone-weights"])
+        backbone = load_backbone_weights(weights, str(cfg["model-preset"])) if weights and not resumed else None
+        return build_box_model(str(cfg["model-preset"]), len(classes), box, int(cfg["image-size"]), backbone)
+    return build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
+                       weights=None if resumed else parse_weights(str(cfg["pretrained-weights"])),
+                       dp_compatible=bool(cfg["dp"]), zeroshot=zs)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
@@ -86,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
                          f"expected one of {', '.join(SERVER_OPTIMIZERS)}")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    db_url = resolve_db_url(str(out_dir / "registry.db"))
+    db_url = resolve_db_url(str(cfg["db-url"]) or str(out_dir / "registry.db"))  # FEDCHEST_DB_URL wins
     registry = Registry(db_url)
     point = None
     if cfg["resume-run"]:  # the run's own configuration, from the registry, wins over this submission's
@@ -97,10 +129,9 @@ def main(grid: Grid, context: Context) -> None:
     zs = zeroshot_spec(cfg, label_set)
     if zs is not None and bool(cfg["dp"]):
         check_dp_settings(zs.image_encoder, zs.loss)  # refuse before any site trains
+    box = box_spec(cfg)
     torch.manual_seed(int(cfg["seed"]))
-    model = build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
-                        weights=None if point else parse_weights(str(cfg["pretrained-weights"])),
-                        dp_compatible=bool(cfg["dp"]), zeroshot=zs)
+    model = _build(cfg, classes, zs, box, point is not None)
     if point:
         model.load_state_dict(point.state_dict)
     initial = ArrayRecord(model.state_dict())
@@ -113,7 +144,7 @@ def main(grid: Grid, context: Context) -> None:
         run_id = registry.create_run(
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]",
-            heads="routed-experts+zeroshot" if zs else "routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
+            heads="box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
 
@@ -128,7 +159,8 @@ def main(grid: Grid, context: Context) -> None:
             str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
         proximal_mu=float(cfg["proximal-mu"]),
         zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
-        bootstrap=zs.bootstrap if zs else 0,
+        bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
+        box_samples=(box.reported_samples, box.samples) if box else None,
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -150,7 +182,7 @@ def main(grid: Grid, context: Context) -> None:
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
-                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs),
+                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
@@ -178,6 +210,7 @@ def main(grid: Grid, context: Context) -> None:
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
             "zeroshot": _zeroshot_summary(strategy, history) if zs else None,
+            "box": _box_summary(history, str(cfg["box-backbone-weights"])) if box else None,
             "db_url": db_url,
             "checkpoints": str(ckpt_dir),
             "synthetic": bool(strategy.synthetic_sites),

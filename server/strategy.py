@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
+from server.box_eval import box_round, parse_box
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.validation import reference_of, validate_update
@@ -68,6 +69,7 @@ class FedChestAvg(FedAvg):
         on_round: Callable[[int, dict], None] | None = None,
         zeroshot_sets: dict[str, tuple[str, ...]] | None = None,
         bootstrap: int = 1000,
+        box_samples: tuple[tuple[int, ...], int] | None = None,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -94,6 +96,7 @@ class FedChestAvg(FedAvg):
         self.zeroshot_sets = zeroshot_sets or {}  # server/zeroshot_eval.py: summary family -> classes
         self.bootstrap = bootstrap
         self.best_proxy: tuple[int, float] | None = None  # (round, pooled proxy mAUC): zero-shot model selection
+        self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
@@ -209,7 +212,7 @@ class FedChestAvg(FedAvg):
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        evals, zs_evals = {}, {}
+        evals, zs_evals, box_evals = {}, {}, {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
         replies = list(replies)
@@ -225,6 +228,8 @@ class FedChestAvg(FedAvg):
                 evals[site] = parse_site_eval(m, len(self.classes), self.spec)
                 if self.zeroshot_sets:
                     zs_evals[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
+                if self.box_samples:
+                    box_evals[site] = parse_box(m, self.box_samples[0], len(self.classes), self.spec)
                 if "eval_seconds" in m:
                     timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
                 routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
@@ -251,6 +256,10 @@ class FedChestAvg(FedAvg):
                 self.best_proxy = (server_round, score)
                 self.registry.add_event(self.run_id, "model_selection",
                                         f"best round so far by proxy-class zero-shot mAUC {score:.4f}", server_round)
+        if box_evals:
+            box_rows, summary["box"] = box_round(dict(sorted(box_evals.items())), *self.box_samples, self.classes,
+                                                 self.spec, self.bootstrap, seed=server_round)
+            rows += box_rows
         self.registry.add_metrics(self.run_id, server_round, rows)
         self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals))
         summary["round"] = server_round

@@ -34,6 +34,19 @@ def synth_sites(tmp_path_factory) -> dict[str, Path]:
             for fmt in ("padchest", "mimic", "openi", "dicom")}
 
 
+@pytest.fixture
+def padchest_site(synth_sites, tmp_path):
+    """The PadChest synthetic site (it carries report text), indexed into this test's own work dir."""
+    import dataclasses
+
+    from client.index import prepare_site
+    from client.site_config import load_site_config
+
+    cfg = dataclasses.replace(load_site_config(synth_sites["padchest"]), work_dir=tmp_path / "work")
+    prepare_site(cfg)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[str, str, list[str]]:
     """A real federated run (the demo CLI: 3 synthetic sites, 2 rounds, tiny preset, 32 px) and its registry:
@@ -49,6 +62,24 @@ def tiny_run(tmp_path_factory) -> tuple[str, str, list[str]]:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     return summary["db_url"], summary["run_id"], summary["sites"]
+
+
+@pytest.fixture(scope="session")
+def tiny_box_run(tmp_path_factory) -> dict:
+    """The demo CLI with --box-latent: a tiny routed-experts run (2 rounds), then the box head on its final experts,
+    frozen (2 rounds), into the same registry. Returns the box run's summary plus ``out`` and ``stdout``."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tiny-box-run")
+    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+                        "--images-per-site", "120", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
+                        "--seed", "3", "--box-latent", "--box-latent-rounds", "2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    summary = json.loads((out / "box-latent" / "summary.json").read_text())
+    return {**summary, "out": out, "stdout": r.stdout}
 
 
 @pytest.fixture(scope="session")

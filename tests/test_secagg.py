@@ -76,6 +76,6 @@ def test_secagg_refuses_what_it_cannot_honour():
     for change, words in ((("aggregation", "projection+class"), "needs each update in the clear"),
                           (("server-optimizer", "fedadam"), "server-optimizer"),
                           (("secagg-reconstruction-threshold", 9), "must not exceed"),
-                          (("zeroshot", True), "zero-shot branch")):
+                          (("zeroshot", True), "zero-shot branch"), (("box-latent", True), "box-latent head")):
         with pytest.raises(SecAggRefusal, match=words):
             check_secagg_config({**base, change[0]: change[1]})

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from client.client_app import group_statistics, run_model
-from client.index import load_split, prepare_site
+from client.index import load_split
 from client.local_round import outgoing_state, train_round
-from client.site_config import load_site_config
 from client.zeroshot import PROMPT_SETS, text_encoder, zero_shot_evaluation
 from shared_models.networks import parameter_group
 from shared_models.ontology import load_label_set
@@ -24,11 +23,8 @@ BASE = {"model-preset": "tiny", "label-set": "cxrlt2026", "image-size": 32, "loc
 
 
 @pytest.fixture
-def site(synth_sites, tmp_path):
-    cfg = load_site_config(synth_sites["padchest"])  # PadChest carries report text
-    cfg = dataclasses.replace(cfg, work_dir=tmp_path / "work")
-    prepare_site(cfg)
-    return cfg
+def site(padchest_site):
+    return padchest_site
 
 
 def _round(cfg, config):

@@ -23,12 +23,12 @@ def box_gap(c1: torch.Tensor, r1: torch.Tensor, c2: torch.Tensor, r2: torch.Tens
 
 def box_loss(out: BoxOutput, targets: torch.Tensor, mask: torch.Tensor,
              classification: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-             volume_weight: float = 0.01, other_view: BoxOutput | None = None, invariance_weight: float = 0.1
-             ) -> torch.Tensor:
+             volume_weight: float = 0.01, other_view: BoxOutput | None = None, invariance_weight: float = 0.1,
+             target_log_radius: float = -2.0) -> torch.Tensor:
     """Mean over samples of ``classification(logits, targets, mask)`` + volume term (+ the invariance term when
     the box of a second augmentation of the same images is given)."""
     loss = torch.stack([classification(lg, targets, mask) for lg in out.logits]).mean()
-    loss = loss + volume_weight * volume_regulariser(out.radius)
+    loss = loss + volume_weight * volume_regulariser(out.radius, target_log_radius)
     if other_view is not None:
         loss = loss + invariance_weight * box_gap(out.centre, out.radius, other_view.centre, other_view.radius).mean()
     return loss

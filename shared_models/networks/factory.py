@@ -178,7 +178,9 @@ def group_keys(keys) -> dict[str, list[str]]:
 
 def classifier_keys(model: RoutedExperts) -> dict[str, list[str]]:
     """Per expert group (and the generalist), the state-dict keys of its final classifier, whose first axis
-    is the class."""
+    is the class. A model with its own ``classifier_keys()`` (the box-latent net) answers for itself."""
+    if hasattr(model, "classifier_keys"):
+        return model.classifier_keys()
     members = {f"experts.{p}": e for p, e in model.experts.items()}
     if model.generalist is not None:
         members["generalist"] = model.generalist
