@@ -23,6 +23,7 @@ BENCHMARKS = {
     "deployment": "benchmarks.bench_deployment",
     "zeroshot": "benchmarks.bench_zeroshot",
     "box_latent": "benchmarks.bench_box_latent",
+    "robust": "benchmarks.bench_robust",
 }
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.robust import RobustRule, combine
+
 MODES = ("fedavg", "projection", "projection+class")
 
 
@@ -42,8 +44,12 @@ def aggregate(
     groups: dict[str, list[str]],
     classifiers: dict[str, list[str]] | None = None,
     mode: str = "projection",
+    robust: RobustRule | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """New global arrays and, per group, the sites that contributed to it."""
+    """New global arrays and, per group, the sites that contributed to it. With a ``robust`` rule
+    (server/robust.py) each group's float tensors are combined by that rule instead (per-class row weights do not
+    apply); sites the rule excluded are not contributors, and ``notes`` receives what the rule could not do."""
     if mode not in MODES:
         raise ValueError(f"aggregation mode {mode!r}; expected one of {MODES}")
     out = dict(global_arrays)
@@ -55,6 +61,9 @@ def aggregate(
             continue
         w = np.array([u.group_counts[group] for u in senders], dtype=np.float64)
         w /= w.sum()
+        if robust is not None and robust.name != "none":
+            contributors[group] = _robust_group(out, global_arrays, senders, keys, w, robust, group, notes)
+            continue
         rows = set((classifiers or {}).get(group, [])) if mode == "projection+class" else set()
         pos = None
         if rows and all(group in u.class_pos for u in senders):
@@ -70,6 +79,28 @@ def aggregate(
                 value = np.tensordot(w, stack, axes=1)
             out[k] = _cast(value, global_arrays[k])
     return out, contributors
+
+
+def _robust_group(out: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray], senders: list[SiteUpdate],
+                  keys: list[str], w: np.ndarray, rule: RobustRule, group: str, notes: list[str] | None) -> list[str]:
+    floats = [k for k in keys if np.issubdtype(global_arrays[k].dtype, np.floating)]
+    for k in set(keys) - set(floats):  # integer buffers (batch-norm counters): the weighted mean
+        value = np.tensordot(w, np.stack([np.asarray(u.arrays[k], dtype=np.float64) for u in senders]), axes=1)
+        out[k] = _cast(value, global_arrays[k])
+    if not floats:
+        return [u.site for u in senders]
+    current = np.concatenate([global_arrays[k].astype(np.float64).ravel() for k in floats])
+    deltas = np.stack([np.concatenate([np.asarray(u.arrays[k], dtype=np.float64).ravel() for k in floats])
+                       for u in senders]) - current
+    update, used, note = combine(deltas, w, rule)
+    if note and notes is not None:
+        notes.append(f"group {group}: {note}")
+    value, start = current + update, 0
+    for k in floats:
+        size = global_arrays[k].size
+        out[k] = _cast(value[start:start + size].reshape(global_arrays[k].shape), global_arrays[k])
+        start += size
+    return [u.site for u, x in zip(senders, used) if x > 0]
 
 
 SERVER_OPTIMIZERS = ("none", "fedadam", "fedyogi")

@@ -17,6 +17,7 @@ from server.aggregation import MODES, SERVER_OPTIMIZERS, ServerOptimizer
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
+from server.robust import RobustRule
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.zeroshot_eval import zero_shot_sets
@@ -42,6 +43,9 @@ DEFAULTS = {
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
+    "robust-aggregation": "none",  # none | median | trimmed-mean | krum | multi-krum | norm-clip (server/robust.py)
+    "robust-trim": 0.2, "robust-byzantine": 1, "robust-clip": 2.0,
+    "norm-bound": 10.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
@@ -126,6 +130,9 @@ def main(grid: Grid, context: Context) -> None:
         cfg = {**DEFAULTS, **point.config, "resume-run": point.run_id}
     label_set = load_label_set(str(cfg["label-set"]))
     classes = label_set.seen
+    robust = RobustRule(str(cfg["robust-aggregation"]), float(cfg["robust-trim"]), int(cfg["robust-byzantine"]),
+                        float(cfg["robust-clip"]))
+
     zs = zeroshot_spec(cfg, label_set)
     if zs is not None and bool(cfg["dp"]):
         check_dp_settings(zs.image_encoder, zs.loss)  # refuse before any site trains
@@ -143,7 +150,8 @@ def main(grid: Grid, context: Context) -> None:
     else:
         run_id = registry.create_run(
             name=str(cfg["run-name"]),
-            strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}]",
+            strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
+                     + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
             heads="box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
@@ -157,7 +165,7 @@ def main(grid: Grid, context: Context) -> None:
         classifiers=classifier_keys(model), aggregation=str(cfg["aggregation"]),
         server_optimizer=None if cfg["server-optimizer"] == "none" else ServerOptimizer(
             str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
-        proximal_mu=float(cfg["proximal-mu"]),
+        proximal_mu=float(cfg["proximal-mu"]), robust=robust, norm_bound=float(cfg["norm-bound"]),
         zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,

@@ -19,7 +19,8 @@ from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
 from server.box_eval import box_round, parse_box
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
-from server.validation import reference_of, validate_update
+from server.robust import RobustRule
+from server.validation import NormHistory, check_train_metrics, reference_of, update_norms, validate_update
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
 from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
 from shared_models.networks import group_keys
@@ -70,6 +71,8 @@ class FedChestAvg(FedAvg):
         zeroshot_sets: dict[str, tuple[str, ...]] | None = None,
         bootstrap: int = 1000,
         box_samples: tuple[tuple[int, ...], int] | None = None,
+        robust: RobustRule | None = None,
+        norm_bound: float = 10.0,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -96,6 +99,8 @@ class FedChestAvg(FedAvg):
         self.zeroshot_sets = zeroshot_sets or {}  # server/zeroshot_eval.py: summary family -> classes
         self.bootstrap = bootstrap
         self.best_proxy: tuple[int, float] | None = None  # (round, pooled proxy mAUC): zero-shot model selection
+        self.robust = robust or RobustRule()  # server/robust.py: per-group robust aggregation ("none": the mean)
+        self.norms = NormHistory(norm_bound)  # updates far larger than recent accepted ones are rejected
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -150,6 +155,7 @@ class FedChestAvg(FedAvg):
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
         rows = []
+        accepted_norms: list[dict[str, float]] = []
         replies = list(replies)
         self._record_dropouts("train", server_round, replies)
         for msg in replies:
@@ -165,23 +171,27 @@ class FedChestAvg(FedAvg):
                 continue
             arrays = next(iter(msg.content.array_records.values()))
             rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
+            m = next(iter(msg.content.metric_records.values()))
             reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups)
+            if not reason:
+                local = {k: a.numpy() for k, a in arrays.items()}
+                norms = update_norms(local, self.current, self.groups)
+                reason = check_train_metrics(m, set(norms), len(self.classes)) or self.norms.check(norms)
             if reason:
                 log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
                 self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
                 continue
-            m = next(iter(msg.content.metric_records.values()))
             try:
+                update = SiteUpdate(site, local, {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
+                                    {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m})
                 pos += np.asarray(m["train_pos"], np.int64)
                 ann += np.asarray(m["train_annotated"], np.int64)
-                updates.append(SiteUpdate(
-                    site, {k: a.numpy() for k, a in arrays.items()},
-                    {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
-                    {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m},
-                ))
             except (KeyError, ValueError, TypeError) as exc:
                 self.registry.add_event(self.run_id, "update_rejected", f"malformed train metrics: {exc}", server_round, site)
                 continue
+            updates.append(update)
+            accepted_norms.append(norms)
+            rows.append((site, "all", None, "update_norm", float(sum(v * v for v in norms.values()) ** 0.5), None))
             for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", *PRIVACY_KEYS):
                 if key in m:
                     rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
@@ -198,7 +208,20 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "round_skipped", "no valid update to aggregate", server_round)
             log(WARNING, "round %s: no valid update; the global model is kept", server_round)
             return None, None
-        new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation)
+        for norms in accepted_norms:
+            self.norms.record(norms)
+        notes: list[str] = []
+        new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation,
+                                      self.robust, notes)
+        for note in notes:
+            self.registry.add_event(self.run_id, "robust_aggregation", note, server_round)
+        if self.robust.name != "none":
+            for u in updates:
+                left_out = [g for g, sites in contributors.items() if u.group_counts.get(g, 0) > 0 and u.site not in sites]
+                if left_out:
+                    self.registry.add_event(self.run_id, "update_excluded",
+                                            f"{self.robust.name} left this site's update out of {', '.join(left_out)}",
+                                            server_round, u.site)
         if self.server_optimizer is not None:
             new = self.server_optimizer.step(self.current, new, contributors, self.groups)
         for group, sites in contributors.items():
@@ -206,7 +229,8 @@ class FedChestAvg(FedAvg):
             rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,
                       None) for u in updates]
         self.registry.add_metrics(self.run_id, server_round, rows)
-        arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(new[k])) for k in self.reference})
+        arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(new[k]).reshape(np.shape(new[k])))  # 0-d stays 0-d
+                              for k in self.reference})
         return arrays, scalar_mean([m.content for m in kept], self.weighted_by_key)
 
     # -- evaluate ----------------------------------------------------------------------------------------

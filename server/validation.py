@@ -38,3 +38,57 @@ def validate_update(
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             return f"{k}: non-finite values"
     return None
+
+
+REQUIRED_TRAIN_METRICS = ("num-examples", "train_pos", "train_annotated")
+
+
+def check_train_metrics(metrics, groups_sent: set[str], num_classes: int) -> str | None:
+    """None when a train reply's metric record has what aggregation needs (extra keys are ignored), else why not."""
+    missing = [k for k in REQUIRED_TRAIN_METRICS if k not in metrics]
+    missing += [f"count.{g}" for g in sorted(groups_sent) if f"count.{g}" not in metrics]
+    if missing:
+        return f"metric record lacks required keys {missing}"
+    for k in ("train_pos", "train_annotated"):
+        v = metrics[k]
+        if not isinstance(v, list) or len(v) != num_classes:
+            return f"metric {k} must list {num_classes} per-class counts"
+    return None
+
+
+def update_norms(arrays: dict[str, np.ndarray], current: dict[str, np.ndarray], groups: dict[str, list[str]]
+                 ) -> dict[str, float]:
+    """Per group the update carries, the L2 norm of (its values - the current global values) over float tensors."""
+    out = {}
+    for group, keys in groups.items():
+        if keys[0] in arrays:
+            sq = sum(float(((arrays[k].astype(np.float64) - current[k].astype(np.float64)) ** 2).sum())
+                     for k in keys if np.issubdtype(current[k].dtype, np.floating))
+            out[group] = sq ** 0.5
+    return out
+
+
+class NormHistory:
+    """Per group, the update norms accepted in recent rounds. An update whose norm in a group exceeds ``factor`` x
+    the median of that history is rejected (once at least ``min_history`` norms are known; ``factor`` 0: off)."""
+
+    def __init__(self, factor: float = 10.0, window: int = 50, min_history: int = 3) -> None:
+        self.factor, self.window, self.min_history = factor, window, min_history
+        self.history: dict[str, list[float]] = {}
+
+    def check(self, norms: dict[str, float]) -> str | None:
+        if self.factor <= 0:
+            return None
+        for group, norm in norms.items():
+            past = self.history.get(group, [])
+            if len(past) >= self.min_history:
+                bound = self.factor * float(np.median(past))
+                if norm > bound:
+                    return (f"group {group}: update norm {norm:.3g} exceeds {self.factor:g} x the median of recent "
+                            f"accepted updates ({bound:.3g})")
+        return None
+
+    def record(self, norms: dict[str, float]) -> None:
+        for group, norm in norms.items():
+            self.history.setdefault(group, []).append(norm)
+            del self.history[group][:-self.window]
