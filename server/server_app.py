@@ -18,6 +18,7 @@ from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
 from server.robust import RobustRule
+from server.rounds import ReplyTimer
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.zeroshot_eval import zero_shot_sets
@@ -45,7 +46,10 @@ DEFAULTS = {
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
     "robust-aggregation": "none",  # none | median | trimmed-mean | krum | multi-krum | norm-clip (server/robust.py)
     "robust-trim": 0.2, "robust-byzantine": 1, "robust-clip": 2.0,
-    "norm-bound": 10.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
+    "norm-bound": 10.0,
+    "deadline-factor": 3.0, "deadline-floor": 30.0,  # a site's reply deadline: factor x its recent reply time, >= floor
+    "quorum": 0,  # nodes a round goes on with after node-wait seconds short of min-nodes (0: half of min-nodes)
+    "node-wait": 120.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
@@ -166,6 +170,8 @@ def main(grid: Grid, context: Context) -> None:
         server_optimizer=None if cfg["server-optimizer"] == "none" else ServerOptimizer(
             str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
         proximal_mu=float(cfg["proximal-mu"]), robust=robust, norm_bound=float(cfg["norm-bound"]),
+        timer=ReplyTimer(float(cfg["deadline-factor"]), float(cfg["deadline-floor"]), float(cfg["round-timeout"])),
+        quorum=int(cfg["quorum"]) or max(1, math.ceil(min_nodes / 2)), node_wait=float(cfg["node-wait"]),
         zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,

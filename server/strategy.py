@@ -10,7 +10,7 @@ from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -20,6 +20,7 @@ from server.box_eval import box_round, parse_box
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.robust import RobustRule
+from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
 from server.validation import NormHistory, check_train_metrics, reference_of, update_norms, validate_update
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
 from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
@@ -73,6 +74,9 @@ class FedChestAvg(FedAvg):
         box_samples: tuple[tuple[int, ...], int] | None = None,
         robust: RobustRule | None = None,
         norm_bound: float = 10.0,
+        timer: ReplyTimer | None = None,
+        quorum: int = 1,
+        node_wait: float = 120.0,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -101,6 +105,12 @@ class FedChestAvg(FedAvg):
         self.best_proxy: tuple[int, float] | None = None  # (round, pooled proxy mAUC): zero-shot model selection
         self.robust = robust or RobustRule()  # server/robust.py: per-group robust aggregation ("none": the mean)
         self.norms = NormHistory(norm_bound)  # updates far larger than recent accepted ones are rejected
+        self.timer = timer or ReplyTimer()  # per-site reply deadlines (server/rounds.py)
+        self.quorum, self.node_wait = quorum, node_wait  # rounds go on with >= quorum nodes after node_wait seconds
+        self.late: dict[str, set[int]] = {}  # stage -> nodes past their deadline this round
+        self.reply_rows: list[tuple] = []
+        self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
+        self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -119,6 +129,58 @@ class FedChestAvg(FedAvg):
                 self.synthetic_sites.add(name)
         return self.node_site.get(node, f"node-{node}")
 
+    # -- bounded waiting (server/rounds.py) -----------------------------------------------------------------
+    def start(self, *, grid: Grid, **kwargs):
+        """Flower's round loop on a grid with per-site reply deadlines."""
+        return super().start(grid=DeadlineGrid(grid, self.timer, self._late, self._replied), **kwargs)
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
+                  ) -> list[Message]:
+        train = kind == MessageType.TRAIN
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        if fraction == 0.0:
+            return []
+
+        def short(connected: int, wanted: int, waited: float) -> None:
+            text = (f"{connected} of {wanted} nodes connected after {waited:.0f}s; this {kind} round goes on with "
+                    f"them (quorum {self.quorum})")
+            log(WARNING, "round %s: %s", server_round, text)
+            self.registry.add_event(self.run_id, "nodes_missing", text, server_round)
+
+        nodes = sample_nodes_bounded(grid, self.min_available_nodes, fraction,
+                                     self.min_train_nodes if train else self.min_evaluate_nodes, self.quorum,
+                                     self.node_wait, short)
+        config["server-round"] = server_round
+        self.reply_node.clear()
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self.round_now = server_round
+        return list(self._construct_messages(record, nodes, kind))
+
+    def _late(self, node: int, stage: str, limit: float, recent: float | None) -> None:
+        site = self._name(node)
+        why = f"{self.timer.factor:g} x its recent {recent:.1f}s" if recent else "the round timeout, no history yet"
+        text = f"no {stage} reply within its deadline of {limit:.0f}s ({why}); the round goes on without it"
+        log(WARNING, "round %s: %s: %s", self.round_now, site, text)
+        self.registry.add_event(self.run_id, "straggler", text, self.round_now, site)
+        self.late.setdefault(stage, set()).add(node)
+
+    def _replied(self, node: int, stage: str, seconds: float, limit: float, reply: Message) -> None:
+        self.reply_node[reply.metadata.reply_to_message_id] = node
+        if not reply.has_error():
+            self.reply_rows.append((node, f"{stage}_reply_seconds", seconds, limit))
+
+    def _node_of(self, msg: Message) -> int:
+        """The node a reply answers for: the link's own error replies (a node that stopped sending heartbeats)
+        do not carry the node's id, the message they answer does."""
+        return self.reply_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+    def _timing_rows(self) -> list[tuple]:
+        rows = [(self._name(node), "all", None, name, value, None) for node, name, value, _ in self.reply_rows]
+        rows += [(self._name(node), "all", None, name.replace("reply_seconds", "deadline_seconds"), limit, None)
+                 for node, name, _, limit in self.reply_rows]
+        self.reply_rows = []
+        return rows
+
     # -- train -------------------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
@@ -129,21 +191,22 @@ class FedChestAvg(FedAvg):
             config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
             config["class-prevalence"] = [float(v) for v in prevalence(self.train_pos, self.train_annotated, 0.0)]
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
         self.asked["train"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        messages = self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
         self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def _record_dropouts(self, stage: str, server_round: int, replies: list[Message]) -> None:
-        """Nodes asked this round that sent nothing back (killed, cut off, or past the round timeout)."""
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in sorted(self.asked.get(stage, set()) - answered):
+        """Nodes asked this round that sent nothing back (killed or cut off); those past their deadline are
+        already recorded as stragglers."""
+        answered = {self._node_of(m) for m in replies}
+        for node in sorted(self.asked.get(stage, set()) - answered - self.late.pop(stage, set())):
             site = self._name(node)
             log(WARNING, "round %s: %s did not reply to %s (dropout)", server_round, site, stage)
             self.registry.add_event(self.run_id, "dropout", f"no {stage} reply this round", server_round, site)
@@ -160,7 +223,7 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("train", server_round, replies)
         for msg in replies:
             if msg.has_error():
-                site, reason = self._name(msg.metadata.src_node_id), error_line(msg.error.reason)
+                site, reason = self._name(self._node_of(msg)), error_line(msg.error.reason)
                 self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
                 log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
                 continue
@@ -203,6 +266,7 @@ class FedChestAvg(FedAvg):
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann
         self.n_train = len(updates)
+        rows += self._timing_rows()
         if not updates:
             self.registry.add_metrics(self.run_id, server_round, rows)
             self.registry.add_event(self.run_id, "round_skipped", "no valid update to aggregate", server_round)
@@ -243,7 +307,7 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("evaluate", server_round, replies)
         for msg in replies:
             if msg.has_error():
-                site = self._name(msg.metadata.src_node_id)
+                site = self._name(self._node_of(msg))
                 self.registry.add_event(self.run_id, "evaluate_error", error_line(msg.error.reason), server_round, site)
                 continue
             site = self._site_of(msg)
@@ -261,10 +325,11 @@ class FedChestAvg(FedAvg):
                 self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
         if not evals:
+            self.reply_rows = []
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
-        rows += timing
+        rows += timing + self._timing_rows()
         correct, total = (sum(v[i] for v in routed.values()) for i in (0, 1))
         summary["router_accuracy"] = correct / total if total else None
         rows += [(site, "all", None, "router_accuracy", c / t if t else None, t) for site, (c, t) in routed.items()]

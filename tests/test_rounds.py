@@ -1,0 +1,115 @@
+"""Bounded waiting (issue 10): per-site reply deadlines from measured reply times, late replies never reaching a
+later round, and rounds that go on with a quorum of connected nodes instead of waiting forever."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.registry import Event, Registry
+from server.rounds import DeadlineGrid, ReplyTimer, TooFewNodes, sample_nodes_bounded
+from server.strategy import FedChestAvg
+from shared_models.metrics import HistogramSpec
+from tests.test_strategy import _reply
+
+
+def _msg(node: int, mid: str = "", reply_to: str = "", src: int = 0, kind: str = "train") -> Message:
+    meta = Metadata(run_id=1, message_id=mid, src_node_id=src, dst_node_id=node, reply_to_message_id=reply_to,
+                    group_id="1", created_at=time.time(), ttl=60.0, message_type=kind)
+    return Message(content=RecordDict(), metadata=meta)
+
+
+class FakeGrid:
+    """Nodes reply after their delay (None: never); pulls return only the asked ids' replies, once."""
+
+    def __init__(self, delays: dict[int, float | None]) -> None:
+        self.delays, self.pushed, self.count = delays, {}, 0
+
+    def get_node_ids(self):
+        return list(self.delays)
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            self.count += 1
+            mid = f"m{self.count}"
+            self.pushed[mid] = (m.metadata.dst_node_id, time.monotonic())
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            node, t0 = self.pushed.get(mid, (None, 0))
+            delay = self.delays.get(node)
+            if node is not None and delay is not None and time.monotonic() - t0 >= delay:
+                out.append(_msg(0, reply_to=mid, src=node))
+                del self.pushed[mid]
+        return out
+
+
+def test_reply_timer():
+    t = ReplyTimer(factor=3, floor=1.0, ceiling=10.0, smoothing=0.5)
+    assert t.deadline(1, "train") == 10.0  # no history: the round timeout
+    t.observe(1, "train", 2.0)
+    assert t.deadline(1, "train") == 6.0 and t.deadline(1, "evaluate") == 10.0
+    t.observe(1, "train", 0.1)
+    assert t.seen[(1, "train")] == pytest.approx(1.05) and t.deadline(1, "train") == pytest.approx(3.15)
+    t.observe(1, "train", 100.0)
+    assert t.deadline(1, "train") == 10.0
+    t.observe(2, "train", 0.01)
+    assert t.deadline(2, "train") == 1.0  # the floor
+
+
+def test_a_silent_node_costs_its_deadline_not_the_round_timeout_and_its_late_reply_never_returns():
+    late = []
+    grid = DeadlineGrid(FakeGrid({1: 0.02, 2: 0.05, 3: 0.8}), ReplyTimer(factor=3, floor=0.3, ceiling=0.5),
+                        lambda *a: late.append(a))
+    t0 = time.monotonic()
+    replies = grid.send_and_receive([_msg(n) for n in (1, 2, 3)], timeout=60.0)
+    assert time.monotonic() - t0 < 60.0
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]
+    assert late == [(3, "train", 0.5, None)]
+    time.sleep(0.5)  # node 3's reply to round 1 is now waiting at the link
+    replies = grid.send_and_receive([_msg(n) for n in (1, 2)], timeout=60.0)
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]  # nothing from round 1
+    seen = grid.timer.seen[(1, "train")]  # push to reply, at the polls' resolution
+    assert grid.timer.deadline(1, "train") == min(0.5, max(0.3, 3 * seen)) and grid.get_node_ids() == [1, 2, 3]
+
+
+def test_sampling_waits_a_bounded_time_then_goes_on_with_a_quorum():
+    grid = FakeGrid({1: 0.0, 2: 0.0})
+    short = []
+    nodes = sample_nodes_bounded(grid, 3, 1.0, 3, quorum=2, wait=0.2, on_short=lambda *a: short.append(a), sleep=0.05)
+    assert sorted(nodes) == [1, 2] and short[0][:2] == (2, 3)
+    with pytest.raises(TooFewNodes, match="only 2 node\\(s\\) connected .* at least 3 \\(quorum\\) of its 3"):
+        sample_nodes_bounded(grid, 3, 1.0, 3, quorum=3, wait=0.1, on_short=lambda *a: None, sleep=0.05)
+    assert len(sample_nodes_bounded(FakeGrid({i: 0.0 for i in range(10)}), 2, 0.5, 2, 1, 0.1, print)) == 5
+
+
+def test_strategy_records_stragglers_once_and_missing_nodes(tmp_path, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # messages are made inside a run
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
+    strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
+                        reference=ArrayRecord({"router.w": torch.zeros(2)}), min_available_nodes=3, quorum=1,
+                        node_wait=0.1)
+    msgs = strat.configure_train(1, ArrayRecord({"router.w": torch.zeros(2)}), ConfigRecord({}), FakeGrid({1: 0, 2: 0}))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2]
+    strat._late(2, "train", 30.0, 10.0)
+    strat._record_dropouts("train", 1, [_reply(1, RecordDict())])
+    with Session(registry.engine) as s:
+        events = [(e.kind, e.site, e.message) for e in s.scalars(select(Event))]
+    kinds = [e[0] for e in events]
+    assert kinds.count("straggler") == 1 and "dropout" not in kinds and "nodes_missing" in kinds
+    straggler = next(e for e in events if e[0] == "straggler")
+    assert straggler[1] == "node-2" and "deadline of 30s (3 x its recent 10.0s)" in straggler[2]
