@@ -24,6 +24,7 @@ BENCHMARKS = {
     "zeroshot": "benchmarks.bench_zeroshot",
     "box_latent": "benchmarks.bench_box_latent",
     "robust": "benchmarks.bench_robust",
+    "scale": "benchmarks.bench_scale",
 }
 
 

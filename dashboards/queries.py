@@ -13,7 +13,7 @@ import pandas as pd
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 
-from server.registry import Checkpoint, Event, Metric, Reference, Round, Run, Site
+from server.registry import SQLITE_BUSY_MS, Checkpoint, Event, Metric, Reference, Round, Run, Site
 
 CLASS_GROUPS = {0: "head", 1: "medium", 2: "tail"}
 
@@ -22,15 +22,20 @@ class RegistryMissing(FileNotFoundError):
     """The SQLite file the dashboard was pointed at does not exist."""
 
 
+POOL = {"pool_size": 5, "max_overflow": 25, "pool_timeout": 60}  # one engine serves every browser session
+
+
 def engine_for(url: str) -> Engine:
-    """An engine that cannot write: SQLite files are opened with ``mode=ro``."""
+    """An engine that cannot write: SQLite files are opened with ``mode=ro`` (the ServerApp's registry is in WAL
+    mode, so reading never blocks its writes), waiting for a busy database rather than failing."""
     u = make_url(url)
     if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
         path = Path(u.database).expanduser().resolve()
         if not path.exists():
             raise RegistryMissing(f"no registry at {path}")
-        return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", future=True)
-    return create_engine(url, future=True)
+        return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", future=True, **POOL,
+                             connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+    return create_engine(url, future=True, pool_pre_ping=True, **POOL)
 
 
 def has_tables(engine: Engine) -> bool:

@@ -1,9 +1,10 @@
 """Bounded waiting for a round: per-site reply deadlines from measured reply times, and a quorum of connected nodes.
 
 Flower's ``send_and_receive`` waits for every reply up to one timeout, and its node sampling waits forever for
-``min_available_nodes``. Here each message gets its own deadline: ``factor`` x the site's recent reply time for
-that stage (an exponential moving average of the seconds from push to reply, which includes its compute and its
-transfer), within [``floor``, ``ceiling``]; with no history yet, the ceiling (the run's ``round-timeout``). The
+``min_available_nodes``. Here each message gets its own deadline: ``factor`` x the site's expected reply time for
+that stage (moving averages of its reported compute seconds and of its link's seconds per byte, times the bytes
+of this message and of its recent replies), within [``floor``, ``ceiling``]; with no history yet, the ceiling (the
+run's ``round-timeout``). The
 round goes on once every message has replied or passed its deadline; a late reply is never pulled, so it cannot
 reach a later round. ``DeadlineGrid`` wraps the ServerApp's grid with this; the strategy sees the same API.
 """
@@ -11,7 +12,7 @@ reach a later round. ``DeadlineGrid`` wraps the ServerApp's grid with this; the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -20,22 +21,64 @@ POLL_FIRST, POLL_MAX = 0.1, 3.0  # poll the link quickly at first, then every 3 
 # is shared with every SuperNode's pushes; polling it five times a second locked it in a 3-node deployment)
 
 
+COMPUTE_KEYS = ("train_seconds", "eval_seconds")  # what a site reports of its own compute time
+
+
+def message_bytes(msg: Message) -> int:
+    """Bytes of the arrays a message carries (what crosses the site's link)."""
+    return sum(len(a.data) for record in msg.content.array_records.values() for a in record.values())
+
+
+def compute_seconds(reply: Message) -> float | None:
+    for record in reply.content.metric_records.values():
+        for key in COMPUTE_KEYS:
+            if key in record:
+                return float(record[key])
+    return None
+
+
 @dataclass
 class ReplyTimer:
+    """Reply deadlines per (node, stage). With what a site reports of its compute time and the bytes each way,
+    the expected reply time is split into compute (an average per stage) and transfer (seconds per byte moved,
+    per node: the link), so a bigger message gets proportionally more transfer time and a node's link speed learnt
+    in one stage carries over to another. The transfer term is (reply time - compute) / bytes, which includes the
+    link's fixed delays (the SuperNode's polling), so it errs long for messages larger than the ones measured."""
+
     factor: float = 3.0
     floor: float = 30.0
     ceiling: float = 600.0
-    smoothing: float = 0.5  # weight of the newest reply time in the moving average
-    seen: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, stage) -> seconds
+    smoothing: float = 0.5  # weight of the newest measurement in the moving averages
+    seen: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, stage) -> reply seconds
+    compute: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, stage) -> site-reported seconds
+    back: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, stage) -> reply bytes
+    link: dict[int, float] = field(default_factory=dict)  # node -> transfer seconds per byte moved
 
-    def deadline(self, node: int, stage: str) -> float:
-        """Seconds this node gets to reply to a ``stage`` ("train" / "evaluate") message."""
-        past = self.seen.get((node, stage))
-        return self.ceiling if past is None else min(self.ceiling, max(self.floor, self.factor * past))
+    def _mix(self, table: dict, key, value: float) -> None:
+        past = table.get(key)
+        table[key] = value if past is None else self.smoothing * value + (1 - self.smoothing) * past
 
-    def observe(self, node: int, stage: str, seconds: float) -> None:
+    def expected(self, node: int, stage: str, bytes_out: int | None = None) -> float | None:
+        """Seconds this node is expected to take to reply to a ``stage`` message of ``bytes_out`` bytes."""
         past = self.seen.get((node, stage))
-        self.seen[(node, stage)] = seconds if past is None else self.smoothing * seconds + (1 - self.smoothing) * past
+        if past is None or bytes_out is None or (node, stage) not in self.compute or node not in self.link:
+            return past
+        return self.compute[(node, stage)] + self.link[node] * (bytes_out + self.back[(node, stage)])
+
+    def deadline(self, node: int, stage: str, bytes_out: int | None = None) -> float:
+        """Seconds this node gets to reply: ``factor`` x expected, within [floor, ceiling]; the ceiling (the run's
+        round timeout) with no history."""
+        expected = self.expected(node, stage, bytes_out)
+        return self.ceiling if expected is None else min(self.ceiling, max(self.floor, self.factor * expected))
+
+    def observe(self, node: int, stage: str, seconds: float, bytes_out: int | None = None,
+                bytes_back: int | None = None, compute: float | None = None) -> None:
+        self._mix(self.seen, (node, stage), seconds)
+        if compute is not None and bytes_out is not None and bytes_back is not None:
+            compute = min(compute, seconds)
+            self._mix(self.compute, (node, stage), compute)
+            self._mix(self.back, (node, stage), float(bytes_back))
+            self._mix(self.link, node, (seconds - compute) / max(1, bytes_out + bytes_back))
 
 
 class DeadlineGrid:
@@ -49,42 +92,46 @@ class DeadlineGrid:
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
+        """Pushes now; the replies come as they are pulled, one message at a time, so a consumer that folds each
+        reply in and lets it go holds one update, not the round's (``FedChestAvg.aggregate_train`` does)."""
         messages = list(messages)
-        if not messages:
-            return []
         start = time.monotonic()
-        ids = list(self._grid.push_messages(messages))
-        pending = {}
+        ids = list(self._grid.push_messages(messages)) if messages else []
+        pending, sizes = {}, {}
         for mid, msg in zip(ids, messages):
             node, stage = msg.metadata.dst_node_id, str(msg.metadata.message_type)
-            limit = self.timer.deadline(node, stage)
+            size = sizes.setdefault(id(msg.content), message_bytes(msg))  # one record is shared by every message
+            limit = self.timer.deadline(node, stage, size)
             if timeout is not None:
                 limit = min(limit, timeout)
-            pending[mid] = (node, stage, limit)
-        replies: list[Message] = []
+            pending[mid] = (node, stage, limit, size)
+        return self._replies(pending, start)
+
+    def _replies(self, pending: dict[str, tuple[int, str, float, int]], start: float) -> Iterator[Message]:
         poll = POLL_FIRST
         while pending:
-            for reply in self._grid.pull_messages(list(pending)):
-                mid = reply.metadata.reply_to_message_id
-                if mid not in pending:
-                    continue
-                node, stage, limit = pending.pop(mid)
-                took = time.monotonic() - start
-                if not reply.has_error():
-                    self.timer.observe(node, stage, took)
-                if self.on_reply:
-                    self.on_reply(node, stage, took, limit, reply)
-                replies.append(reply)
             elapsed = time.monotonic() - start
-            for mid, (node, stage, limit) in list(pending.items()):
+            for mid, (node, stage, limit, size) in list(pending.items()):  # past its deadline: never pulled
                 if elapsed >= limit:
                     del pending[mid]
-                    self.on_late(node, stage, limit, self.timer.seen.get((node, stage)))
+                    self.on_late(node, stage, limit, self.timer.expected(node, stage, size))
+            for mid in list(pending):
+                for reply in self._grid.pull_messages([mid]):
+                    if reply.metadata.reply_to_message_id != mid or mid not in pending:
+                        continue
+                    poll = POLL_FIRST  # replies are coming: keep pulling them promptly
+                    node, stage, limit, size = pending.pop(mid)
+                    took = time.monotonic() - start
+                    if not reply.has_error():
+                        self.timer.observe(node, stage, took, size, message_bytes(reply), compute_seconds(reply))
+                    if self.on_reply:
+                        self.on_reply(node, stage, took, limit, reply)
+                    yield reply
             if pending:
-                time.sleep(poll)
+                next_deadline = min(limit for _, _, limit, _ in pending.values()) - (time.monotonic() - start)
+                time.sleep(max(0.01, min(poll, next_deadline)))
                 poll = min(POLL_MAX, 2 * poll)
-        return replies
 
 
 class TooFewNodes(RuntimeError):

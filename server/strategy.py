@@ -9,33 +9,32 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from server.aggregation import MODES, ServerOptimizer, SiteUpdate, aggregate
+from server.aggregation import MODES, RunningMean, ServerOptimizer, SiteUpdate, aggregate
 from server.box_eval import box_round, parse_box
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.robust import RobustRule
 from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
-from server.validation import NormHistory, check_train_metrics, reference_of, update_norms, validate_update
+from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, to_array,
+                               update_norms, validate_update, views)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
 from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
 from shared_models.networks import group_keys
 from shared_models.zeroshot.scoring import SCORE_HISTOGRAM
 
 
-def scalar_mean(replies: list, weight_key: str) -> MetricRecord:
+def scalar_mean(records: list[MetricRecord], weight_key: str) -> MetricRecord:
     """Weighted mean of the scalar train metrics only (per-class count lists are handled separately)."""
-    if not replies:
+    if not records:
         return MetricRecord({})
-    total = sum(float(next(iter(r.metric_records.values()))[weight_key]) for r in replies) or 1.0
+    total = sum(float(m[weight_key]) for m in records) or 1.0
     out: dict[str, float] = {}
-    for r in replies:
-        m = next(iter(r.metric_records.values()))
+    for m in records:
         w = float(m[weight_key]) / total
         for k, v in m.items():
             if isinstance(v, (int, float)) and k != weight_key:
@@ -90,7 +89,7 @@ class FedChestAvg(FedAvg):
         self.aggregation = aggregation
         self.server_optimizer = server_optimizer
         self.proximal_mu = proximal_mu
-        self.current: dict[str, np.ndarray] = {k: a.numpy() for k, a in reference.items()}
+        self.current: dict[str, np.ndarray] = views(reference)  # read-only views on the record's bytes
         self.on_round = on_round
         self.node_site: dict[int, str] = {}
         self.synthetic_sites: set[str] = set()
@@ -111,6 +110,7 @@ class FedChestAvg(FedAvg):
         self.reply_rows: list[tuple] = []
         self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
         self.round_now = 0
+        self.buffers: dict[str, np.ndarray] = {}  # the running mean's accumulators, reused round after round
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class FedChestAvg(FedAvg):
 
     def _late(self, node: int, stage: str, limit: float, recent: float | None) -> None:
         site = self._name(node)
-        why = f"{self.timer.factor:g} x its recent {recent:.1f}s" if recent else "the round timeout, no history yet"
+        why = f"{self.timer.factor:g} x its expected {recent:.1f}s" if recent else "the round timeout, no history yet"
         text = f"no {stage} reply within its deadline of {limit:.0f}s ({why}); the round goes on without it"
         log(WARNING, "round %s: %s: %s", self.round_now, site, text)
         self.registry.add_event(self.run_id, "straggler", text, self.round_now, site)
@@ -178,6 +178,8 @@ class FedChestAvg(FedAvg):
         rows = [(self._name(node), "all", None, name, value, None) for node, name, value, _ in self.reply_rows]
         rows += [(self._name(node), "all", None, name.replace("reply_seconds", "deadline_seconds"), limit, None)
                  for node, name, _, limit in self.reply_rows]
+        rows += [(self._name(node), "all", None, "link_seconds_per_MB", self.timer.link[node] * 1e6, None)
+                 for node in sorted({r[0] for r in self.reply_rows}) if node in self.timer.link]
         self.reply_rows = []
         return rows
 
@@ -185,7 +187,7 @@ class FedChestAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.registry.start_round(self.run_id, server_round)
-        self.current = {k: a.numpy() for k, a in arrays.items()}
+        self.current = views(arrays)
         config["aggregation"] = self.aggregation
         if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
             config["proximal-mu"] = self.proximal_mu
@@ -202,58 +204,49 @@ class FedChestAvg(FedAvg):
         self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
-    def _record_dropouts(self, stage: str, server_round: int, replies: list[Message]) -> None:
+    def _record_dropouts(self, stage: str, server_round: int, answered: set[int]) -> None:
         """Nodes asked this round that sent nothing back (killed or cut off); those past their deadline are
         already recorded as stragglers."""
-        answered = {self._node_of(m) for m in replies}
         for node in sorted(self.asked.get(stage, set()) - answered - self.late.pop(stage, set())):
             site = self._name(node)
             log(WARNING, "round %s: %s did not reply to %s (dropout)", server_round, site, stage)
             self.registry.add_event(self.run_id, "dropout", f"no {stage} reply this round", server_round, site)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        """Each reply is checked and, with a mean rule, folded into the running aggregate as it is pulled
+        (``DeadlineGrid`` yields them one at a time), so the server never holds every site's update; robust rules
+        need all senders' updates of a group at once and keep them."""
         server_round += self.round_offset
-        kept: list[Message] = []
-        updates: list[SiteUpdate] = []
+        kept: list[MetricRecord] = []
+        streaming = self.robust.name == "none"
+        running = (RunningMean(self.current, self.groups, self.classifiers, self.aggregation, self.buffers)
+                   if streaming else None)
+        updates: list[SiteUpdate] = []  # robust rules only
+        accepted: list[tuple[SiteUpdate, dict[str, float]]] = []  # with their arrays dropped when streaming
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
         rows = []
-        accepted_norms: list[dict[str, float]] = []
-        replies = list(replies)
-        self._record_dropouts("train", server_round, replies)
+        answered: set[int] = set()
         for msg in replies:
+            answered.add(self._node_of(msg))
             if msg.has_error():
                 site, reason = self._name(self._node_of(msg)), error_line(msg.error.reason)
                 self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
                 log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
                 continue
             site = self._site_of(msg)
-            if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
-                self.registry.add_event(self.run_id, "update_rejected", "expected one ArrayRecord and one MetricRecord",
-                                        server_round, site)
+            update, norms, m = self._check_update(msg, site, server_round, rows)
+            del msg
+            if update is None:
                 continue
-            arrays = next(iter(msg.content.array_records.values()))
-            rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
-            m = next(iter(msg.content.metric_records.values()))
-            reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups)
-            if not reason:
-                local = {k: a.numpy() for k, a in arrays.items()}
-                norms = update_norms(local, self.current, self.groups)
-                reason = check_train_metrics(m, set(norms), len(self.classes)) or self.norms.check(norms)
-            if reason:
-                log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
-                self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
-                continue
-            try:
-                update = SiteUpdate(site, local, {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
-                                    {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m})
-                pos += np.asarray(m["train_pos"], np.int64)
-                ann += np.asarray(m["train_annotated"], np.int64)
-            except (KeyError, ValueError, TypeError) as exc:
-                self.registry.add_event(self.run_id, "update_rejected", f"malformed train metrics: {exc}", server_round, site)
-                continue
-            updates.append(update)
-            accepted_norms.append(norms)
+            pos += np.asarray(m["train_pos"], np.int64)
+            ann += np.asarray(m["train_annotated"], np.int64)
+            if streaming:
+                running.add(update)
+                update = SiteUpdate(update.site, {}, update.group_counts, update.class_pos)
+            else:
+                updates.append(update)
+            accepted.append((update, norms))
             rows.append((site, "all", None, "update_norm", float(sum(v * v for v in norms.values()) ** 0.5), None))
             for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", *PRIVACY_KEYS):
                 if key in m:
@@ -262,25 +255,30 @@ class FedChestAvg(FedAvg):
                 self.privacy.setdefault(str(server_round), {})[site] = {
                     "epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", float("nan"))),
                     "budget": float(m["dp_epsilon_budget"]) if "dp_epsilon_budget" in m else None}
-            kept.append(msg)
+            kept.append(m)
+        self._record_dropouts("train", server_round, answered)
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann
-        self.n_train = len(updates)
+        self.n_train = len(accepted)
         rows += self._timing_rows()
-        if not updates:
+        if not accepted:
             self.registry.add_metrics(self.run_id, server_round, rows)
             self.registry.add_event(self.run_id, "round_skipped", "no valid update to aggregate", server_round)
             log(WARNING, "round %s: no valid update; the global model is kept", server_round)
             return None, None
-        for norms in accepted_norms:
+        for _, norms in accepted:
             self.norms.record(norms)
         notes: list[str] = []
-        new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation,
-                                      self.robust, notes)
+        if streaming:
+            new, contributors = running.result()
+        else:
+            new, contributors = aggregate(self.current, updates, self.groups, self.classifiers, self.aggregation,
+                                          self.robust, notes)
+            updates.clear()
         for note in notes:
             self.registry.add_event(self.run_id, "robust_aggregation", note, server_round)
-        if self.robust.name != "none":
-            for u in updates:
+        if not streaming:
+            for u, _ in accepted:
                 left_out = [g for g, sites in contributors.items() if u.group_counts.get(g, 0) > 0 and u.site not in sites]
                 if left_out:
                     self.registry.add_event(self.run_id, "update_excluded",
@@ -291,11 +289,44 @@ class FedChestAvg(FedAvg):
         for group, sites in contributors.items():
             proj = group.split(".")[-1] if group.startswith("experts.") else "all"
             rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,
-                      None) for u in updates]
+                      None) for u, _ in accepted]
         self.registry.add_metrics(self.run_id, server_round, rows)
-        arrays = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(new[k]).reshape(np.shape(new[k])))  # 0-d stays 0-d
-                              for k in self.reference})
-        return arrays, scalar_mean([m.content for m in kept], self.weighted_by_key)
+        arrays = ArrayRecord()
+        for k in self.reference:  # one tensor at a time: the new record grows as the aggregate is released
+            arrays[k] = to_array(new.pop(k))
+        return arrays, scalar_mean(kept, self.weighted_by_key)
+
+    def _check_update(self, msg: Message, site: str, server_round: int, rows: list
+                      ) -> tuple[SiteUpdate | None, dict[str, float], MetricRecord | None]:
+        """The update in a train reply (views on its bytes), its per-group norms and its metrics, or None with the
+        reason recorded as an ``update_rejected`` event."""
+        def reject(reason: str):
+            log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
+            self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
+            return None, {}, None
+
+        if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
+            return reject("expected one ArrayRecord and one MetricRecord")
+        arrays = next(iter(msg.content.array_records.values()))
+        rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
+        m = next(iter(msg.content.metric_records.values()))
+        reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups,
+                                 values=False)
+        norms: dict[str, float] = {}
+        if not reason:
+            local = views(arrays)
+            norms = update_norms(local, self.current, self.groups)  # one pass: norms and finite values
+            reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes))
+                      or self.norms.check(norms))
+        if reason:
+            return reject(reason)
+        try:
+            update = SiteUpdate(site, local, {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
+                                {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m})
+            np.asarray(m["train_pos"], np.int64), np.asarray(m["train_annotated"], np.int64)
+        except (KeyError, ValueError, TypeError) as exc:
+            return reject(f"malformed train metrics: {exc}")
+        return update, norms, m
 
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -303,9 +334,9 @@ class FedChestAvg(FedAvg):
         evals, zs_evals, box_evals = {}, {}, {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
-        replies = list(replies)
-        self._record_dropouts("evaluate", server_round, replies)
-        for msg in replies:
+        answered: set[int] = set()
+        for msg in replies:  # parsed as pulled: the compact parsed summaries are kept, not the messages
+            answered.add(self._node_of(msg))
             if msg.has_error():
                 site = self._name(self._node_of(msg))
                 self.registry.add_event(self.run_id, "evaluate_error", error_line(msg.error.reason), server_round, site)
@@ -323,6 +354,8 @@ class FedChestAvg(FedAvg):
                 routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
             except (KeyError, ValueError) as exc:
                 self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
+        msg = m = None  # nothing of the last message is kept either
+        self._record_dropouts("evaluate", server_round, answered)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
         if not evals:
             self.reply_rows = []

@@ -2,8 +2,53 @@
 
 from __future__ import annotations
 
+import io
+import math
+
 import numpy as np
-from flwr.app import ArrayRecord
+import torch
+from flwr.app import Array, ArrayRecord
+
+from shared_models.arrays import as_tensor
+
+
+def array_view(a: Array) -> np.ndarray:
+    """A read-only NumPy view on a Flower ``Array``'s ``.npy`` bytes, without the copy ``Array.numpy()`` makes
+    (the server looks at every update several times; with views it holds each update once). The header is not
+    parsed: the dtype and shape are the Array's own, and the view is used only when the header says C order and the
+    byte count matches them exactly; anything else goes through ``Array.numpy()``."""
+    data = a.data
+    if a.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY":
+        return a.numpy()
+    if data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    elif data[6] in (2, 3):
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    else:
+        return a.numpy()
+    try:
+        dtype = np.dtype(a.dtype)
+    except TypeError:
+        return a.numpy()
+    shape = tuple(int(d) for d in a.shape)
+    count = math.prod(shape)
+    if dtype.hasobject or b"'fortran_order': False" not in data[10:offset] or len(data) - offset != count * dtype.itemsize:
+        return a.numpy()
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def to_array(value: np.ndarray) -> Array:
+    """A Flower ``Array`` with the bytes ``Array.from_numpy_ndarray`` would write (``.npy``), made with one copy of
+    the values instead of two."""
+    value = np.require(value, requirements="C")  # 0-d stays 0-d
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
+    data = b"".join([header.getvalue(), memoryview(value.reshape(-1)).cast("B")])
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
+
+
+def views(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: array_view(a) for k, a in arrays.items()}
 
 
 def reference_of(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -14,9 +59,11 @@ def validate_update(
     arrays: ArrayRecord,
     reference: dict[str, tuple[tuple[int, ...], str]],
     groups: dict[str, list[str]] | None = None,
+    values: bool = True,
 ) -> str | None:
     """None when the update is acceptable, else the reason it is rejected. With ``groups``, an update may
-    carry a subset of the parameter groups, but each group it carries must be complete."""
+    carry a subset of the parameter groups, but each group it carries must be complete. ``values=False`` leaves
+    the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass over the values, not two)."""
     keys = set(arrays.keys())
     extra = sorted(keys - set(reference))
     if groups is None and keys != set(reference):
@@ -34,10 +81,14 @@ def validate_update(
         shape, dtype = reference[k]
         if tuple(a.shape) != shape or str(a.dtype) != dtype:
             return f"{k}: shape {tuple(a.shape)} dtype {a.dtype}, expected {shape} {dtype}"
-        v = a.numpy()
-        if v.dtype.kind == "f" and not np.isfinite(v).all():
+        if values and _nonfinite(array_view(a)):
             return f"{k}: non-finite values"
     return None
+
+
+def _nonfinite(v: np.ndarray) -> bool:
+    v = v.reshape(-1)
+    return v.dtype.kind == "f" and not all(np.isfinite(v[i:i + CHUNK]).all() for i in range(0, v.size, CHUNK))
 
 
 REQUIRED_TRAIN_METRICS = ("num-examples", "train_pos", "train_annotated")
@@ -56,16 +107,47 @@ def check_train_metrics(metrics, groups_sent: set[str], num_classes: int) -> str
     return None
 
 
+CHUNK = 1 << 16  # elements per step for NumPy passes over a tensor
+TORCH_CHUNK = 1 << 20  # elements per step for the norm: 4 MB temporaries, float32 sums accurate to ~1e-5
+
+
+def squared_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """sum((a - b)^2) over a tensor, a chunk at a time (no temporary the size of the tensor), with torch (two
+    threads, memory-bandwidth bound); each chunk's sum is added in float64. Not finite when ``a`` is not."""
+    ta, tb = as_tensor(a.reshape(-1)), as_tensor(b.reshape(-1))
+    if ta is None or tb is None or ta.dtype != tb.dtype:
+        d = np.subtract(a, b, dtype=np.float64)
+        return float(np.dot(d.reshape(-1), d.reshape(-1)))
+    total = 0.0
+    for i in range(0, ta.numel(), TORCH_CHUNK):
+        d = ta[i:i + TORCH_CHUNK] - tb[i:i + TORCH_CHUNK]
+        total += float(torch.dot(d, d))
+    return total
+
+
 def update_norms(arrays: dict[str, np.ndarray], current: dict[str, np.ndarray], groups: dict[str, list[str]]
                  ) -> dict[str, float]:
-    """Per group the update carries, the L2 norm of (its values - the current global values) over float tensors."""
+    """Per group the update carries, the L2 norm of (its values - the current global values) over float tensors
+    (inf or nan when a value is not finite: see ``nonfinite_reason``)."""
     out = {}
     for group, keys in groups.items():
         if keys[0] in arrays:
-            sq = sum(float(((arrays[k].astype(np.float64) - current[k].astype(np.float64)) ** 2).sum())
-                     for k in keys if np.issubdtype(current[k].dtype, np.floating))
+            sq = sum(squared_distance(arrays[k], current[k]) for k in keys if np.issubdtype(current[k].dtype, np.floating))
             out[group] = sq ** 0.5
     return out
+
+
+def nonfinite_reason(arrays: dict[str, np.ndarray], norms: dict[str, float], groups: dict[str, list[str]]
+                     ) -> str | None:
+    """Why an update whose norm is not finite is refused: the first tensor with a non-finite value, or an
+    overflowing norm."""
+    for group, norm in norms.items():
+        if not math.isfinite(norm):
+            for k in groups[group]:
+                if _nonfinite(arrays[k]):
+                    return f"{k}: non-finite values"
+            return f"group {group}: the update's norm overflows"
+    return None
 
 
 class NormHistory:

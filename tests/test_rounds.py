@@ -66,17 +66,43 @@ def test_reply_timer():
     assert t.deadline(2, "train") == 1.0  # the floor
 
 
+def test_deadlines_split_compute_from_transfer_so_bigger_messages_get_more_time():
+    t = ReplyTimer(factor=2, floor=1.0, ceiling=1000.0, smoothing=1.0)
+    t.observe(1, "train", 30.0, bytes_out=80_000_000, bytes_back=20_000_000, compute=10.0)  # 20 s for 100 MB
+    assert t.expected(1, "train", 80_000_000) == pytest.approx(30.0)
+    assert t.deadline(1, "train", 180_000_000) == pytest.approx(2 * (10.0 + 20.0 * 2))  # twice the bytes moved
+    assert t.deadline(1, "train") == pytest.approx(60.0)  # size unknown: the measured reply time
+    assert t.deadline(1, "evaluate", 1000) == 1000.0  # no evaluate history: the ceiling
+    t.observe(1, "evaluate", 4.0, bytes_out=80_000_000, bytes_back=1000, compute=3.0)
+    assert t.expected(1, "evaluate", 80_000_000) == pytest.approx(4.0)
+    assert t.expected(1, "train", 80_000_000) == pytest.approx(10.0 + 1.0 / 80_001_000 * 100e6)  # one link per node
+    t.observe(2, "train", 5.0)  # a site that reports no compute time: the whole reply time
+    assert t.deadline(2, "train", 10**9) == 10.0 and 2 not in t.link
+
+
+def test_replies_are_pulled_one_message_at_a_time():
+    grid = FakeGrid({1: 0.0, 2: 0.0, 3: 0.0})
+    asked = []
+    pull = grid.pull_messages
+    grid.pull_messages = lambda ids: (asked.append(list(ids)), pull(ids))[1]
+    dg = DeadlineGrid(grid, ReplyTimer(), lambda *a: None)
+    replies = dg.send_and_receive([_msg(n) for n in (1, 2, 3)])
+    first = next(replies)
+    assert first.metadata.src_node_id == 1 and asked == [["m1"]]  # nothing else pulled yet
+    assert sorted(r.metadata.src_node_id for r in replies) == [2, 3] and all(len(a) == 1 for a in asked)
+
+
 def test_a_silent_node_costs_its_deadline_not_the_round_timeout_and_its_late_reply_never_returns():
     late = []
     grid = DeadlineGrid(FakeGrid({1: 0.02, 2: 0.05, 3: 0.8}), ReplyTimer(factor=3, floor=0.3, ceiling=0.5),
                         lambda *a: late.append(a))
     t0 = time.monotonic()
-    replies = grid.send_and_receive([_msg(n) for n in (1, 2, 3)], timeout=60.0)
+    replies = list(grid.send_and_receive([_msg(n) for n in (1, 2, 3)], timeout=60.0))
     assert time.monotonic() - t0 < 60.0
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]
     assert late == [(3, "train", 0.5, None)]
     time.sleep(0.5)  # node 3's reply to round 1 is now waiting at the link
-    replies = grid.send_and_receive([_msg(n) for n in (1, 2)], timeout=60.0)
+    replies = list(grid.send_and_receive([_msg(n) for n in (1, 2)], timeout=60.0))
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]  # nothing from round 1
     seen = grid.timer.seen[(1, "train")]  # push to reply, at the polls' resolution
     assert grid.timer.deadline(1, "train") == min(0.5, max(0.3, 3 * seen)) and grid.get_node_ids() == [1, 2, 3]
@@ -106,10 +132,10 @@ def test_strategy_records_stragglers_once_and_missing_nodes(tmp_path, monkeypatc
     msgs = strat.configure_train(1, ArrayRecord({"router.w": torch.zeros(2)}), ConfigRecord({}), FakeGrid({1: 0, 2: 0}))
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2]
     strat._late(2, "train", 30.0, 10.0)
-    strat._record_dropouts("train", 1, [_reply(1, RecordDict())])
+    strat._record_dropouts("train", 1, {1})
     with Session(registry.engine) as s:
         events = [(e.kind, e.site, e.message) for e in s.scalars(select(Event))]
     kinds = [e[0] for e in events]
     assert kinds.count("straggler") == 1 and "dropout" not in kinds and "nodes_missing" in kinds
     straggler = next(e for e in events if e[0] == "straggler")
-    assert straggler[1] == "node-2" and "deadline of 30s (3 x its recent 10.0s)" in straggler[2]
+    assert straggler[1] == "node-2" and "deadline of 30s (3 x its expected 10.0s)" in straggler[2]

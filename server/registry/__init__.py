@@ -13,13 +13,13 @@ from typing import Any
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, inspect, make_url, select
+from sqlalchemy import create_engine, delete, insert, inspect, make_url, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
 
-__all__ = ["Registry", "RegistryUnavailable", "migrate", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
+__all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
 
 
 def resolve_db_url(default: str) -> str:
@@ -55,6 +55,25 @@ def migrate(engine) -> str:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+SQLITE_BUSY_MS = 30_000  # a connection waits this long for another's write lock before failing
+
+
+def sqlite_pragmas(engine, wal: bool) -> None:
+    """Every connection waits for a busy database instead of failing at once; a file registry is switched to
+    write-ahead logging (persistent in the file), so the dashboard's readers never block the ServerApp's writes
+    and a write never fails a reader."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+        if wal:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; a crash loses no committed round
+        cur.close()
+
+
 class RegistryUnavailable(RuntimeError):
     """The registry database cannot be reached or migrated (the message names it, without a password)."""
 
@@ -62,7 +81,12 @@ class RegistryUnavailable(RuntimeError):
 class Registry:
     def __init__(self, url: str) -> None:
         self.url = url
+        u = make_url(url)
+        if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        if u.drivername.startswith("sqlite"):
+            sqlite_pragmas(self.engine, wal=u.database not in (None, "", ":memory:"))
         try:
             migrate(self.engine)
         except OperationalError as exc:
@@ -102,16 +126,18 @@ class Registry:
             r.finished_at, r.n_train, r.n_evaluate = utcnow(), n_train, n_evaluate
 
     def add_metrics(self, run_id: str, rnd: int, rows: Iterable[tuple]) -> int:
-        """rows: (site or None, projection, class or None, name, value, n)."""
-        objs = [
-            Metric(run_id=run_id, round=rnd, site=site, projection=proj, class_name=cls, name=name,
-                   value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
-                   n=None if n is None else int(n))
+        """rows: (site or None, projection, class or None, name, value, n). One executemany in one transaction
+        (a 50-site round writes tens of thousands of rows; ORM objects made that take seconds)."""
+        values = [
+            {"run_id": run_id, "round": rnd, "site": site, "projection": proj, "class_name": cls, "name": name,
+             "value": None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+             "n": None if n is None else int(n)}
             for site, proj, cls, name, value, n in rows
         ]
-        with Session(self.engine) as s, s.begin():
-            s.add_all(objs)
-        return len(objs)
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Metric), values)
+        return len(values)
 
     def add_event(self, run_id: str, kind: str, message: str, rnd: int | None = None, site: str | None = None) -> None:
         with Session(self.engine) as s, s.begin():
