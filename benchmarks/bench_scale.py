@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _registry(work: Path) -> dict:
         from tests.pg import PostgresUnavailable, TempPostgres
     except ImportError:  # a checkout without the tests
         return out
-    root = work / "pg"
+    root = Path(f"/tmp/fedchest-bench-pg-{os.getpid()}")  # the server runs as `postgres`: not under a 0700 folder
     try:
         pg = TempPostgres(root)
         pg.start()

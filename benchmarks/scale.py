@@ -9,7 +9,7 @@ the server was busy.
 
 ``aggregation(arrays, n_sites)`` times the server's aggregation of ``n_sites`` updates of a given model against
 Flower's ``aggregate_arrayrecords`` and a plain memory copy, with the traced peak of each. Times are of a second
-call (the steady state: the server reuses its accumulators from round to round; the first round's, which pays
+call (the steady state: the allocator hands back the memory the last round freed; the first round's, which pays
 the page faults of fresh memory, is reported too).
 """
 
@@ -215,9 +215,9 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
             return FedChestAvg(registry=registry, run_id=run, classes=("A",), spec=HistogramSpec(), reference=ref,
                                norm_bound=0.0)
         strat = server()
-        first = _timed(lambda: strat.aggregate_train(1, replies()))  # fresh accumulators: page faults
-        took = _timed(lambda: strat.aggregate_train(2, replies()))  # the steady state, buffers reused
-        strat = None  # its buffers go
+        first = _timed(lambda: strat.aggregate_train(1, replies()))  # fresh process memory: page faults
+        took = _timed(lambda: strat.aggregate_train(2, replies()))  # the steady state: the allocator reuses it
+        strat = None
         peak = _traced(lambda: server().aggregate_train(1, replies()))
         registry.engine.dispose()
     out["fedchest_first_round_s"], out["fedchest_s"] = first, took
@@ -226,15 +226,13 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
 
     payload = next(_records(arrays, 1, distinct=False))["arrays"]
     local = views(payload)
-    buffers: dict = {}
-
-    def fold(reuse: bool = True):
-        acc = RunningMean(local, {"all": list(arrays)}, buffers=buffers if reuse else None)
+    def fold():
+        acc = RunningMean(local, {"all": list(arrays)})
         for i in range(n_sites):
             acc.add(SiteUpdate(f"s{i}", local, {"all": 10.0 + i}))
         return acc.result()
     fold()
-    took, peak = _timed(fold), _traced(lambda: fold(False))
+    took, peak = _timed(fold), _traced(fold)
     out["running_mean_s"], out["running_mean_GBps"] = took, n_sites * model_bytes / took / 1e9
     out["running_mean_peak_x_model"] = peak / model_bytes
 

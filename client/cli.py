@@ -12,7 +12,23 @@ MIN_TRAIN_SAMPLES = 8
 
 def _synth(args: argparse.Namespace) -> int:
     from client.synth import synthesize_site
+    from client.synth.ct import CT_FORMATS, synthesize_ct_site
 
+    if args.format in CT_FORMATS:
+        try:
+            shape = tuple(int(v) for v in args.ct_shape.split(","))
+            spacing = tuple(float(v) for v in args.ct_spacing.split(","))
+            if len(shape) != 3 or len(spacing) != 3 or min(shape) < 4 or min(spacing) <= 0:
+                raise ValueError
+        except ValueError:
+            print(f"error: --ct-shape {args.ct_shape!r} / --ct-spacing {args.ct_spacing!r}: expected three voxel "
+                  "counts >= 4 and three positive mm values, as Z,Y,X", file=sys.stderr)
+            return 2
+        toml = synthesize_ct_site(Path(args.out), args.format, args.name or Path(args.out).name, args.images, shape,
+                                  spacing, args.seed)
+        print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} volumes of {args.ct_shape} voxels at "
+              f"{args.ct_spacing} mm); config {toml}")
+        return 0
     mix = None
     if args.projection_mix:
         try:
@@ -64,12 +80,41 @@ def check_report(cfg, report, k: int) -> dict:
     }
 
 
+def _check_ct(cfg, args: argparse.Namespace) -> int:
+    from client.ct.index import prepare_ct_site, site_ct_spec
+
+    spec = site_ct_spec(cfg)
+    index = prepare_ct_site(cfg, spec)
+    out = {"site": cfg.name, "modality": "CT", "grid": {"spacing_mm": spec.spacing, "size": spec.size,
+                                                        "window_hu": spec.window},
+           **index.summary(args.k if args.k is not None else cfg.min_count)}
+    out["can_train"] = len(index.split("train")) >= MIN_TRAIN_SAMPLES
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0 if out["can_train"] else 2
+    print(f"site {cfg.name}: {out['indexed']} CT volumes indexed ({out['decoded']} decoded, {out['reused_from_cache']} "
+          f"from cache), {len(out['rejected'])} rejected; grid {spec.size} voxels at {spec.spacing} mm")
+    for key in ("by_source", "by_split", "by_label"):
+        print(f"  {key.replace('by_', ''):<18} " + ", ".join(f"{a} {b}" for a, b in out[key].items()))
+    print(f"  {'slice references':<18} {out['snippets']} report sentences point at a slice on the grid")
+    for r in out["rejected"][:20]:
+        print(f"  rejected {r['path']}: {r['reason']}")
+    for n in out["notes"][:20]:
+        print(f"  note {n['path']}: {n['note']}")
+    print("  can train: " + ("yes" if out["can_train"] else f"no (fewer than {MIN_TRAIN_SAMPLES} training volumes)"))
+    return 0 if out["can_train"] else 2
+
+
 def _check(args: argparse.Namespace) -> int:
     from client.index import prepare_site
     from client.site_config import SiteConfigError, load_site_config
 
+    from client.ct.index import is_ct_site
+
     try:
         cfg = load_site_config(args.config)
+        if is_ct_site(cfg):
+            return _check_ct(cfg, args)
         report = prepare_site(cfg)
     except SiteConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write a synthetic site in a real on-disk format (not clinical data)")
     s.add_argument("--out", required=True, help="site folder to create (data/ and site.toml)")
-    s.add_argument("--format", required=True, choices=["padchest", "mimic", "openi", "dicom"])
+    s.add_argument("--format", required=True, choices=["padchest", "mimic", "openi", "dicom", "ct-rate", "dicom-ct"])
     s.add_argument("--name", help="site name (default: the folder name)")
-    s.add_argument("--images", type=int, default=400)
+    s.add_argument("--images", type=int, default=400, help="images (CT formats: volumes)")
+    s.add_argument("--ct-shape", default="40,64,64", help="CT formats: voxels Z,Y,X of each volume")
+    s.add_argument("--ct-spacing", default="5,5,5", help="CT formats: mm per voxel Z,Y,X")
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-set", default="cxrlt2026")

@@ -38,6 +38,7 @@ class SiteConfig:
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # [privacy]: the site's rules (client/privacy.py)
     trust_cnn_projection: bool = False  # PadChest's CNN-inferred (MethodProjection resnet) views
     untrusted_projection_sources: tuple[str, ...] = ()  # source kinds whose views the router decides instead
+    ct: dict[str, Any] = field(default_factory=dict)  # [ct]: the CT grid (client/ct/index.py site_ct_spec)
 
     @property
     def min_count(self) -> int:
@@ -116,6 +117,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         privacy=_privacy(raw.get("privacy", {}), path),
         trust_cnn_projection=bool(site.get("trust_cnn_projection", False)),
         untrusted_projection_sources=tuple(s.kind for s in sources if s.options.get("trust_projection") is False),
+        ct=dict(raw.get("ct", {})) if isinstance(raw.get("ct", {}), dict) else {},
     )
     if not 0 <= cfg.val_fraction + cfg.test_fraction < 1:
         raise SiteConfigError(f"{path}: split.val + split.test must be in [0, 1)")

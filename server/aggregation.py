@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from server.robust import RobustRule, combine
 from shared_models.arrays import as_tensor
@@ -39,33 +40,39 @@ def _cast(value: np.ndarray, like: np.ndarray) -> np.ndarray:
     return value.astype(like.dtype, copy=False)
 
 
-CHUNK = 1 << 16
+CHUNK = 1 << 18  # elements per step: a 2 MB float64 staging buffer
 
 
 def add_scaled(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
-    """acc += weight * x in one fused pass (torch's in-place add, two threads) when the dtypes match; else a
-    NumPy chunk at a time. No temporary the size of the tensor either way."""
+    """acc += weight * x (acc float64) without a temporary the size of the tensor: a chunk of ``x`` is widened
+    into a small float64 buffer, then added in place with torch (two threads); NumPy chunks where torch cannot
+    wrap the arrays."""
     ta, tx = as_tensor(acc.reshape(-1)), as_tensor(np.asarray(x).reshape(-1))
-    if ta is not None and tx is not None and ta.dtype == tx.dtype:
-        ta.add_(tx, alpha=weight)
+    n = acc.size
+    if ta is not None and tx is not None:
+        if ta.dtype == tx.dtype:
+            ta.add_(tx, alpha=weight)
+            return
+        buf = torch.empty(min(CHUNK, n), dtype=ta.dtype)
+        for i in range(0, n, CHUNK):
+            b = buf[:min(CHUNK, n - i)]
+            b.copy_(tx[i:i + CHUNK])
+            ta[i:i + CHUNK].add_(b, alpha=weight)
         return
     a, v = acc.reshape(-1), np.asarray(x).reshape(-1)
-    for i in range(0, a.size, CHUNK):
-        a[i:i + CHUNK] += weight * v[i:i + CHUNK]
+    for i in range(0, n, CHUNK):
+        a[i:i + CHUNK] += weight * v[i:i + CHUNK].astype(np.float64)
 
 
 class RunningMean:
     """The mean modes folded in one update at a time, so the server holds the global model, one accumulator per
     tensor and the update in flight, never every site's copy: ``add`` each update as it arrives, then ``result``.
-    Float tensors accumulate in their own dtype (float32 models: float32 sums of count-weighted values), integer
-    buffers in float64; each group is divided by its senders' total count at the end."""
+    Sums are float64 (2x a float32 model): replies arrive in any order, and float32 sums would make the result
+    depend on it (a resumed run would then differ from an uninterrupted one); each group is divided by its senders'
+    total count at the end, and ``result`` releases each accumulator as its tensor is finished."""
 
     def __init__(self, global_arrays: dict[str, np.ndarray], groups: dict[str, list[str]],
-                 classifiers: dict[str, list[str]] | None = None, mode: str = "projection",
-                 buffers: dict[str, np.ndarray] | None = None) -> None:
-        """``buffers``: accumulators kept from an earlier round, reused (and refilled here). Freshly allocated
-        memory costs a page fault per 4 KB on first touch, which on a VM made the first update of each round ~40x
-        slower than the rest; the result's float tensors are these buffers, valid until the next round."""
+                 classifiers: dict[str, list[str]] | None = None, mode: str = "projection") -> None:
         if mode not in MODES:
             raise ValueError(f"aggregation mode {mode!r}; expected one of {MODES}")
         self.global_arrays, self.groups, self.mode = global_arrays, groups, mode
@@ -76,7 +83,6 @@ class RunningMean:
         self.pos_sums: dict[str, np.ndarray] = {}  # classifier keys: sum over sites of positives x rows
         self.pos_total: dict[str, np.ndarray] = {}  # group -> (C,) positives summed
         self.all_pos: dict[str, bool] = {g: True for g in groups}
-        self.buffers = buffers
 
     def add(self, u: SiteUpdate) -> None:
         for group, keys in self.groups.items():
@@ -97,22 +103,11 @@ class RunningMean:
                 x = np.asarray(u.arrays[k])
                 acc = self.sums.get(k)
                 if acc is None:
-                    acc = self.sums[k] = self._buffer(k, like)
+                    acc = self.sums[k] = np.zeros(like.shape, np.float64)
                 add_scaled(acc, count, x)
                 if pos is not None and k in self.rows[group] and x.ndim >= 1 and x.shape[0] == pos.shape[0]:
                     ps = self.pos_sums.setdefault(k, np.zeros(like.shape, np.float64))
                     ps += pos.reshape(pos.shape + (1,) * (x.ndim - 1)) * x
-
-    def _buffer(self, k: str, like: np.ndarray) -> np.ndarray:
-        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.dtype(np.float64)
-        buf = None if self.buffers is None else self.buffers.get(k)
-        if buf is None or buf.shape != like.shape or buf.dtype != dtype:
-            buf = np.zeros(like.shape, dtype)
-            if self.buffers is not None:
-                self.buffers[k] = buf
-        else:
-            buf.fill(0)
-        return buf
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         """New global arrays (a group nobody sent keeps its global value) and each group's contributors. The

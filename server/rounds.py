@@ -120,7 +120,6 @@ class DeadlineGrid:
                 for reply in self._grid.pull_messages([mid]):
                     if reply.metadata.reply_to_message_id != mid or mid not in pending:
                         continue
-                    poll = POLL_FIRST  # replies are coming: keep pulling them promptly
                     node, stage, limit, size = pending.pop(mid)
                     took = time.monotonic() - start
                     if not reply.has_error():

@@ -110,7 +110,6 @@ class FedChestAvg(FedAvg):
         self.reply_rows: list[tuple] = []
         self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
         self.round_now = 0
-        self.buffers: dict[str, np.ndarray] = {}  # the running mean's accumulators, reused round after round
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -219,8 +218,7 @@ class FedChestAvg(FedAvg):
         server_round += self.round_offset
         kept: list[MetricRecord] = []
         streaming = self.robust.name == "none"
-        running = (RunningMean(self.current, self.groups, self.classifiers, self.aggregation, self.buffers)
-                   if streaming else None)
+        running = RunningMean(self.current, self.groups, self.classifiers, self.aggregation) if streaming else None
         updates: list[SiteUpdate] = []  # robust rules only
         accepted: list[tuple[SiteUpdate, dict[str, float]]] = []  # with their arrays dropped when streaming
         pos = np.zeros(len(self.classes), np.int64)
@@ -308,6 +306,11 @@ class FedChestAvg(FedAvg):
         if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
             return reject("expected one ArrayRecord and one MetricRecord")
         arrays = next(iter(msg.content.array_records.values()))
+        if not len(arrays):  # a site whose small-count rule held back every group: nothing to aggregate, no fault
+            text = "the site sent no parameter group (too few training samples under its small-count rule)"
+            log(INFO, "round %s: %s: %s", server_round, site, text)
+            self.registry.add_event(self.run_id, "nothing_sent", text, server_round, site)
+            return None, {}, None
         rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
         m = next(iter(msg.content.metric_records.values()))
         reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups,

@@ -19,13 +19,13 @@ from tests.test_resume import _last_checkpoint, _rows
 pytestmark = pytest.mark.e2e
 
 
-def _wait_round(url: str, rnd: int, runner: threading.Thread, timeout: float = 600.0) -> None:
+def _wait_round(url: str, rnd: int, runner: threading.Thread, result: dict, timeout: float = 600.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         done = _last_checkpoint(url) if url.split("///")[1] and os.path.exists(url.split("///")[1]) else None
         if done and done >= rnd:
             return
-        assert runner.is_alive(), "the run ended early"
+        assert runner.is_alive(), f"the run ended early: {result}"
         time.sleep(0.5)
     raise AssertionError(f"round {rnd} did not complete within {timeout:.0f}s")
 
@@ -52,11 +52,11 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
         runner = threading.Thread(target=submit)
         runner.start()
         victim, cfg = sites[1].parent.name, sites[1]
-        _wait_round(url, 1, runner)
+        _wait_round(url, 1, runner, result)
         os.killpg(procs[victim].popen.pid, signal.SIGKILL)
         procs[victim].popen.wait(10)
         c.procs.remove(procs[victim])
-        _wait_round(url, 3, runner)
+        _wait_round(url, 3, runner, result)
         c.start_supernode(victim, cfg)
         runner.join(1500)
         assert "error" not in result, result.get("error")

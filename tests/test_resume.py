@@ -56,8 +56,10 @@ def test_a_killed_run_resumes_after_its_last_complete_round(tmp_path):
     from client.synth import synthesize_site
 
     sites = tmp_path / "sites"
-    synthesize_site(sites / "a", "padchest", "site-a", n_images=80, image_size=32, seed=1)
-    synthesize_site(sites / "b", "mimic", "site-b", n_images=80, image_size=32, seed=2)
+    # 160, not 80: splits come from each site's random salt, and an 80-image site once drew a 12-image test split
+    # in which the small-count rule (5) left no class countable, so every pooled metric was undefined
+    synthesize_site(sites / "a", "padchest", "site-a", n_images=160, image_size=32, seed=1)
+    synthesize_site(sites / "b", "mimic", "site-b", n_images=160, image_size=32, seed=2)
 
     full = tmp_path / "full"
     r = subprocess.run([sys.executable, "-c", RUN, json.dumps(_config(sites, full))], capture_output=True,

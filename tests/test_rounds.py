@@ -15,7 +15,6 @@ from server.registry import Event, Registry
 from server.rounds import DeadlineGrid, ReplyTimer, TooFewNodes, sample_nodes_bounded
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
-from tests.test_strategy import _reply
 
 
 def _msg(node: int, mid: str = "", reply_to: str = "", src: int = 0, kind: str = "train") -> Message:

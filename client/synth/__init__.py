@@ -61,7 +61,12 @@ def synthesize_site(
     profile = site_profile(fmt, seed + zlib.crc32(name.encode()), projection_mix, prevalence_scale)
     images = generate(load_catalog(label_set), n_images, image_size, profile, rng)
     WRITERS[fmt](images, out_dir / "data", name, rng, label_set)
-    toml = out_dir / "site.toml"
+    return write_site_toml(out_dir, name, fmt, label_set, f"image_size = {image_size}\n")
+
+
+def write_site_toml(out_dir: Path, name: str, kind: str, label_set: str, extra: str = "") -> Path:
+    """The site.toml of a synthetic site: one source of ``kind`` under ``data/``; ``extra`` lines go in [site]."""
+    toml = Path(out_dir) / "site.toml"
     toml.write_text(
         "# fedchest site configuration (written by `fedchest-site synth`; SYNTHETIC data)\n"
         "[site]\n"
@@ -69,8 +74,8 @@ def synthesize_site(
         'work_dir = "work"\n'
         "synthetic = true\n"
         f'label_set = "{label_set}"\n'
-        f"image_size = {image_size}\n\n"
+        f"{extra}\n"
         "[split]\nval = 0.1\ntest = 0.2\n\n"
-        f'[[sources]]\nkind = "{fmt}"\nroot = "data"\n'
+        f'[[sources]]\nkind = "{kind}"\nroot = "data"\n'
     )
     return toml

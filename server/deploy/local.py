@@ -193,6 +193,7 @@ class LocalConsortium:
         items = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
                          for k, v in run_config.items())
         log = stream_to or self.logs / "flwr-run.log"
+        t0 = time.monotonic()
         with log.open("ab") as f:
             r = subprocess.run([str(BIN / "flwr"), "run", str(app_dir()), CONNECTION, "--run-config", items,
                                 "--stream"], stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.out,
@@ -200,7 +201,11 @@ class LocalConsortium:
         if r.returncode != 0:
             raise DeployError(f"`flwr run` failed (exit {r.returncode}); see {log}:\n"
                               + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
-        return self.latest_run()
+        run_id = self.latest_run()
+        # the log stream can end before the run does (the SuperLink's SQLite state answered one of its polls with
+        # "database is locked" in a 3-node test): the run is what counts, so wait for the link to call it finished
+        self.status(run_id, settle=max(60.0, timeout - (time.monotonic() - t0)))
+        return run_id
 
     def runs(self) -> list[dict]:
         return json.loads(self.flwr("ls", CONNECTION, "--format", "json").stdout).get("runs", [])
@@ -211,11 +216,17 @@ class LocalConsortium:
             raise DeployError("the SuperLink lists no run after `flwr run`")
         return int(max(runs, key=lambda r: str(r.get("created-at", "")))["run-id"])
 
-    def status(self, run_id: int) -> str:
-        for r in self.runs():
-            if int(r["run-id"]) == run_id:
-                return str(r.get("status", ""))
-        raise DeployError(f"run {run_id} is not on the SuperLink")
+    def status(self, run_id: int, settle: float = 60.0) -> str:
+        """The run's status on the SuperLink. ``flwr run --stream`` can return a moment before the link marks the
+        run finished, so a run still "running" is asked again for up to ``settle`` seconds."""
+        end = time.monotonic() + settle
+        while True:
+            status = next((str(r.get("status", "")) for r in self.runs() if int(r["run-id"]) == run_id), None)
+            if status is None:
+                raise DeployError(f"run {run_id} is not on the SuperLink")
+            if status.startswith("finished") or time.monotonic() >= end:
+                return status
+            time.sleep(2.0)
 
     def stop(self, proc: Proc, timeout: float = 20.0) -> None:
         if proc.popen.poll() is None:

@@ -1,0 +1,1 @@
+"""Chest-CT sites: volumes, sources, the decode-once cache, slice references, training."""
