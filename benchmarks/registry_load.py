@@ -46,8 +46,10 @@ class ReadStats:
     went_back: int = 0  # a reader saw fewer metric rows than it had seen before
 
 
-def read_while(url: str, run_id: str, readers: int, running: threading.Event) -> ReadStats:
-    """``readers`` threads loop over the dashboard's queries on one engine while ``running`` is set."""
+def read_while(url: str, run_id: str, readers: int, running: threading.Event
+               ) -> tuple[ReadStats, list[threading.Thread], object]:
+    """``readers`` threads loop over the dashboard's queries on one engine while ``running`` is set; returns the
+    shared stats, the threads and the engine (dispose it after joining them)."""
     from dashboards import queries
     from server.registry import Metric
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from client.privacy import suppress_counts as suppress
+
 MIN_TRAIN_SAMPLES = 8
 
 
@@ -44,11 +46,6 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config {toml}")
     return 0
-
-
-def suppress(counts: dict, k: int) -> dict:
-    """Counts below k as the string "<k" (for anything meant to leave the site)."""
-    return {key: (v if v >= k else f"<{k}") for key, v in counts.items()}
 
 
 def check_report(cfg, report, k: int) -> dict:

@@ -24,6 +24,11 @@ class PolicyRefusal(RuntimeError):
     """The site refuses this request under its privacy policy (the message says which rule and why)."""
 
 
+
+def suppress_counts(counts: dict, k: int) -> dict:
+    """Counts below k as the string "<k" (for anything meant to leave the site)."""
+    return {key: (v if v >= k else f"<{k}") for key, v in counts.items()}
+
 @dataclass(frozen=True)
 class PrivacyPolicy:
     min_count: int = 5

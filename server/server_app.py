@@ -46,10 +46,10 @@ DEFAULTS = {
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
     "robust-aggregation": "none",  # none | median | trimmed-mean | krum | multi-krum | norm-clip (server/robust.py)
     "robust-trim": 0.2, "robust-byzantine": 1, "robust-clip": 2.0,
-    "norm-bound": 10.0,
-    "deadline-factor": 3.0, "deadline-floor": 30.0,  # a site's reply deadline: factor x its recent reply time, >= floor
+    "norm-bound": 10.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
+    "deadline-factor": 3.0, "deadline-floor": 30.0,  # a site's reply deadline: factor x its expected reply time, >= floor
     "quorum": 0,  # nodes a round goes on with after node-wait seconds short of min-nodes (0: half of min-nodes)
-    "node-wait": 120.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
+    "node-wait": 120.0,  # seconds node sampling waits for min-nodes before going on with the quorum
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)

@@ -14,6 +14,7 @@ from client.ct.cache import CTCache, snippet_targets
 from client.ct.sources import CT_SOURCES, CTRecord, make_ct_source
 from client.ct.volume import CTSpec, VolumeError
 from client.index import patient_split
+from client.privacy import suppress_counts
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources.base import Note, Rejection
 from shared_models.ontology import load_label_set
@@ -61,15 +62,13 @@ class CTIndex:
 
     def summary(self, k: int) -> dict:
         """Counts for `fedchest-site check`; counts below ``k`` are shown as '<k'."""
-        def suppress(d: dict) -> dict:
-            return {a: (b if b >= k else f"<{k}") for a, b in d.items()}
         labels = Counter()
         for v in self.volumes:
             labels.update(c for c, t, m in zip(self.classes, v.record.targets, v.record.mask) if t and m)
         return {"indexed": len(self.volumes), "decoded": self.decoded, "reused_from_cache": self.reused,
-                "by_split": suppress(dict(Counter(v.split for v in self.volumes))),
-                "by_source": suppress(dict(Counter(v.record.source for v in self.volumes))),
-                "by_label": suppress(dict(labels.most_common())),
+                "by_split": suppress_counts(dict(Counter(v.split for v in self.volumes)), k),
+                "by_source": suppress_counts(dict(Counter(v.record.source for v in self.volumes)), k),
+                "by_label": suppress_counts(dict(labels.most_common()), k),
                 "snippets": sum(len(v.snippets) for v in self.volumes),
                 "rejected": [{"path": r.path, "reason": r.reason} for r in self.rejected],
                 "notes": [{"path": n.path, "note": n.message} for n in self.notes]}

@@ -21,7 +21,7 @@ import numpy as np
 from client.ct.readers import SliceHeader, read_slice_header, sort_series
 from client.ct.volume import VolumeError
 from client.site_config import SiteConfigError, SourceConfig
-from client.sources.base import Note, Rejection, TableError, read_table, walk_files
+from client.sources.base import Note, Rejection, TableError, read_table, require_columns, walk_files
 from shared_models.ontology import load_label_set
 
 # domain.md B6: SVD failures, a tiny volume, a broken patient
@@ -176,9 +176,7 @@ class DicomCTSource(CTSource):
         csv = self.root / str(self.option("labels", "labels.csv"))
         try:
             df = read_table(csv, self.notes)
-            missing = [c for c in ("series", "labels") if c not in df.columns]
-            if missing:
-                raise TableError(csv, f"missing required column(s) {missing}; found {list(df.columns)[:12]}")
+            require_columns(df, csv, ("series", "labels"))
         except TableError as exc:
             yield Rejection(exc.path, exc.message)
             return

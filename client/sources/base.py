@@ -68,6 +68,12 @@ class TableError(ValueError):
         self.path, self.message = str(path), message
 
 
+def require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TableError(path, f"missing required column(s) {missing}; found {list(df.columns)[:12]}")
+
+
 def read_table(path: Path, notes: list[Note] | None = None) -> pd.DataFrame:
     """A CSV (optionally .gz/.zip) with every column as text, blanks kept as ''. Text that is not UTF-8 is
     decoded as Latin-1 and noted; an unreadable or malformed file raises TableError naming it."""
@@ -106,9 +112,7 @@ class Source(ABC):
         return read_table(path, self.notes)
 
     def require_columns(self, df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise TableError(path, f"missing required column(s) {missing}; found {list(df.columns)[:12]}")
+        require_columns(df, path, columns)
 
     @property
     def synonym_map(self) -> str:
