@@ -45,19 +45,23 @@ CHUNK = 1 << 18  # elements per step: a 2 MB float64 staging buffer
 
 def add_scaled(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
     """acc += weight * x (acc float64) without a temporary the size of the tensor: a chunk of ``x`` is widened
-    into a small float64 buffer, then added in place with torch (two threads); NumPy chunks where torch cannot
-    wrap the arrays."""
+    into a small float64 buffer, scaled, then added in place with torch (two threads); NumPy chunks where torch
+    cannot wrap the arrays.
+
+    The product is rounded before the sum, never fused: torch's ``add_(x, alpha=w)`` runs as a fused multiply-add,
+    and fl(w_b * b + fl(w_a * a)) is not fl(w_a * a + fl(w_b * b)), so two sites' mean would depend on which reply
+    arrived first (1 float64 ulp, amplified where the two terms nearly cancel, then by the server optimiser).
+    Rounded products make two senders' sum exact-order independent; for three or more, float64 addition is still
+    not associative (differences of an ulp of float64, rarely visible after the cast to float32)."""
     ta, tx = as_tensor(acc.reshape(-1)), as_tensor(np.asarray(x).reshape(-1))
     n = acc.size
     if ta is not None and tx is not None:
-        if ta.dtype == tx.dtype:
-            ta.add_(tx, alpha=weight)
-            return
         buf = torch.empty(min(CHUNK, n), dtype=ta.dtype)
         for i in range(0, n, CHUNK):
             b = buf[:min(CHUNK, n - i)]
             b.copy_(tx[i:i + CHUNK])
-            ta[i:i + CHUNK].add_(b, alpha=weight)
+            b.mul_(weight)
+            ta[i:i + CHUNK].add_(b)
         return
     a, v = acc.reshape(-1), np.asarray(x).reshape(-1)
     for i in range(0, n, CHUNK):
@@ -67,9 +71,10 @@ def add_scaled(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
 class RunningMean:
     """The mean modes folded in one update at a time, so the server holds the global model, one accumulator per
     tensor and the update in flight, never every site's copy: ``add`` each update as it arrives, then ``result``.
-    Sums are float64 (2x a float32 model): replies arrive in any order, and float32 sums would make the result
-    depend on it (a resumed run would then differ from an uninterrupted one); each group is divided by its senders'
-    total count at the end, and ``result`` releases each accumulator as its tensor is finished."""
+    Sums are float64 (2x a float32 model) of rounded products (``add_scaled``): replies arrive in any order, and
+    float32 sums or fused multiply-adds would make the result depend on it (a resumed run would then differ from an
+    uninterrupted one); each group is divided by its senders' total count at the end, and ``result`` releases each
+    accumulator as its tensor is finished."""
 
     def __init__(self, global_arrays: dict[str, np.ndarray], groups: dict[str, list[str]],
                  classifiers: dict[str, list[str]] | None = None, mode: str = "projection") -> None:

@@ -107,13 +107,6 @@ def test_a_killed_run_resumes_after_its_last_complete_round(tmp_path):
     wb = torch.load(full / "checkpoints" / "round-004.pt", weights_only=True)["state_dict"]
     diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if wa[k].is_floating_point())
     scale = max(float(wb[k].float().abs().max()) for k in wb if wb[k].is_floating_point())
-    # Two identical runs are no longer bit-identical: seen this session, 1-ulp differences in a few tensors after
-    # round 1, before any kill, grew to ~25 % of the rounds' own movement by round 4 (L2). The cause is not found
-    # yet (an open item of issue 10). What this still checks: the resumed run continued from its checkpoint, so
-    # it ends clearly closer to the uninterrupted run than that run moved in rounds 3-4 (L2 over float tensors).
-    w2 = torch.load(full / "checkpoints" / "round-002.pt", weights_only=True)["state_dict"]
-
-    def l2(x, y):
-        return sum(float(((x[k].double() - y[k].double()) ** 2).sum()) for k in x
-                   if x[k].is_floating_point() and "running" not in k) ** 0.5
-    assert l2(wa, wb) < 0.5 * l2(wb, w2), (l2(wa, wb), l2(wb, w2), diff, scale)
+    # measured here: identical (same seeds, same round numbers; the server's sums do not depend on the order the
+    # two replies arrive in, see test_streaming)
+    assert diff < 1e-4 * scale, (diff, scale)
