@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fedchest demo --out $(DEMO_OUT) --zeroshot --box-latent
+	$(VENV)/bin/fedchest demo --out $(DEMO_OUT) --zeroshot --box-latent --ct-sites 1
 
 # Default suite first (budget: 15 min on 2 cores), then the end-to-end tests (Flower simulation, CLI).
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.

@@ -2,7 +2,8 @@
 
 Which site this node is: `site-config` in the SuperNode's node config (deployment:
 `flower-supernode --node-config 'site-config="/data/site.toml"'`), or, in simulation, the i-th
-`*/site.toml` under `sim-sites-dir` (run config or message config) for virtual node `partition-id` i.
+`*/site.toml` under `sim-sites-dir` (run config or message config; folders separated by commas) for virtual
+node `partition-id` i.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
 from client.boxlatent import box_evaluation
+from client.ct.federated import evaluate_ct_round, train_ct_round
+from client.ct.index import is_ct_site
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
 from client.local_round import outgoing_state, train_round
@@ -25,6 +29,7 @@ from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
+from shared_models.ct.model import CT_PREFIX
 from shared_models.device import limit_threads, select_device
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
@@ -49,7 +54,7 @@ def resolve_site(context: Context, config: ConfigRecord) -> SiteConfig:
             raise SiteNotConfigured(
                 "this node has no site: start the SuperNode with --node-config 'site-config=\"/path/site.toml\"' "
                 "or, in simulation, set the run config sim-sites-dir to a folder of */site.toml")
-        sites = sorted(Path(sites_dir).glob("*/site.toml"))
+        sites = sorted(p for d in sites_dir.split(",") for p in Path(d).glob("*/site.toml"))
         pid = int(node["partition-id"])
         if pid >= len(sites):
             raise SiteNotConfigured(f"virtual node {pid} has no site: {sites_dir} holds {len(sites)} site(s)")
@@ -57,7 +62,7 @@ def resolve_site(context: Context, config: ConfigRecord) -> SiteConfig:
     cfg = load_site_config(path)
     if "work-dir" in node:  # containers: site.toml and data read-only, the work dir a writable volume
         cfg = dataclasses.replace(cfg, work_dir=Path(str(node["work-dir"])))
-    if not cfg.index_path.exists():
+    if not is_ct_site(cfg) and not cfg.index_path.exists():
         prepare_site(cfg)
     return cfg
 
@@ -72,15 +77,24 @@ def site_data(cfg: SiteConfig, split: str) -> SiteData:
     return _DATA[key][1]
 
 
-def _setup(msg: Message, context: Context, split: str):
-    """What every handler starts with: thread cap, the site, its split's data and the global model."""
-    limit_threads()
+def global_state(arrays: ArrayRecord, ct: bool) -> dict[str, torch.Tensor]:
+    """The part of the global model this site uses: the CT model's keys (``ct.``) at a CT site, the rest at a
+    radiograph site (a mixed run's global model holds both)."""
+    return {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k.startswith(CT_PREFIX) == ct}
+
+
+def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
+    """What every radiograph handler starts with: the site's split's data and the global model."""
     config = msg.content["config"]
-    site = resolve_site(context, config)
     model = run_model(config, site)
     data = site_data(site, split)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, site, data, model
+    model.load_state_dict(global_state(msg.content["arrays"], ct=False))
+    return config, data, model
+
+
+def _site(msg: Message, context: Context) -> SiteConfig:
+    limit_threads()
+    return resolve_site(context, msg.content["config"])
 
 
 def run_model(config, site: SiteConfig) -> RoutedExperts | BoxLatentNet:
@@ -140,7 +154,12 @@ def _site_record(site: SiteConfig) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    config, site, data, model = _setup(msg, context, "train")
+    site = _site(msg, context)
+    if is_ct_site(site):
+        state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], ct=True))
+        return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics),
+                                   "site": _site_record(site)}), reply_to=msg)
+    config, data, model = _setup(msg, context, "train", site)
     stats, privacy = train_round(config, site, data, model)
     c = model.num_classes
     counts, positives, fedavg = update_statistics(model, data, str(config.get("aggregation", "projection")))
@@ -171,9 +190,15 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    config, site, data, model = _setup(msg, context, str(msg.content["config"].get("eval-split", "test")))
-    c = model.num_classes
+    site = _site(msg, context)
+    split = str(msg.content["config"].get("eval-split", "test"))
+    config = msg.content["config"]
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
+    if is_ct_site(site):
+        summary = evaluate_ct_round(config, site, global_state(msg.content["arrays"], ct=True), spec, split)
+        return Message(RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)}), reply_to=msg)
+    config, data, model = _setup(msg, context, split, site)
+    c = model.num_classes
     label_set = load_label_set(str(config["label-set"]))
     zs_spec = zeroshot_spec(config, label_set)
     if isinstance(model, BoxLatentNet):

@@ -5,7 +5,7 @@ groups dropped, small counts suppressed). Framework-free: client_app.py wraps it
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,18 +75,28 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
     if str(config.get("sampling", "none")) != "none":
         raise PolicyRefusal("re-sampling for the long tail is not available under DP-SGD (the accountant assumes "
                             "uniform Poisson sampling); use sampling = \"none\" or ASL class weights")
-    ledger = ledger_for(site)
     rate, steps = min(1.0, batch / max(len(data), 1)), epochs * math.ceil(len(data) / batch)
-    after = ledger.projected(sigma, rate, steps, policy.delta, policy.accountant)
+    return dp_round(site, config, DPSettings(sigma, clip), rate, steps, HEAD,
+                    lambda: train_local_dp(model, data, dp=DPSettings(sigma, clip), zeroshot=zs, prompts=prompts,
+                                           **common))
+
+
+def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: float, steps: int, head: str,
+             train: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """A DP-SGD round under the site's epsilon budget: refuse if (noise, rate, steps) would exceed it, train, write
+    the ledger; returns (training stats, the privacy metrics to report)."""
+    policy, ledger = site.privacy, ledger_for(site)
+    after = ledger.projected(dp.noise_multiplier, rate, steps, policy.delta, policy.accountant)
     if after > policy.epsilon_budget:
         spent = ledger.spent(policy.delta, policy.accountant)
         raise PolicyRefusal(f"privacy budget: this round would bring epsilon to {after:.2f} (spent {spent:.2f}, "
                             f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to train")
-    stats = train_local_dp(model, data, dp=DPSettings(sigma, clip), zeroshot=zs, prompts=prompts, **common)
-    eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), HEAD, sigma, rate, steps,
-                        policy.delta, policy.accountant)
-    report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": sigma, "dp_max_grad_norm": clip,
-              "dp_steps": float(steps), "dp_sample_rate": rate, "dp_clipped_fraction": stats["clipped_fraction"]}
+    stats = train()
+    eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), head, dp.noise_multiplier, rate,
+                        steps, policy.delta, policy.accountant)
+    report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": dp.noise_multiplier,
+              "dp_max_grad_norm": dp.max_grad_norm, "dp_steps": float(steps), "dp_sample_rate": rate,
+              "dp_clipped_fraction": stats["clipped_fraction"]}
     if math.isfinite(policy.epsilon_budget):
         report["dp_epsilon_budget"] = policy.epsilon_budget
     return stats, report

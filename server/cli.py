@@ -19,6 +19,10 @@ def _demo(args: argparse.Namespace) -> int:
         print("fedchest demo: --box-latent follows a plain run (its head has no DP-SGD or SecAgg+ path yet)",
               file=sys.stderr)
         return 2
+    if args.ct_sites and args.secagg:
+        print("fedchest demo: --ct-sites needs per-group aggregation over the CT sites, which SecAgg+ cannot do",
+              file=sys.stderr)
+        return 2
     if args.zeroshot:
         if args.secagg:
             print("fedchest demo: --zeroshot needs federated evaluation, which the SecAgg+ demo does not run",
@@ -29,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
              args.preset, args.local_epochs, args.lr, args.verbose, dp=args.dp,
              noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg,
-             extra=extra, box_rounds=args.box_latent_rounds if args.box_latent else 0)
+             extra=extra, box_rounds=args.box_latent_rounds if args.box_latent else 0, ct_sites=args.ct_sites)
     return 0
 
 
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--box-latent", action="store_true",
                    help="then train the box-latent head on the run's final experts, frozen (a second federated run)")
     d.add_argument("--box-latent-rounds", type=int, default=5)
+    d.add_argument("--ct-sites", type=int, default=0,
+                   help="add synthetic chest-CT sites; the run trains the CT vision-language model there (ct = true)")
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

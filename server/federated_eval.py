@@ -26,11 +26,11 @@ class ScopeEval:
     withheld: int = 0  # classes the site withheld under its small-count policy (client/evaluation.py)
 
 
-def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec, prefix: str = ""
-                    ) -> dict[str, ScopeEval]:
+def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec, prefix: str = "",
+                    scopes: tuple[str, ...] = SCOPES) -> dict[str, ScopeEval]:
     """One site's summary (client/evaluation.py); ``prefix`` selects a family of keys (``zs.descriptive.``)."""
     out = {}
-    for scope in SCOPES:
+    for scope in scopes:
         pos = np.asarray(metrics[f"{prefix}hist_pos.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
         neg = np.asarray(metrics[f"{prefix}hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
         pc = {k: np.asarray(metrics[f"{prefix}{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}

@@ -14,6 +14,8 @@ def fmt(v: float | None) -> str:
 
 def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
     p = summary["pooled"]
+    if not p:  # only CT sites answered this round
+        return f"round {rnd}: no radiograph site answered\n" + ct_lines(summary.get("ct"))
     lines = [
         f"round {rnd}: pooled mAP {fmt(p['mAP'])}  mAUC {fmt(p['mAUC'])}  mF1 {fmt(p['mF1'])}  "
         f"head/medium/tail mAP {fmt(p['head_mAP'])}/{fmt(p['medium_mAP'])}/{fmt(p['tail_mAP'])}  "
@@ -30,7 +32,24 @@ def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
         lines.append(zero_shot_line(summary["zeroshot"]))
     if summary.get("box"):
         lines.append(box_line(summary["box"]))
+    if summary.get("ct"):
+        lines.append(ct_lines(summary["ct"]))
     return "\n".join(lines)
+
+
+def ct_lines(ct: dict | None) -> str:
+    """The CT model: text-to-volume R@K against chance, mAUC and Youden F1, localisation MAE against the middle of
+    the scan; pooled, then per site."""
+    if not ct:
+        return "  CT: no CT site answered"
+
+    def line(name: str, e: dict) -> str:
+        recall = " ".join(f"R@{k} {fmt(e[f'R@{k}'])} ({fmt(e[f'R@{k}_chance'])})" for k in (1, 5, 10))
+        return (f"  {name:<22} {recall}; mAUC {fmt(e['mAUC'])} Youden F1 {fmt(e['mean_youden_f1'])}; "
+                f"depth MAE {fmt(e['loc_mae_mm'])} mm (middle of scan {fmt(e['loc_centre_mae_mm'])} mm); "
+                f"{e['volumes']} volumes")
+    return "\n".join(["  CT (chance / baseline in brackets):", line("pooled", ct["pooled"]),
+                      *(line(site, e) for site, e in ct["sites"].items())])
 
 
 def zero_shot_line(zs: dict) -> str:

@@ -57,6 +57,9 @@ def check_secagg_config(cfg: dict) -> None:
     if bool(cfg.get("box-latent", False)):
         problems.append("the box-latent head is scored by federated evaluation and sends the head only, neither of "
                         "which this app does; set box-latent = false")
+    if bool(cfg.get("ct", False)):
+        problems.append("the CT model trains at CT sites only, and its groups are averaged over those sites, which "
+                        "a masked sum over every node cannot do; set ct = false")
     if int(cfg["secagg-reconstruction-threshold"]) > int(cfg["secagg-num-shares"]):
         problems.append("secagg-reconstruction-threshold must not exceed secagg-num-shares")
     if problems:

@@ -27,6 +27,10 @@ from shared_models.boxlatent.config import DEFAULTS as BOX_DEFAULTS
 from shared_models.boxlatent.config import box_spec
 from shared_models.boxlatent.config import spec_config as box_config
 from shared_models.boxlatent.model import load_backbone_weights
+from shared_models.ct.config import DEFAULTS as CT_DEFAULTS
+from shared_models.ct.config import CT_LABEL_SET, ct_spec
+from shared_models.ct.config import spec_config as ct_config
+from shared_models.ct.model import CT_PREFIX, CTVLM, prefixed, unprefixed
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import build_model, classifier_keys, parse_weights
 from shared_models.ontology import load_label_set
@@ -53,6 +57,7 @@ DEFAULTS = {
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
+    **CT_DEFAULTS,  # the chest-CT vision-language model at CT sites (shared_models/ct/config.py)
 }
 
 
@@ -69,6 +74,7 @@ def _clean(obj):
 def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     """What every site needs to rebuild and train the run's model (sent with every message)."""
     out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))), **box_config(box_spec(cfg)),
+        **ct_config(ct_spec(cfg)),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
@@ -96,6 +102,24 @@ def _box_summary(history: list[dict], backbone: str) -> dict:
     primary = last["primary"] if last else None
     return {"backbone": backbone or "random init", "last": last,
             "mAUC_by_round": [h.get("box", {}).get("by_samples", {}).get(primary, {}).get("mAUC") for h in history]}
+
+
+def _ct_summary(history: list[dict]) -> dict:
+    """The last round's CT results and the pooled R@10, mAUC and depth MAE per round."""
+    pooled = [h.get("ct", {}).get("pooled", {}) for h in history]
+    return {"last": history[-1].get("ct") if history else None,
+            **{f"{k}_by_round": [p.get(k) for p in pooled] for k in ("R@10", "mAUC", "loc_mae_mm")}}
+
+
+def check_ct_run(cfg: dict, box) -> None:
+    """Refuse, before any site trains, the combinations the CT model cannot run in."""
+    if not bool(cfg["ct"]):
+        return
+    if box is not None:
+        raise ValueError("run config: ct and box-latent cannot be combined in one run")
+    if cfg["aggregation"] == "fedavg":
+        raise ValueError("run config: the CT model trains at CT sites only; plain FedAvg would average its groups "
+                         "with untrained copies from radiograph sites; use aggregation = \"projection\"")
 
 
 def _build(cfg: dict, classes: tuple[str, ...], zs, box, resumed: bool):
@@ -141,11 +165,16 @@ def main(grid: Grid, context: Context) -> None:
     if zs is not None and bool(cfg["dp"]):
         check_dp_settings(zs.image_encoder, zs.loss)  # refuse before any site trains
     box = box_spec(cfg)
+    ct = ct_spec(cfg)
+    check_ct_run(cfg, box)
     torch.manual_seed(int(cfg["seed"]))
     model = _build(cfg, classes, zs, box, point is not None)
+    ct_model = CTVLM(ct.preset) if ct else None
     if point:
-        model.load_state_dict(point.state_dict)
-    initial = ArrayRecord(model.state_dict())
+        model.load_state_dict({k: v for k, v in point.state_dict.items() if not k.startswith(CT_PREFIX)})
+        if ct_model is not None:
+            ct_model.load_state_dict(unprefixed(point.state_dict))
+    initial = ArrayRecord({**model.state_dict(), **(prefixed(ct_model.state_dict()) if ct_model else {})})
     num_rounds = int(cfg["num-server-rounds"])
     if point:
         run_id = point.run_id
@@ -156,7 +185,8 @@ def main(grid: Grid, context: Context) -> None:
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
                      + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
-            heads="box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts", label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
+            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts") + ("+ct" if ct else ""),
+            label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
 
@@ -175,6 +205,7 @@ def main(grid: Grid, context: Context) -> None:
         zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,
+        ct_classes=load_label_set(CT_LABEL_SET).classes if ct else (),
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -196,7 +227,7 @@ def main(grid: Grid, context: Context) -> None:
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
-                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box),
+                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box), "ct": ct_config(ct),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
@@ -220,11 +251,12 @@ def main(grid: Grid, context: Context) -> None:
             "privacy": strategy.privacy,
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
                         "router_accuracy": h.get("router_accuracy"), "frontal_lateral_gap": h["frontal_lateral_gap"],
-                        "sites": h["sites"]} for h in history],
+                        "sites": h["sites"], **({"ct": h.get("ct")} if ct else {})} for h in history],
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
             "zeroshot": _zeroshot_summary(strategy, history) if zs else None,
             "box": _box_summary(history, str(cfg["box-backbone-weights"])) if box else None,
+            "ct": _ct_summary(history) if ct else None,
             "db_url": db_url,
             "checkpoints": str(ckpt_dir),
             "synthetic": bool(strategy.synthetic_sites),

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from server.aggregation import MODES, RunningMean, ServerOptimizer, SiteUpdate, aggregate
 from server.box_eval import box_round, parse_box
+from server.ct_eval import SCOPE, ct_round, is_ct_summary, parse_ct
 from server.federated_eval import parse_site_eval, round_metrics
 from server.registry import Registry
 from server.robust import RobustRule
@@ -76,6 +77,7 @@ class FedChestAvg(FedAvg):
         timer: ReplyTimer | None = None,
         quorum: int = 1,
         node_wait: float = 120.0,
+        ct_classes: tuple[str, ...] = (),
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -111,6 +113,9 @@ class FedChestAvg(FedAvg):
         self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
         self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
+        self.ct_classes = ct_classes  # runs with the CT model: its label set (server/ct_eval.py)
+        self.ct_train_pos = np.zeros(len(ct_classes), np.int64)
+        self.ct_train_annotated = np.zeros(len(ct_classes), np.int64)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
@@ -223,6 +228,8 @@ class FedChestAvg(FedAvg):
         accepted: list[tuple[SiteUpdate, dict[str, float]]] = []  # with their arrays dropped when streaming
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
+        ct_pos = np.zeros(len(self.ct_classes), np.int64)
+        ct_ann = np.zeros(len(self.ct_classes), np.int64)
         rows = []
         answered: set[int] = set()
         for msg in replies:
@@ -237,8 +244,12 @@ class FedChestAvg(FedAvg):
             del msg
             if update is None:
                 continue
-            pos += np.asarray(m["train_pos"], np.int64)
-            ann += np.asarray(m["train_annotated"], np.int64)
+            if "train_pos" in m:  # a radiograph site (CT sites count their own label set)
+                pos += np.asarray(m["train_pos"], np.int64)
+                ann += np.asarray(m["train_annotated"], np.int64)
+            if self.ct_classes and "ct_train_pos" in m:
+                ct_pos += np.asarray(m["ct_train_pos"], np.int64)
+                ct_ann += np.asarray(m["ct_train_annotated"], np.int64)
             if streaming:
                 running.add(update)
                 update = SiteUpdate(update.site, {}, update.group_counts, update.class_pos)
@@ -257,6 +268,8 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("train", server_round, answered)
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann
+        if ct_ann.sum() > 0:
+            self.ct_train_pos, self.ct_train_annotated = ct_pos, ct_ann
         self.n_train = len(accepted)
         rows += self._timing_rows()
         if not accepted:
@@ -319,14 +332,17 @@ class FedChestAvg(FedAvg):
         if not reason:
             local = views(arrays)
             norms = update_norms(local, self.current, self.groups)  # one pass: norms and finite values
-            reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes))
+            reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes),
+                                                                                         len(self.ct_classes))
                       or self.norms.check(norms))
         if reason:
             return reject(reason)
         try:
             update = SiteUpdate(site, local, {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
                                 {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m})
-            np.asarray(m["train_pos"], np.int64), np.asarray(m["train_annotated"], np.int64)
+            for key in ("train_pos", "train_annotated", "ct_train_pos", "ct_train_annotated"):
+                if key in m:
+                    np.asarray(m[key], np.int64)
         except (KeyError, ValueError, TypeError) as exc:
             return reject(f"malformed train metrics: {exc}")
         return update, norms, m
@@ -334,7 +350,7 @@ class FedChestAvg(FedAvg):
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        evals, zs_evals, box_evals = {}, {}, {}
+        evals, zs_evals, box_evals, ct_evals = {}, {}, {}, {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
         answered: set[int] = set()
@@ -347,6 +363,12 @@ class FedChestAvg(FedAvg):
             site = self._site_of(msg)
             try:
                 m = next(iter(msg.content.metric_records.values()))
+                if is_ct_summary(m):
+                    ct_evals[site] = parse_ct(m, len(self.ct_classes), self.spec)
+                    if "eval_seconds" in m:
+                        timing.append((site, SCOPE, None, "eval_seconds", float(m["eval_seconds"]),
+                                       int(m["num-examples"])))
+                    continue
                 evals[site] = parse_site_eval(m, len(self.classes), self.spec)
                 if self.zeroshot_sets:
                     zs_evals[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
@@ -359,12 +381,20 @@ class FedChestAvg(FedAvg):
                 self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
         msg = m = None  # nothing of the last message is kept either
         self._record_dropouts("evaluate", server_round, answered)
-        log(INFO, "aggregate_evaluate: %s site summaries", len(evals))
-        if not evals:
+        log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))
+        if not evals and not ct_evals:
             self.reply_rows = []
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
-        rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
+        if evals:
+            rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
+        else:  # a round in which only CT sites answered
+            rows, summary = [], {"pooled": {}, "pooled_by_projection": {}, "sites": {}, "frontal_lateral_gap": {},
+                                 "baseline": {"prevalence_mAP": None}}
+        if ct_evals:
+            ct_rows, summary["ct"] = ct_round(dict(sorted(ct_evals.items())), self.ct_classes, self.spec)
+            rows += ct_rows + [(None, SCOPE, c, "train_prevalence", p / a if a else None, int(a))
+                               for c, p, a in zip(self.ct_classes, self.ct_train_pos, self.ct_train_annotated)]
         rows += timing + self._timing_rows()
         correct, total = (sum(v[i] for v in routed.values()) for i in (0, 1))
         summary["router_accuracy"] = correct / total if total else None
@@ -386,7 +416,7 @@ class FedChestAvg(FedAvg):
                                                  self.spec, self.bootstrap, seed=server_round)
             rows += box_rows
         self.registry.add_metrics(self.run_id, server_round, rows)
-        self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals))
+        self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals) + len(ct_evals))
         summary["round"] = server_round
         summary["groups"] = {c: g for c, g in zip(self.classes, groups)}
         self.history.append(summary)

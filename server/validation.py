@@ -91,19 +91,28 @@ def _nonfinite(v: np.ndarray) -> bool:
     return v.dtype.kind == "f" and not all(np.isfinite(v[i:i + CHUNK]).all() for i in range(0, v.size, CHUNK))
 
 
-REQUIRED_TRAIN_METRICS = ("num-examples", "train_pos", "train_annotated")
+REQUIRED_TRAIN_METRICS = ("num-examples",)
+CT_GROUP_PREFIX = "ct."  # the CT model's groups (shared_models/ct/model.py)
 
 
-def check_train_metrics(metrics, groups_sent: set[str], num_classes: int) -> str | None:
-    """None when a train reply's metric record has what aggregation needs (extra keys are ignored), else why not."""
+def check_train_metrics(metrics, groups_sent: set[str], num_classes: int, num_ct_classes: int = 0) -> str | None:
+    """None when a train reply's metric record has what aggregation needs (extra keys are ignored), else why not:
+    per-class counts for the radiograph label set from a site that sent radiograph groups, for the CT label set
+    from one that sent CT groups."""
     missing = [k for k in REQUIRED_TRAIN_METRICS if k not in metrics]
     missing += [f"count.{g}" for g in sorted(groups_sent) if f"count.{g}" not in metrics]
+    lists = []
+    if any(not g.startswith(CT_GROUP_PREFIX) for g in groups_sent) or not groups_sent:
+        lists += [("train_pos", num_classes), ("train_annotated", num_classes)]
+    if any(g.startswith(CT_GROUP_PREFIX) for g in groups_sent):
+        lists += [("ct_train_pos", num_ct_classes), ("ct_train_annotated", num_ct_classes)]
+    missing += [k for k, _ in lists if k not in metrics]
     if missing:
         return f"metric record lacks required keys {missing}"
-    for k in ("train_pos", "train_annotated"):
+    for k, n in lists:
         v = metrics[k]
-        if not isinstance(v, list) or len(v) != num_classes:
-            return f"metric {k} must list {num_classes} per-class counts"
+        if not isinstance(v, list) or len(v) != n:
+            return f"metric {k} must list {n} per-class counts"
     return None
 
 

@@ -111,3 +111,30 @@ def test_youden_threshold_and_f1_match_brute_force():
 def test_localisation_mae_in_mm():
     assert localisation_mae_mm(np.array([3, 5, 10]), np.array([3, 7, 6]), 12.0) == 24.0
     assert np.isnan(localisation_mae_mm(np.array([]), np.array([]), 12.0))
+
+
+def test_youden_from_histograms_equals_brute_force_on_quantised_scores():
+    from shared_models.ct.metrics import youden, youden_from_histograms
+    from shared_models.metrics import HistogramSpec
+
+    rng = np.random.default_rng(3)
+    spec = HistogramSpec(bins=40, limit=6.0)
+    y = (rng.random((300, 4)) < [0.1, 0.3, 0.5, 0.0]).astype(np.float32)
+    probs = 1 / (1 + np.exp(-(rng.normal(size=(300, 4)) + 1.5 * y)))
+    pos, neg = spec.histograms(y, probs)
+    got = youden_from_histograms(pos, neg)
+    q = spec.bin_index(probs).astype(float)  # the quantised score is the bin index
+    for c in range(3):
+        _, threshold, f1 = youden(q[:, c], y[:, c])
+        assert got["bin"][c] == threshold and np.isclose(got["f1"][c], f1)
+    assert np.isnan(got["f1"][3])  # no positives
+
+
+def test_retrieval_hits_pool_to_the_recall_over_all_queries():
+    from shared_models.ct.metrics import recall_at_k, retrieval_hits
+
+    rng = np.random.default_rng(4)
+    t, v = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
+    hits = retrieval_hits(t, v)
+    assert hits == {k: int(round(r * 30)) for k, r in recall_at_k(t, v).items()}
+    assert retrieval_hits(t[:0], v[:0]) == {1: 0, 5: 0, 10: 0}

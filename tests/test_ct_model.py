@@ -26,7 +26,7 @@ def test_encoder_shapes_groups_and_dp_compatibility():
     assert v.shape == (3, 128) and s.shape == (3, 8, 128)  # depth kept at half the input slices
     assert m.encode_text(torch.randn(5, 384)).shape == (5, 128)
     groups = {ct_parameter_group(k) for k in m.state_dict()}
-    assert groups == {"ct.encoder", "ct.head", "text"}
+    assert groups == {"ct.encoder", "ct.head", "ct.text"}
     assert ModuleValidator.validate(m.encoder, strict=False) == []  # GroupNorm: trains under Opacus as is
     valid = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     assert feature_valid(valid).tolist() == [[True, True, False, False], [True] * 4]

@@ -1,7 +1,12 @@
 """Dropouts in a real deployment (issue 10): a SuperLink and three SuperNodes as processes; one SuperNode is
 killed (SIGKILL) after round 1 and started again after round 3. The run does not stall: the killed site costs
 rounds their contribution only (the link's "node unavailable" error or its reply deadline, then a missing node once
-the SuperLink drops it), every absence is an event naming the site, the site rejoins, and the run completes. Marker: e2e."""
+the SuperLink drops it), every absence is an event naming the site, the site rejoins, and the run completes.
+
+Each message starts a ClientApp process at the SuperNode (Flower's subprocess isolation), so on 2 loaded cores a
+round takes minutes and a reply's time varies widely: after rejoining, the site may still miss a round's deadline
+(CI once saw it train in round 4 and 5 and miss round 6). That is the deadline working, so the test asks that it
+trained again after rejoining and that every round it missed names it in an event. Marker: e2e."""
 
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
         c.start_superlink()
         procs = {cfg.parent.name: c.start_supernode(cfg.parent.name, cfg) for cfg in sites}
         c.wait_online(3)
-        config = {"num-server-rounds": 6, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
+        config = {"num-server-rounds": 5, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
                   "min-nodes": 3, "out-dir": str(run_dir), "seed": 1, "run-name": "dropout-test",
                   "round-timeout": 900.0, "deadline-floor": 5.0, "node-wait": 10.0, "quorum": 2}
 
@@ -70,5 +75,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
     assert not any(k in ("straggler", "dropout", "train_error") and s and s.startswith("node-") for k, s, _, _ in events)
     assert any(k == "nodes_missing" for k, _, _, _ in events)
     trained = {r for (r,) in _rows(url, "SELECT round FROM metrics WHERE name = 'train_loss' AND site = :s", s=name)}
-    assert 1 in trained and 6 in trained and not {2, 3} <= trained  # it left, and it came back
-    assert _rows(url, "SELECT max(round) FROM checkpoints")[0][0] == 6
+    assert 1 in trained and not {2, 3} <= trained and trained & {4, 5}, (trained, events)  # it left and came back
+    absent = {r for k, s, r, _ in events if s == name and k in ("straggler", "dropout", "train_error")}
+    assert set(range(1, 6)) - trained <= absent | {2, 3}, (trained, events)  # every later miss is named
+    assert _rows(url, "SELECT max(round) FROM checkpoints")[0][0] == 5

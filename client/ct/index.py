@@ -17,9 +17,9 @@ from client.index import patient_split
 from client.privacy import suppress_counts
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources.base import Note, Rejection
+from shared_models.ct.config import CT_LABEL_SET
 from shared_models.ontology import load_label_set
 
-CT_LABEL_SET = "ctrate18"
 
 
 def is_ct_site(cfg: SiteConfig) -> bool:

@@ -19,7 +19,7 @@ def render(ctx: RunContext) -> None:
         return
     metric = st.selectbox("Metric", METRICS, key="sites_metric")
     agg = ctx.aggregates()
-    sel = agg[(agg["round"] == rnd) & (agg["name"] == metric)].copy()
+    sel = agg[(agg["round"] == rnd) & (agg["name"] == metric) & agg["projection"].isin(charts.PROJECTION_ORDER)].copy()
     sel["site"] = sel["site"].fillna("pooled (all sites)")
     st.subheader(f"{metric}, round {rnd}: site x projection")
     if sel["value"].notna().any():

@@ -50,3 +50,35 @@ def localisation_mae_mm(predicted: np.ndarray, target: np.ndarray, spacing_mm: f
     if len(predicted) == 0:
         return float("nan")
     return float(np.mean(np.abs(np.asarray(predicted, float) - np.asarray(target, float)) * spacing_mm))
+
+
+def youden_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class from (C, B) score histograms (bins in increasing score order; sites' histograms summed): the bin
+    whose lower edge is the Youden threshold (predict positive from that bin up), TPR - FPR there, and F1 there;
+    NaN where a class lacks positives or negatives. Equals ``youden`` on the bin-quantised scores."""
+    pos, neg = np.asarray(pos_hist, np.float64), np.asarray(neg_hist, np.float64)
+    tp = np.cumsum(pos[:, ::-1], 1)[:, ::-1]  # tp[:, b]: positives scored in bin b or above
+    fp = np.cumsum(neg[:, ::-1], 1)[:, ::-1]
+    p, n = pos.sum(1), neg.sum(1)
+    c = pos.shape[0]
+    out = {k: np.full(c, np.nan) for k in ("bin", "j", "f1")}
+    ok = (p > 0) & (n > 0)
+    if not ok.any():
+        return out
+    occupied = (pos + neg) > 0  # thresholds at distinct (quantised) scores only
+    j = np.where(occupied, tp / np.maximum(p, 1)[:, None] - fp / np.maximum(n, 1)[:, None], -np.inf)
+    best = j.shape[1] - 1 - j[:, ::-1].argmax(1)  # of equal J the highest threshold, as ``youden``
+    rows = np.arange(c)
+    tp_b, fp_b = tp[rows, best], fp[rows, best]
+    f1 = 2 * tp_b / np.maximum(2 * tp_b + fp_b + (p - tp_b), 1)
+    out["bin"] = np.where(ok, best, np.nan)
+    out["j"] = np.where(ok, j[rows, best], np.nan)
+    out["f1"] = np.where(ok, f1, np.nan)
+    return out
+
+
+def retrieval_hits(text: np.ndarray, volume: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, int]:
+    """Reports whose own volume ranks below K (``recall_at_k`` x the number of reports): what a site sends, so the
+    server can pool R@K over every site's queries, each against its own site's gallery."""
+    n = len(text)
+    return {k: int(round(r * n)) for k, r in recall_at_k(text, volume, ks).items()} if n else {k: 0 for k in ks}

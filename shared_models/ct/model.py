@@ -4,7 +4,8 @@ the text side. The encoder keeps the axial axis at half the input depth, so a 32
 depth positions of 12 mm, RadFinder's localisation resolution.
 
 Parameter groups (the federation's unit): ``ct.encoder`` (the 3D encoder and its projections) and ``ct.head``
-(SigLIP temperature and bias) train only at CT sites; ``text`` (the adapter on MiniLM) is the shared text side.
+(SigLIP temperature and bias) and ``ct.text`` (the adapter on MiniLM and the text projection) train only at CT
+sites. In a run's global model the CT keys carry the prefix ``ct.`` (``CT_PREFIX``), next to the radiograph model.
 GroupNorm, not BatchNorm, so the encoder trains under DP-SGD (Opacus) as is.
 """
 
@@ -87,13 +88,27 @@ class CTVLM(nn.Module):
         return self.text_proj(self.text_adapter(sentence_embeddings))
 
 
+CT_PREFIX = "ct."
+
+
 def ct_parameter_group(key: str) -> str:
-    """The group of a CTVLM state-dict key."""
+    """The group of a CTVLM state-dict key, with or without the global model's ``ct.`` prefix."""
+    key = key.removeprefix(CT_PREFIX)
     if key.startswith("encoder."):
         return "ct.encoder"
     if key.startswith(("text_adapter.", "text_proj.")):
-        return "text"
+        return "ct.text"
     return "ct.head"
+
+
+def prefixed(state: dict) -> dict:
+    """A CTVLM state dict under the global model's ``ct.`` prefix."""
+    return {CT_PREFIX + k: v for k, v in state.items()}
+
+
+def unprefixed(state) -> dict:
+    """The CT part of a global state dict (keys under ``ct.``), as a CTVLM state dict."""
+    return {k.removeprefix(CT_PREFIX): v for k, v in state.items() if k.startswith(CT_PREFIX)}
 
 
 def positions_for(depth_positions_grid: int, stride: int = 2) -> int:

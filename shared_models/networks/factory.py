@@ -11,6 +11,7 @@ from typing import Any
 
 import timm
 
+from shared_models.ct.model import ct_parameter_group
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
 from shared_models.privacy.compat import make_dp_compatible
 
@@ -163,6 +164,8 @@ def parameter_group(key: str) -> str:
     """The parameter group a state-dict key belongs to (``experts.PA``, ``zeroshot.image_proj.PA``,
     ``zeroshot.text_proj`` ...), the unit of aggregation."""
     parts = key.split(".")
+    if parts[0] == "ct":  # the CT model of a mixed run: ct.encoder, ct.head, ct.text (shared_models/ct/model.py)
+        return ct_parameter_group(key)
     if parts[0] == "zeroshot" and len(parts) > 2:
         return ".".join(parts[:3]) if parts[1] == "image_proj" else ".".join(parts[:2])
     return ".".join(parts[:2]) if parts[0] in ("experts", "zeroshot") else parts[0]
