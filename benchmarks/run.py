@@ -25,6 +25,7 @@ BENCHMARKS = {
     "box_latent": "benchmarks.bench_box_latent",
     "robust": "benchmarks.bench_robust",
     "scale": "benchmarks.bench_scale",
+    "ct": "benchmarks.bench_ct",
 }
 
 

@@ -31,9 +31,11 @@ from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
 from shared_models.ct.model import CT_PREFIX
 from shared_models.device import limit_threads, select_device
+from shared_models.labelgraph import cooccurrence
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
 from shared_models.ontology import load_label_set
+from shared_models.networks.heads import head_spec
 from shared_models.zeroshot.config import zeroshot_spec
 
 app = ClientApp(mods=[outbound_guard])
@@ -110,7 +112,8 @@ def run_model(config, site: SiteConfig) -> RoutedExperts | BoxLatentNet:
     if box is not None:
         return build_box_model(str(config["model-preset"]), label_set.num_seen, box, image_size=size)
     return build_model(str(config["model-preset"]), label_set.num_seen, image_size=size,
-                       dp_compatible=bool(config.get("dp", False)), zeroshot=zeroshot_spec(config, label_set))
+                       dp_compatible=bool(config.get("dp", False)), zeroshot=zeroshot_spec(config, label_set),
+                       heads=head_spec(config))
 
 
 def group_statistics(data: SiteData, num_classes: int, groups: set[str] | None = None
@@ -179,6 +182,10 @@ def train(msg: Message, context: Context) -> Message:
         **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
         **privacy,
     }
+    spec = head_spec(config)
+    if spec is not None and spec.label_graph:  # pair counts for the consortium's label graph (server/label_graph.py)
+        pairs, _ = cooccurrence(data.targets[:, :c], data.mask[:, :c])
+        metrics["cooc"] = [int(k(float(v))) for v in pairs.reshape(-1)]
     content = RecordDict({
         "arrays": ArrayRecord(state),
         "metrics": MetricRecord(metrics),

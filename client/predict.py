@@ -18,6 +18,7 @@ from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
 from shared_models.networks import PROJECTIONS, build_model
+from shared_models.networks.heads import head_spec
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import zeroshot_spec
 from shared_models.tta import predict_with_tta
@@ -39,7 +40,8 @@ def load_global_model(checkpoint: Path):
     else:
         zs = zeroshot_spec(ckpt.get("zeroshot") or {}, load_label_set(str(ckpt.get("label_set", "cxrlt2026"))))
         model = build_model(str(ckpt["model_preset"]), len(ckpt["classes"]), image_size=size or None,
-                            dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs)
+                            dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs,
+                            heads=head_spec(ckpt.get("heads") or {}))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

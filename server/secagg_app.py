@@ -57,6 +57,9 @@ def check_secagg_config(cfg: dict) -> None:
     if bool(cfg.get("box-latent", False)):
         problems.append("the box-latent head is scored by federated evaluation and sends the head only, neither of "
                         "which this app does; set box-latent = false")
+    if bool(cfg.get("se", False)) or int(cfg.get("csra-heads", 0)) or bool(cfg.get("label-graph", False)):
+        problems.append("TRCGL-Net's options (se, csra-heads, label-graph) are not available with SecAgg+ here: the "
+                        "label graph is written by the server, which a masked sum cannot leave alone")
     if bool(cfg.get("ct", False)):
         problems.append("the CT model trains at CT sites only, and its groups are averaged over those sites, which "
                         "a masked sum over every node cannot do; set ct = false")

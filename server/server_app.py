@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -21,6 +22,7 @@ from server.robust import RobustRule
 from server.rounds import ReplyTimer
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
+from server.label_graph import LabelGraph, class_embeddings
 from server.zeroshot_eval import zero_shot_sets
 from shared_models.boxlatent import build_box_model
 from shared_models.boxlatent.config import DEFAULTS as BOX_DEFAULTS
@@ -32,6 +34,9 @@ from shared_models.ct.config import CT_LABEL_SET, ct_spec
 from shared_models.ct.config import spec_config as ct_config
 from shared_models.ct.model import CT_PREFIX, CTVLM, prefixed, unprefixed
 from shared_models.metrics import HistogramSpec
+from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
+from shared_models.networks.heads import head_spec
+from shared_models.networks.heads import spec_config as head_config
 from shared_models.networks import build_model, classifier_keys, parse_weights
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import DEFAULTS as ZEROSHOT_DEFAULTS
@@ -58,6 +63,7 @@ DEFAULTS = {
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
     **CT_DEFAULTS,  # the chest-CT vision-language model at CT sites (shared_models/ct/config.py)
+    **HEAD_DEFAULTS,  # TRCGL-Net's options on the experts: SE, CSRA, label graph (shared_models/networks/heads.py)
 }
 
 
@@ -74,7 +80,7 @@ def _clean(obj):
 def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     """What every site needs to rebuild and train the run's model (sent with every message)."""
     out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))), **box_config(box_spec(cfg)),
-        **ct_config(ct_spec(cfg)),
+        **ct_config(ct_spec(cfg)), **head_config(head_spec(cfg)),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
@@ -125,6 +131,9 @@ def check_ct_run(cfg: dict, box) -> None:
 def _build(cfg: dict, classes: tuple[str, ...], zs, box, resumed: bool):
     """The run's global model: routed experts (+ zero-shot head), or the box head on frozen routed experts."""
     if box is not None:
+        if head_spec(cfg) is not None:
+            raise ValueError("run config: the box-latent head sits on plain experts; se, csra-heads and label-graph "
+                             "cannot be combined with box-latent yet")
         if zs is not None:
             raise ValueError("run config: box-latent and zeroshot cannot be combined in one run")
         if bool(cfg["dp"]):
@@ -137,7 +146,7 @@ def _build(cfg: dict, classes: tuple[str, ...], zs, box, resumed: bool):
         return build_box_model(str(cfg["model-preset"]), len(classes), box, int(cfg["image-size"]), backbone)
     return build_model(str(cfg["model-preset"]), len(classes), image_size=int(cfg["image-size"]),
                        weights=None if resumed else parse_weights(str(cfg["pretrained-weights"])),
-                       dp_compatible=bool(cfg["dp"]), zeroshot=zs)
+                       dp_compatible=bool(cfg["dp"]), zeroshot=zs, heads=head_spec(cfg))
 
 
 @app.main()
@@ -174,7 +183,12 @@ def main(grid: Grid, context: Context) -> None:
         model.load_state_dict({k: v for k, v in point.state_dict.items() if not k.startswith(CT_PREFIX)})
         if ct_model is not None:
             ct_model.load_state_dict(unprefixed(point.state_dict))
-    initial = ArrayRecord({**model.state_dict(), **(prefixed(ct_model.state_dict()) if ct_model else {})})
+    heads = head_spec(cfg)
+    graph = LabelGraph(class_embeddings(label_set)) if heads is not None and heads.label_graph else None
+    state = {**model.state_dict(), **(prefixed(ct_model.state_dict()) if ct_model else {})}
+    if graph is not None and point is None:  # the label embeddings and the identity graph until counts arrive
+        state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in graph.apply(state).items()}
+    initial = ArrayRecord(state)
     num_rounds = int(cfg["num-server-rounds"])
     if point:
         run_id = point.run_id
@@ -205,7 +219,7 @@ def main(grid: Grid, context: Context) -> None:
         zeroshot_sets=zero_shot_sets(label_set.zeroshot, zs.proxy_classes) if zs else None,
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,
-        ct_classes=load_label_set(CT_LABEL_SET).classes if ct else (),
+        ct_classes=load_label_set(CT_LABEL_SET).classes if ct else (), label_graph=graph,
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -228,6 +242,7 @@ def main(grid: Grid, context: Context) -> None:
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
                                               "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box), "ct": ct_config(ct),
+                                              "heads": head_config(heads),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None

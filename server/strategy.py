@@ -18,6 +18,7 @@ from server.aggregation import MODES, RunningMean, ServerOptimizer, SiteUpdate, 
 from server.box_eval import box_round, parse_box
 from server.ct_eval import SCOPE, ct_round, is_ct_summary, parse_ct
 from server.federated_eval import parse_site_eval, round_metrics
+from server.label_graph import LabelGraph
 from server.registry import Registry
 from server.robust import RobustRule
 from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
@@ -78,6 +79,7 @@ class FedChestAvg(FedAvg):
         quorum: int = 1,
         node_wait: float = 120.0,
         ct_classes: tuple[str, ...] = (),
+        label_graph: LabelGraph | None = None,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -114,6 +116,7 @@ class FedChestAvg(FedAvg):
         self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
         self.ct_classes = ct_classes  # runs with the CT model: its label set (server/ct_eval.py)
+        self.label_graph = label_graph  # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
         self.ct_train_pos = np.zeros(len(ct_classes), np.int64)
         self.ct_train_annotated = np.zeros(len(ct_classes), np.int64)
 
@@ -229,6 +232,8 @@ class FedChestAvg(FedAvg):
         pos = np.zeros(len(self.classes), np.int64)
         ann = np.zeros(len(self.classes), np.int64)
         ct_pos = np.zeros(len(self.ct_classes), np.int64)
+        pairs = np.zeros((len(self.classes), len(self.classes)), np.int64)
+        paired = False
         ct_ann = np.zeros(len(self.ct_classes), np.int64)
         rows = []
         answered: set[int] = set()
@@ -247,6 +252,9 @@ class FedChestAvg(FedAvg):
             if "train_pos" in m:  # a radiograph site (CT sites count their own label set)
                 pos += np.asarray(m["train_pos"], np.int64)
                 ann += np.asarray(m["train_annotated"], np.int64)
+            if self.label_graph is not None and len(m.get("cooc", [])) == pairs.size:
+                pairs += np.asarray(m["cooc"], np.int64).reshape(pairs.shape)
+                paired = True
             if self.ct_classes and "ct_train_pos" in m:
                 ct_pos += np.asarray(m["ct_train_pos"], np.int64)
                 ct_ann += np.asarray(m["ct_train_annotated"], np.int64)
@@ -297,6 +305,12 @@ class FedChestAvg(FedAvg):
                                             server_round, u.site)
         if self.server_optimizer is not None:
             new = self.server_optimizer.step(self.current, new, contributors, self.groups)
+        if self.label_graph is not None:  # the graph buffers are the server's, never an average
+            if paired:
+                self.label_graph.update(pairs, pos)
+                rows.append((None, "all", None, "label_graph_edges",
+                             float((self.label_graph.a_hat > 0).sum() - len(self.classes)), None))
+            new = self.label_graph.apply(new)
         for group, sites in contributors.items():
             proj = group.split(".")[-1] if group.startswith("experts.") else "all"
             rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,

@@ -32,8 +32,8 @@ class CTTrainConfig:
     epochs: int = 1
     lr: float = 1e-3
     batch_size: int = 8
-    disease_weight: float = 0.5
-    loc_weight: float = 0.1
+    disease_weight: float = 1.0
+    loc_weight: float = 1.0
     seed: int = 0
 
 

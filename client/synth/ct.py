@@ -16,10 +16,13 @@ import pandas as pd
 from shared_models.ontology import load_label_set
 
 CT_FORMATS = ("ct-rate", "dicom-ct")
+BODY_HU = -100.0  # the body outside the organs: fat, against which soft-tissue findings show
+MIN_VOXELS = 2.0
 SERIES = 2  # the series number the synthetic reports cite
 
 # class -> (HU, radius mm, where: (y, x) as fractions of the body half-axes from the centre; y > 0 posterior),
-# prevalence, report phrase. One blob per positive class; Cardiomegaly enlarges the heart instead.
+# prevalence, report phrase. One blob per positive class; Cardiomegaly enlarges the heart instead. A blob's radius
+# is at least two voxels of the volume (``MIN_VOXELS``): smaller ones vanish in the coarse grids a CPU trains on.
 FINDINGS = {
     "Medical material": (1000.0, 4.0, (-0.7, 0.2), 0.15, "a central venous catheter tip"),
     "Arterial wall calcification": (500.0, 3.0, (0.1, 0.15), 0.30, "aortic wall calcification"),
@@ -67,7 +70,7 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     by, bx = ny * rng.uniform(0.32, 0.38), nx * rng.uniform(0.42, 0.47)  # body half-axes (voxels)
     yy, xx = np.ogrid[:ny, :nx]
     body = ((yy - cy) / by) ** 2 + ((xx - cx) / bx) ** 2 <= 1
-    hu[:, body] = 40.0
+    hu[:, body] = BODY_HU
     z_top = nz * rng.uniform(0.9, 1.0)
     for side in (-1, 1):  # lungs: the upper 85 % of the volume
         lung = _ellipsoid(shape, (z_top * 0.55, cy - by * 0.05, cx + side * bx * 0.45), (z_top * 0.45, by * 0.7, bx * 0.35))
@@ -89,7 +92,8 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
             z0 = int(round(heart_centre[0]))
         else:
             centre = (z0, cy + fy * by, cx + fx * bx)
-            hu[_ellipsoid(shape, centre, (radius / dz + 0.6, radius / dy, radius / dx))] = value
+            r = max(radius, MIN_VOXELS * max(dz, dy, dx))
+            hu[_ellipsoid(shape, centre, (r / dz, r / dy, r / dx))] = value
         depth[c] = z0
         where = "" if rng.random() > reference_rate else f" (series {SERIES}, image {z0 + 1})"
         sentences.append(f"There is {phrase}{where}.")

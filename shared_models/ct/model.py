@@ -37,10 +37,12 @@ CT_PRESETS = {
 }
 
 
-def _block(cin: int, cout: int, stride: tuple[int, int, int], groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
+def _block(cin: int, cout: int, stride: tuple[int, int, int], groups: int, kz: tuple[int, int]) -> nn.Sequential:
+    """Two convolutions; ``kz`` their axial kernel sizes (1: in-plane only)."""
+    return nn.Sequential(nn.Conv3d(cin, cout, (kz[0], 3, 3), stride=stride, padding=(kz[0] // 2, 1, 1), bias=False),
                          nn.GroupNorm(min(groups, cout), cout), nn.GELU(),
-                         nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(min(groups, cout), cout), nn.GELU())
+                         nn.Conv3d(cout, cout, (kz[1], 3, 3), padding=(kz[1] // 2, 1, 1), bias=False),
+                         nn.GroupNorm(min(groups, cout), cout), nn.GELU())
 
 
 class CTEncoder(nn.Module):
@@ -49,8 +51,12 @@ class CTEncoder(nn.Module):
     def __init__(self, preset: CTPreset) -> None:
         super().__init__()
         strides = [(1, 2, 2), (2, 2, 2)] + [(1, 2, 2)] * (len(preset.widths) - 2)
+        # axial kernels: 3 in the first convolution of the first two stages, in-plane after that, so each depth
+        # position sees about 5 input slices (30 mm at 6 mm), not the whole chest: localisation needs it
+        kz = [(3, 1), (3, 1)] + [(1, 1)] * (len(preset.widths) - 2)
         chans = (1, *preset.widths)
-        self.stages = nn.Sequential(*[_block(a, b, s, preset.groups) for a, b, s in zip(chans, chans[1:], strides)])
+        self.stages = nn.Sequential(*[_block(a, b, s, preset.groups, k)
+                                      for a, b, s, k in zip(chans, chans[1:], strides, kz)])
         c = preset.widths[-1]
         self.global_proj = nn.Linear(2 * c, preset.embed_dim)
         self.slice_proj = nn.Linear(2 * c, preset.embed_dim)

@@ -13,6 +13,7 @@ import timm
 
 from shared_models.ct.model import ct_parameter_group
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
+from shared_models.networks.heads import HeadSpec, TRCGLExpert
 from shared_models.privacy.compat import make_dp_compatible
 
 
@@ -95,6 +96,8 @@ def _load_local(net, path: Path, member: str, arch: str) -> None:
     for k in head:
         if k in state and state[k].shape != own[k].shape:
             del state[k]  # another label set: this head starts fresh
+    for k in [k for k in state if k not in own and any(k.startswith(f"{c}.") for c in _cfg_names(cfg, "classifier"))]:
+        del state[k]  # a backbone built without its classifier (the TRCGL heads bring their own)
     missing = [k for k in own if k not in state and k not in head]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
@@ -114,7 +117,7 @@ def _cfg_names(cfg: dict, key: str) -> list[str]:
 
 def build_model(preset: str, num_classes: int, routing: str = "soft", image_size: int | None = None,
                 weights: Mapping[str, Path] | None = None, dp_compatible: bool = False,
-                zeroshot: Any = None) -> RoutedExperts:
+                zeroshot: Any = None, heads: HeadSpec | None = None) -> RoutedExperts:
     """Routed experts (and the router and generalist, when the preset has them) from timm with ``in_chans=1``.
     Random init unless ``weights`` names a local file for a member; nothing is ever downloaded.
     ``image_size`` sets ``img_size`` for architectures whose preset gives one (Swin, CaiT).
@@ -122,7 +125,8 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
     per-sample gradients are exact; server and sites must agree on it (it changes the parameter names).
     ``zeroshot`` (a ``shared_models.zeroshot.config.ZeroShotSpec``) adds the image-text head: the result is then a
     ``DualBranch``, whose separate image encoder (when asked for) comes from the preset's ``zeroshot`` entry, else
-    its ``generalist`` entry."""
+    its ``generalist`` entry. ``heads`` (``shared_models.networks.heads.HeadSpec``) puts TRCGL-Net's options on the
+    experts and the generalist: squeeze-and-excitation, CSRA, the label co-occurrence graph."""
     spec = load_preset(preset)
     weights = dict(weights or {})
     unknown = set(weights) - set(MEMBERS) | {m for m in ("router", "generalist") if m in weights and m not in spec}
@@ -130,6 +134,8 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
         raise WeightsError(f"pretrained weights given for {sorted(unknown)}, which preset {preset!r} does not have")
 
     def member(name: str, entry: dict, n: int):
+        if heads is not None and name != "router":
+            return TRCGLExpert(_timm(entry, 0, image_size, weights.get(name), name), n, heads)
         return _timm(entry, n, image_size, weights.get(name), name)
 
     experts = {proj: member(proj, spec["experts"][proj], num_classes) for proj in PROJECTIONS}
