@@ -26,6 +26,7 @@ BENCHMARKS = {
     "robust": "benchmarks.bench_robust",
     "scale": "benchmarks.bench_scale",
     "ct": "benchmarks.bench_ct",
+    "trcgl": "benchmarks.bench_trcgl",
 }
 
 

@@ -199,6 +199,34 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in results) else 2
 
 
+def _localize(args: argparse.Namespace) -> int:
+    from client.localize import draw_overlay, localize
+
+    image = Path(args.image)
+    try:
+        result = localize(image, args.prompts, Path(args.checkpoint), args.threshold)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else image.with_name(image.stem + "-localized.png")
+    result["overlay"] = str(draw_overlay(image, result, out))
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{image} ({result['width']} x {result['height']} px); boxes as x, y, w, h in its pixels; "
+          f"presence threshold {args.threshold:g}")
+    for entry in result["prompts"]:
+        shown = [r for r in entry["regions"] if r["shown"]]
+        if not shown:
+            best = entry["regions"][0]
+            print(f"  {entry['prompt']!r}: nothing above the threshold (best region {best['box_xywh']}, "
+                  f"presence {best['presence']:.2f})")
+        for r in shown:
+            print(f"  {entry['prompt']!r}: box {r['box_xywh']} presence {r['presence']:.2f}")
+    print(f"overlay: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedchest-site", description="fedchest hospital-site tools")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -232,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--config", help="with --report: the site.toml whose case index and calibration are used")
     q.add_argument("--cases", type=int, default=3, help="with --report: similar cases shown")
     q.set_defaults(fn=_predict)
+    z = sub.add_parser("localize", help="boxes for text prompts (e.g. \"left pleural effusion\") and an overlay PNG")
+    z.add_argument("image", help="PNG, JPEG or DICOM")
+    z.add_argument("prompts", nargs="+", help="one or more text prompts")
+    z.add_argument("--checkpoint", required=True, help="a round-NNN.pt checkpoint of a run with localizer = true")
+    z.add_argument("--out", help="overlay PNG (default: IMAGE-localized.png beside the image)")
+    z.add_argument("--threshold", type=float, default=0.5, help="presence probability a box needs to be shown")
+    z.add_argument("--json", action="store_true")
+    z.set_defaults(fn=_localize)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -30,12 +30,14 @@ from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
 from shared_models.ct.model import CT_PREFIX
+from shared_models.localization.config import loc_spec
+from shared_models.localization.model import LOC_PREFIX
 from shared_models.device import limit_threads, select_device
-from shared_models.labelgraph import cooccurrence
 from shared_models.metrics import HistogramSpec
-from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group
+from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group, radiograph_state
 from shared_models.ontology import load_label_set
 from shared_models.networks.heads import head_spec
+from shared_models.synthesis.config import synthesis_spec
 from shared_models.zeroshot.config import zeroshot_spec
 
 app = ClientApp(mods=[outbound_guard])
@@ -79,10 +81,12 @@ def site_data(cfg: SiteConfig, split: str) -> SiteData:
     return _DATA[key][1]
 
 
-def global_state(arrays: ArrayRecord, ct: bool) -> dict[str, torch.Tensor]:
-    """The part of the global model this site uses: the CT model's keys (``ct.``) at a CT site, the rest at a
-    radiograph site (a mixed run's global model holds both)."""
-    return {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k.startswith(CT_PREFIX) == ct}
+def global_state(arrays: ArrayRecord, part: str = "") -> dict[str, torch.Tensor]:
+    """The part of the global model a model at this site uses: the radiograph model's (``part`` empty), or a side
+    model's keys, still under their prefix (``CT_PREFIX`` at a CT site, ``LOC_PREFIX`` for the localiser)."""
+    if part:
+        return {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k.startswith(part)}
+    return {k: torch.from_numpy(v.numpy()) for k, v in radiograph_state(arrays).items()}
 
 
 def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
@@ -90,7 +94,7 @@ def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
     config = msg.content["config"]
     model = run_model(config, site)
     data = site_data(site, split)
-    model.load_state_dict(global_state(msg.content["arrays"], ct=False))
+    model.load_state_dict(global_state(msg.content["arrays"]))
     return config, data, model
 
 
@@ -159,12 +163,18 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     site = _site(msg, context)
     if is_ct_site(site):
-        state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], ct=True))
+        state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
         return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics),
                                    "site": _site_record(site)}), reply_to=msg)
     config, data, model = _setup(msg, context, "train", site)
-    stats, privacy = train_round(config, site, data, model)
     c = model.num_classes
+    train_data, synthesis = data, {}
+    synth = synthesis_spec(config)
+    if synth is not None:  # synthetic tail-class images join local training only (client/tail_synthesis.py)
+        from client.tail_synthesis import tail_training_data
+
+        train_data, synthesis = tail_training_data(config, site, data, c, synth)
+    stats, privacy = train_round(config, site, train_data, model)
     counts, positives, fedavg = update_statistics(model, data, str(config.get("aggregation", "projection")))
     state = outgoing_state(model, site, counts, fedavg)
     sent_groups = {parameter_group(k) for k in state}
@@ -181,11 +191,22 @@ def train(msg: Message, context: Context) -> Message:
         "train_annotated": [int(k(v)) for v in train_annotated],
         **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
         **privacy,
+        **synthesis,
     }
+    loc = loc_spec(config)
+    if loc is not None:  # the prompt localiser trains beside the classifier on the same split
+        from client.localization import train_loc_round
+
+        loc_state, loc_metrics = train_loc_round(config, site, data, loc, global_state(msg.content["arrays"],
+                                                                                       part=LOC_PREFIX), c)
+        state.update(loc_state)
+        metrics.update(loc_metrics)
+        metrics["train_seconds"] = time.perf_counter() - t0
     spec = head_spec(config)
     if spec is not None and spec.label_graph:  # pair counts for the consortium's label graph (server/label_graph.py)
-        pairs, _ = cooccurrence(data.targets[:, :c], data.mask[:, :c])
-        metrics["cooc"] = [int(k(float(v))) for v in pairs.reshape(-1)]
+        from client.cooccurrence import site_pair_counts
+
+        metrics["cooc"] = site_pair_counts(site, data, c, config)
     content = RecordDict({
         "arrays": ArrayRecord(state),
         "metrics": MetricRecord(metrics),
@@ -202,7 +223,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     if is_ct_site(site):
-        summary = evaluate_ct_round(config, site, global_state(msg.content["arrays"], ct=True), spec, split)
+        summary = evaluate_ct_round(config, site, global_state(msg.content["arrays"], CT_PREFIX), spec, split)
         return Message(RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)}), reply_to=msg)
     config, data, model = _setup(msg, context, split, site)
     c = model.num_classes
@@ -223,6 +244,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec,
                                  site.privacy.min_count)
     summary.update(extra)
+    loc = loc_spec(config)
+    if loc is not None:
+        from client.localization import evaluate_loc_round
+
+        summary.update(evaluate_loc_round(config, site, data, split, loc,
+                                          global_state(msg.content["arrays"], part=LOC_PREFIX), c))
     summary["eval_seconds"] = time.perf_counter() - t0
     known = data.projection >= 0
     k = site.privacy.suppress

@@ -102,6 +102,15 @@ def decode(record: Record, size: int, min_size: int = 32) -> Decoded:
     return Decoded(resize_square(px.array, size), meta, notes, view, patient)
 
 
+def file_boxes(item: Record, height: int, width: int) -> list[tuple[str, float, float, float, float]]:
+    """The record's boxes in pixels of the decoded file (NIH's box list refers to the 1024 px release PNGs, which
+    sites often keep downsampled)."""
+    if item.box_frame is None or not (height and width):
+        return list(item.boxes)
+    fy, fx = height / item.box_frame[0], width / item.box_frame[1]
+    return [(label, x * fx, y * fy, w * fx, h * fy) for label, x, y, w, h in item.boxes]
+
+
 def _connect(cfg: SiteConfig) -> sqlite3.Connection:
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(cfg.index_path)
@@ -206,7 +215,8 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     with con:
         for table in ("samples", "rejections", "boxes", "reports"):
             con.execute(f"DELETE FROM {table}")
-        con.executemany("INSERT INTO boxes VALUES (?,?,?,?,?,?)", [(r[1], *b) for r in rows for b in r[0].boxes])
+        con.executemany("INSERT INTO boxes VALUES (?,?,?,?,?,?)",
+                        [(r[1], *b) for r in rows for b in file_boxes(r[0], r[6][2], r[6][3])])
         con.executemany(
             "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [(i, sid, it.source, it.key, str(it.path), fp, proj, method, split,

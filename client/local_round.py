@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from shared_models.privacy import DPSettings
 from shared_models.zeroshot.config import zeroshot_spec
 
 HEAD = "routed-experts"
+T = TypeVar("T")
 
 
 def ledger_for(site: SiteConfig) -> PrivacyLedger:
@@ -81,19 +82,29 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                                            **common))
 
 
-def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: float, steps: int, head: str,
-             train: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    """A DP-SGD round under the site's epsilon budget: refuse if (noise, rate, steps) would exceed it, train, write
-    the ledger; returns (training stats, the privacy metrics to report)."""
+def charged(site: SiteConfig, config: Mapping[str, Any], noise_multiplier: float, rate: float, steps: int, head: str,
+            work: Callable[[], T], what: str = "this round", declines: str = "train") -> tuple[T, float]:
+    """A Gaussian-mechanism release under the site's epsilon budget: refuse if (noise, rate, steps) would exceed
+    it, do the work, write the ledger; returns (the work's result, epsilon spent after it)."""
     policy, ledger = site.privacy, ledger_for(site)
-    after = ledger.projected(dp.noise_multiplier, rate, steps, policy.delta, policy.accountant)
+    after = ledger.projected(noise_multiplier, rate, steps, policy.delta, policy.accountant)
     if after > policy.epsilon_budget:
         spent = ledger.spent(policy.delta, policy.accountant)
-        raise PolicyRefusal(f"privacy budget: this round would bring epsilon to {after:.2f} (spent {spent:.2f}, "
-                            f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to train")
-    stats = train()
-    eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), head, dp.noise_multiplier, rate,
-                        steps, policy.delta, policy.accountant)
+        raise PolicyRefusal(f"privacy budget: {what} would bring epsilon to {after:.2f} (spent {spent:.2f}, "
+                            f"budget {policy.epsilon_budget:g} at delta {policy.delta:g}); the site declines to "
+                            f"{declines}")
+    result = work()
+    eps = ledger.append(str(config.get("run-id", "")), int(config["server-round"]), head, noise_multiplier,
+                        rate, steps, policy.delta, policy.accountant)
+    return result, eps
+
+
+def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: float, steps: int, head: str,
+             train: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """A DP-SGD round under the site's epsilon budget (``charged``); returns (training stats, the privacy metrics
+    to report)."""
+    policy = site.privacy
+    stats, eps = charged(site, config, dp.noise_multiplier, rate, steps, head, train)
     report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": dp.noise_multiplier,
               "dp_max_grad_norm": dp.max_grad_norm, "dp_steps": float(steps), "dp_sample_rate": rate,
               "dp_clipped_fraction": stats["clipped_fraction"]}

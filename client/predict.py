@@ -17,19 +17,24 @@ from client.training import PIXEL_MEAN, PIXEL_STD
 from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
-from shared_models.networks import PROJECTIONS, build_model
+from shared_models.networks import PROJECTIONS, build_model, radiograph_state
 from shared_models.networks.heads import head_spec
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import zeroshot_spec
 from shared_models.tta import predict_with_tta
 
 
-def load_global_model(checkpoint: Path):
-    """The model a round checkpoint holds (preset and classes are stored in it)."""
+def read_checkpoint(checkpoint: Path) -> dict:
+    """A round checkpoint's contents (tensors only, never pickled code); ValueError naming the file otherwise."""
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as exc:
         raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({exc})") from None
+
+
+def load_global_model(checkpoint: Path):
+    """The model a round checkpoint holds (preset and classes are stored in it)."""
+    ckpt = read_checkpoint(checkpoint)
     for key in ("state_dict", "model_preset", "classes"):
         if key not in ckpt:
             raise ValueError(f"{checkpoint}: checkpoint lacks {key!r} (expected one written by the fedchest ServerApp)")
@@ -43,7 +48,8 @@ def load_global_model(checkpoint: Path):
                             dp_compatible=bool(ckpt.get("dp_compatible", False)), zeroshot=zs,
                             heads=head_spec(ckpt.get("heads") or {}))
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        # a mixed run's checkpoint also holds the CT model (ct.) and the localiser (loc.): not this model's
+        model.load_state_dict(radiograph_state(ckpt["state_dict"]))
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip()[:160] if "\n" in str(exc) else str(exc)[:160]
         raise ValueError(f"{checkpoint}: weights do not fit preset {ckpt['model_preset']!r} of this fedchest "

@@ -60,7 +60,7 @@ def runs(engine: Engine) -> pd.DataFrame:
     df = df.merge(done, left_on="id", right_on="run_id", how="left").drop(columns="run_id")
     df[["sites", "rounds_done"]] = df[["sites", "rounds_done"]].fillna(0).astype(int)
     # every run still going: finished_at is all None (object dtype), so both columns go through to_datetime
-    end = pd.to_datetime(df["finished_at"]).fillna(pd.Timestamp.utcnow().tz_localize(None))
+    end = pd.to_datetime(df["finished_at"]).fillna(pd.Timestamp.now("UTC").tz_localize(None))
     df["duration_min"] = ((end - pd.to_datetime(df["started_at"])).dt.total_seconds() / 60).round(1)
     return df
 

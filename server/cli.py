@@ -30,6 +30,22 @@ def _demo(args: argparse.Namespace) -> int:
             return 2
         extra = {"zeroshot": True, "zeroshot-proxy-classes": args.proxy_classes,
                  "zeroshot-image-encoder": "separate" if args.dp else "experts"}  # DP-SGD needs the separate one
+    if (args.localizer or args.tail_synthesis) and (args.dp or args.secagg):
+        print("fedchest demo: --localizer and --tail-synthesis have no DP-SGD or SecAgg+ path yet", file=sys.stderr)
+        return 2
+    if args.trcgl and args.secagg:
+        print("fedchest demo: --trcgl's label graph needs the sites' co-occurrence counts, which the SecAgg+ apps do "
+              "not carry", file=sys.stderr)
+        return 2
+    if args.tail_synthesis and args.zeroshot:
+        print("fedchest demo: --tail-synthesis cannot be combined with --zeroshot yet", file=sys.stderr)
+        return 2
+    if args.trcgl:
+        extra.update({"se": True, "csra-heads": 2, "label-graph": True, "label-graph-noise": args.label_graph_noise})
+    if args.localizer:
+        extra["localizer"] = True
+    if args.tail_synthesis:
+        extra["tail-synthesis"] = True
     run_demo(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.seed,
              args.preset, args.local_epochs, args.lr, args.verbose, dp=args.dp,
              noise_multiplier=args.dp_noise_multiplier, max_grad_norm=args.dp_max_grad_norm, secagg=args.secagg,
@@ -159,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--box-latent-rounds", type=int, default=5)
     d.add_argument("--ct-sites", type=int, default=0,
                    help="add synthetic chest-CT sites; the run trains the CT vision-language model there (ct = true)")
+    d.add_argument("--trcgl", action="store_true",
+                   help="TRCGL-Net's parts on the experts: squeeze-and-excitation, CSRA (2 heads), the label graph")
+    d.add_argument("--label-graph-noise", type=float, default=0.0,
+                   help="with --trcgl: sites release their co-occurrence counts with this Gaussian noise multiplier")
+    d.add_argument("--localizer", action="store_true",
+                   help="train the prompt-driven localiser too; box AP@0.5 and mIoU every round")
+    d.add_argument("--tail-synthesis", action="store_true",
+                   help="each site trains a text-conditioned diffusion model and adds tail-class images locally")
     d.set_defaults(fn=_demo)
     b = sub.add_parser("dashboard", help="start the Streamlit dashboard on the registry")
     b.add_argument("--db", help="SQLAlchemy URL (default: FEDCHEST_DB_URL)")

@@ -65,7 +65,7 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int)
 CT_SHAPE, CT_SPACING = "32,32,32", "6,6,6"  # the run's default CT grid: no resampling needed
 
 
-def make_ct_sites(out: Path, n_sites: int, seed: int, volumes: int = 80) -> Path:
+def make_ct_sites(out: Path, n_sites: int, seed: int, volumes: int = 160) -> Path:
     """Synthetic CT sites (ct-rate and dicom-ct layouts in turn) under ``out/ct-sites``, each checked."""
     ct_dir = out / "ct-sites"
     params = {"sites": n_sites, "volumes": volumes, "shape": CT_SHAPE, "spacing": CT_SPACING, "seed": seed}
@@ -157,6 +157,16 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
 
         print("chest CT model at the CT site(s) (synthetic phantoms; the tiny preset on a 32^3 grid):")
         print(ct_lines(summary["ct"]["last"]))
+    if summary["config"].get("tail-synthesis"):
+        print(tail_synthesis_line(summary))
+    if summary.get("localization") and summary["localization"].get("last"):
+        from server.report import loc_line
+
+        ckpt = sorted(Path(summary["checkpoints"]).glob("round-*.pt"))[-1]
+        print("prompt localiser (synthetic lesion boxes; box AP at IoU 0.5, mean IoU of the top box):")
+        print(loc_line(summary["localization"]["last"]))
+        print(f"  boxes for a prompt at a site: .venv/bin/fedchest-site localize IMAGE \"pleural effusion\" "
+              f"--checkpoint {ckpt} --out overlay.png")
     if box_rounds:
         summary["box_latent"] = run_box_demo(out, sites_dir, summary, box_rounds, n_sites, verbose)
         summary_path.write_text(json.dumps(summary, indent=1))
@@ -165,6 +175,22 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
     print(f"checkpoints: {summary['checkpoints']}")
     print(f"dashboard:   .venv/bin/fedchest dashboard --db {summary['db_url']}  (then open http://localhost:8501)")
     return summary
+
+
+def tail_synthesis_line(summary: dict) -> str:
+    """How many synthetic tail-class images each site made (its first round's report, from the registry)."""
+    from sqlalchemy import text
+
+    from server.registry import Registry
+
+    with Registry(summary["db_url"]).engine.connect() as con:
+        made = dict(con.execute(text("SELECT site, value FROM metrics WHERE run_id = :r AND name = 'synth_images' "
+                                     "ORDER BY round DESC"), {"r": summary["run_id"]}).fetchall())
+    if not any(made.values()):
+        return ("tail synthesis: no site had a tail class (consortium prevalence under 1 %) with enough positives of "
+                "its own to learn from, so no image was made (try --images-per-site 2000)")
+    return "tail synthesis: synthetic tail-class images used in local training: " + ", ".join(
+        f"{site} {int(n)}" for site, n in sorted(made.items()))
 
 
 def run_box_demo(out: Path, sites_dir: Path, main: dict, rounds: int, n_sites: int, verbose: bool) -> dict:

@@ -34,7 +34,18 @@ def round_table(rnd: int, summary: dict, metric: str = "mAP") -> str:
         lines.append(box_line(summary["box"]))
     if summary.get("ct"):
         lines.append(ct_lines(summary["ct"]))
+    if summary.get("localization"):
+        lines.append(loc_line(summary["localization"]))
     return "\n".join(lines)
+
+
+def loc_line(loc: dict) -> str:
+    """Pooled prompt-localiser figures: box mAP at IoU 0.5 and mean IoU of the top box, then per site."""
+    def part(name: str, e: dict) -> str:
+        return (f"{name} box mAP@0.5 {fmt(e['mAP50'])} mIoU {fmt(e['mIoU'])} "
+                f"({e['images_with_boxes']} image-class pairs with boxes, {len(e['per_class'])} classes)")
+    return "  localiser: " + part("pooled", loc["pooled"]) + "; " + "; ".join(
+        part(site, e) for site, e in loc["sites"].items())
 
 
 def ct_lines(ct: dict | None) -> str:

@@ -60,6 +60,11 @@ def check_secagg_config(cfg: dict) -> None:
     if bool(cfg.get("se", False)) or int(cfg.get("csra-heads", 0)) or bool(cfg.get("label-graph", False)):
         problems.append("TRCGL-Net's options (se, csra-heads, label-graph) are not available with SecAgg+ here: the "
                         "label graph is written by the server, which a masked sum cannot leave alone")
+    if bool(cfg.get("tail-synthesis", False)):
+        problems.append("tail-class synthesis is wired into the standard ClientApp only; set tail-synthesis = false")
+    if bool(cfg.get("localizer", False)):
+        problems.append("the prompt localiser's box evaluation runs in federated evaluation, which this app does "
+                        "not have; set localizer = false")
     if bool(cfg.get("ct", False)):
         problems.append("the CT model trains at CT sites only, and its groups are averaged over those sites, which "
                         "a masked sum over every node cannot do; set ct = false")

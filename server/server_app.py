@@ -23,6 +23,7 @@ from server.rounds import ReplyTimer
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.label_graph import LabelGraph, class_embeddings
+from server.loc_eval import check_loc_run
 from server.zeroshot_eval import zero_shot_sets
 from shared_models.boxlatent import build_box_model
 from shared_models.boxlatent.config import DEFAULTS as BOX_DEFAULTS
@@ -30,14 +31,23 @@ from shared_models.boxlatent.config import box_spec
 from shared_models.boxlatent.config import spec_config as box_config
 from shared_models.boxlatent.model import load_backbone_weights
 from shared_models.ct.config import DEFAULTS as CT_DEFAULTS
+from shared_models.localization.config import DEFAULTS as LOC_DEFAULTS
+from shared_models.synthesis.config import DEFAULTS as SYNTH_DEFAULTS
+from shared_models.synthesis.config import check_synthesis_run, synthesis_spec
+from shared_models.synthesis.config import spec_config as synth_config
+from shared_models.localization.config import loc_spec
+from shared_models.localization.config import spec_config as loc_config
+from shared_models.localization.model import PromptLocalizer
+from shared_models.localization.model import prefixed as loc_prefixed
+from shared_models.localization.model import unprefixed as loc_unprefixed
 from shared_models.ct.config import CT_LABEL_SET, ct_spec
 from shared_models.ct.config import spec_config as ct_config
-from shared_models.ct.model import CT_PREFIX, CTVLM, prefixed, unprefixed
+from shared_models.ct.model import CTVLM, prefixed, unprefixed
 from shared_models.metrics import HistogramSpec
 from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
-from shared_models.networks.heads import head_spec
+from shared_models.networks.heads import head_spec, label_graph_release
 from shared_models.networks.heads import spec_config as head_config
-from shared_models.networks import build_model, classifier_keys, parse_weights
+from shared_models.networks import build_model, classifier_keys, parse_weights, radiograph_state
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import DEFAULTS as ZEROSHOT_DEFAULTS
 from shared_models.zeroshot.config import spec_config, zeroshot_spec
@@ -63,6 +73,8 @@ DEFAULTS = {
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
     **CT_DEFAULTS,  # the chest-CT vision-language model at CT sites (shared_models/ct/config.py)
+    **SYNTH_DEFAULTS,  # tail-class synthesis at each site (shared_models/synthesis/config.py)
+    **LOC_DEFAULTS,  # the prompt-driven localiser at radiograph sites (shared_models/localization/config.py)
     **HEAD_DEFAULTS,  # TRCGL-Net's options on the experts: SE, CSRA, label graph (shared_models/networks/heads.py)
 }
 
@@ -80,7 +92,8 @@ def _clean(obj):
 def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
     """What every site needs to rebuild and train the run's model (sent with every message)."""
     out = {**spec_config(zeroshot_spec(cfg, load_label_set(label_set))), **box_config(box_spec(cfg)),
-        **ct_config(ct_spec(cfg)), **head_config(head_spec(cfg)),
+        **ct_config(ct_spec(cfg)), **head_config(head_spec(cfg)), **loc_config(loc_spec(cfg)),
+        **label_graph_release(cfg), **synth_config(synthesis_spec(cfg)),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
@@ -115,6 +128,13 @@ def _ct_summary(history: list[dict]) -> dict:
     pooled = [h.get("ct", {}).get("pooled", {}) for h in history]
     return {"last": history[-1].get("ct") if history else None,
             **{f"{k}_by_round": [p.get(k) for p in pooled] for k in ("R@10", "mAUC", "loc_mae_mm")}}
+
+
+def _loc_summary(history: list[dict]) -> dict:
+    """The last round's localiser results and the pooled box mAP at IoU 0.5 and mean IoU per round."""
+    pooled = [(h.get("localization") or {}).get("pooled") or {} for h in history]
+    return {"last": history[-1].get("localization") if history else None,
+            "mAP50_by_round": [p.get("mAP50") for p in pooled], "mIoU_by_round": [p.get("mIoU") for p in pooled]}
 
 
 def check_ct_run(cfg: dict, box) -> None:
@@ -176,16 +196,23 @@ def main(grid: Grid, context: Context) -> None:
     box = box_spec(cfg)
     ct = ct_spec(cfg)
     check_ct_run(cfg, box)
+    loc = loc_spec(cfg)
+    check_loc_run(cfg, box)
+    check_synthesis_run(cfg)
     torch.manual_seed(int(cfg["seed"]))
     model = _build(cfg, classes, zs, box, point is not None)
     ct_model = CTVLM(ct.preset) if ct else None
+    loc_model = PromptLocalizer(loc.preset, loc.regions) if loc else None
     if point:
-        model.load_state_dict({k: v for k, v in point.state_dict.items() if not k.startswith(CT_PREFIX)})
+        model.load_state_dict(radiograph_state(point.state_dict))
         if ct_model is not None:
             ct_model.load_state_dict(unprefixed(point.state_dict))
+        if loc_model is not None:
+            loc_model.load_state_dict(loc_unprefixed(point.state_dict))
     heads = head_spec(cfg)
     graph = LabelGraph(class_embeddings(label_set)) if heads is not None and heads.label_graph else None
-    state = {**model.state_dict(), **(prefixed(ct_model.state_dict()) if ct_model else {})}
+    state = {**model.state_dict(), **(prefixed(ct_model.state_dict()) if ct_model else {}),
+             **(loc_prefixed(loc_model.state_dict()) if loc_model else {})}
     if graph is not None and point is None:  # the label embeddings and the identity graph until counts arrive
         state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in graph.apply(state).items()}
     initial = ArrayRecord(state)
@@ -199,7 +226,7 @@ def main(grid: Grid, context: Context) -> None:
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
                      + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
-            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts") + ("+ct" if ct else ""),
+            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts") + ("+ct" if ct else "") + ("+localizer" if loc else ""),
             label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
@@ -242,7 +269,7 @@ def main(grid: Grid, context: Context) -> None:
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
                                               "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box), "ct": ct_config(ct),
-                                              "heads": head_config(heads),
+                                              "heads": head_config(heads), "localizer": loc_config(loc),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         return None
@@ -272,6 +299,7 @@ def main(grid: Grid, context: Context) -> None:
             "zeroshot": _zeroshot_summary(strategy, history) if zs else None,
             "box": _box_summary(history, str(cfg["box-backbone-weights"])) if box else None,
             "ct": _ct_summary(history) if ct else None,
+            "localization": _loc_summary(history) if loc else None,
             "db_url": db_url,
             "checkpoints": str(ckpt_dir),
             "synthetic": bool(strategy.synthetic_sites),

@@ -45,7 +45,16 @@ def run_in_process(run_config: dict[str, Any], num_supernodes: int, cpus_per_cli
 
     if not verbose:  # the demo prints its own per-round table; Flower's INFO lines are for --verbose
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    run_config = dict(run_config)
+    if "deadline-floor" not in run_config:
+        # Simulated sites share this machine and one message queue: a per-site deadline shorter than the round
+        # timeout would turn the machine's own queueing (another process busy, say) into dropped rounds, and the
+        # engine keeps computing the abandoned replies, so the next round starts behind and misses too (seen in
+        # `make demo` on a busy machine). Stragglers are a deployment matter; a simulation waits up to round-timeout.
+        from server.server_app import DEFAULTS
+
+        run_config["deadline-floor"] = float(run_config.get("round-timeout", DEFAULTS["round-timeout"]))
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     _run_simulation(
         num_supernodes=num_supernodes,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

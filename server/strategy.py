@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from server.aggregation import MODES, RunningMean, ServerOptimizer, SiteUpdate, aggregate
 from server.box_eval import box_round, parse_box
 from server.ct_eval import SCOPE, ct_round, is_ct_summary, parse_ct
+from server.loc_eval import loc_round, parse_loc
 from server.federated_eval import parse_site_eval, round_metrics
 from server.label_graph import LabelGraph
 from server.registry import Registry
@@ -265,7 +266,8 @@ class FedChestAvg(FedAvg):
                 updates.append(update)
             accepted.append((update, norms))
             rows.append((site, "all", None, "update_norm", float(sum(v * v for v in norms.values()) ** 0.5), None))
-            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", *PRIVACY_KEYS):
+            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", "synth_images",
+                        "generator_seconds", *PRIVACY_KEYS):
                 if key in m:
                     rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
             if "dp_epsilon" in m:
@@ -364,7 +366,7 @@ class FedChestAvg(FedAvg):
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        evals, zs_evals, box_evals, ct_evals = {}, {}, {}, {}
+        evals, zs_evals, box_evals, ct_evals, loc_evals = {}, {}, {}, {}, {}
         timing: list[tuple] = []
         routed: dict[str, tuple[int, int]] = {}
         answered: set[int] = set()
@@ -388,6 +390,9 @@ class FedChestAvg(FedAvg):
                     zs_evals[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
                 if self.box_samples:
                     box_evals[site] = parse_box(m, self.box_samples[0], len(self.classes), self.spec)
+                tally = parse_loc(m, len(self.classes))
+                if tally is not None:
+                    loc_evals[site] = tally
                 if "eval_seconds" in m:
                     timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
                 routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
@@ -429,6 +434,9 @@ class FedChestAvg(FedAvg):
             box_rows, summary["box"] = box_round(dict(sorted(box_evals.items())), *self.box_samples, self.classes,
                                                  self.spec, self.bootstrap, seed=server_round)
             rows += box_rows
+        if loc_evals:
+            loc_rows, summary["localization"] = loc_round(dict(sorted(loc_evals.items())), self.classes)
+            rows += loc_rows
         self.registry.add_metrics(self.run_id, server_round, rows)
         self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals) + len(ct_evals))
         summary["round"] = server_round

@@ -8,6 +8,17 @@ import numpy as np
 import torch
 
 
+def with_prefix(state, prefix: str) -> dict:
+    """A model's state dict under ``prefix``: how a side model (the CT model, the prompt localiser) sits in a run's
+    global state next to the radiograph model."""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def under_prefix(state, prefix: str) -> dict:
+    """The entries of a global state dict under ``prefix``, as the side model's own state dict."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
 def as_tensor(x: np.ndarray) -> torch.Tensor | None:
     """A tensor sharing ``x``'s memory (also for read-only views on message bytes: the caller must not write to
     it), or None for what torch cannot wrap (non-native byte order, unsupported dtypes, non-contiguous)."""

@@ -131,7 +131,8 @@ def test_nih_boxes_join_their_images(real_data, tmp_path):
     (root / "images").mkdir(parents=True)
     for f in ("Data_Entry_2017_v2020.csv.gz", "BBox_List_2017.csv.gz"):
         shutil.copy(real_data / "nih" / f, root)
-    # a real NIH PNG under the name of an image that has an Atelectasis box in BBox_List_2017
+    # a real 512 px NIH PNG under the name of an image that has an Atelectasis box in BBox_List_2017 (x 225.1,
+    # y 547.0, w 86.8, h 79.2 in the 1024 px release PNG)
     shutil.copy(real_data / "nih" / "00000001_000.png", root / "images" / "00013118_008.png")
     (tmp_path / "site.toml").write_text('[site]\nname = "nih-boxes"\n[[sources]]\nkind = "nih"\nroot = "nih"\n')
     cfg = load_site_config(tmp_path / "site.toml")
@@ -139,6 +140,15 @@ def test_nih_boxes_join_their_images(real_data, tmp_path):
     assert report.indexed == 1 and report.boxes >= 1
     con = sqlite3.connect(cfg.index_path)
     assert ("Atelectasis",) in con.execute("SELECT label FROM boxes").fetchall()
+    # the localiser's view of it: the atelectasis class, scaled from the 1024 px frame onto the downsampled file
+    from client.localization import site_boxes
+
+    boxes = site_boxes(cfg, load_split(cfg, None))
+    rel = boxes.get(0, load_label_set(cfg.label_set).classes.index("atelectasis"))
+    assert rel is not None and not boxes.unmatched
+    expected = np.array([225.084745762712 + 86.7796610169491 / 2, 547.019216763771 + 79.1864406779661 / 2,
+                         86.7796610169491, 79.1864406779661]) / 1024
+    assert np.allclose(rel[0], expected, atol=1e-4)
 
 
 def test_mimic_schema_files_parse(real_data, tmp_path):

@@ -131,3 +131,49 @@ def test_experts_with_se_csra_and_the_label_graph_train_federated(tmp_path):
     with torch.no_grad():
         model(x, torch.zeros_like(p))
     assert expert.attention_maps().shape[:2] == (4, len(classes))
+
+
+def test_noisy_pair_counts_bound_each_image_and_have_the_stated_noise():
+    from client.cooccurrence import bounded_labels, noisy_pairs, pair_sensitivity
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 8)) < 0.5).astype(np.int64)
+    b = bounded_labels(y, 3, rng)
+    assert b.sum(1).max() <= 3 and (b <= y).all() and (b.sum(1) == np.minimum(y.sum(1), 3)).all()
+    assert pair_sensitivity(3) == pytest.approx(3 ** 0.5)  # 3 pairs, each +1
+    y, true = b, b.T @ b  # at most 3 labels per image: bounding leaves it as it is, so only the noise varies
+    draws = np.stack([noisy_pairs(y, 2.0, 3, np.random.default_rng((1, s))) for s in range(200)])
+    assert (draws == draws.transpose(0, 2, 1)).all() and (draws >= 0).all()
+    assert (draws[:, np.arange(8), np.arange(8)] == y.sum(0)).all()  # diagonal: the positives, sent anyway
+    iu = np.triu_indices(8, 1)
+    err = draws[:, iu[0], iu[1]] - true[iu]  # counts here are far from 0, so clipping does not bias them
+    assert abs(err.mean()) < 0.2 and err.std() == pytest.approx(2.0 * 3 ** 0.5, rel=0.05)  # 0.2: 4 standard errors
+
+
+def test_a_noisy_release_is_charged_once_and_re_sent_unchanged(padchest_site):
+    from opacus.accountants import RDPAccountant
+
+    from client.cooccurrence import HEAD, site_pair_counts
+    from client.index import load_split
+    from client.local_round import ledger_for
+    from client.privacy import PolicyRefusal
+
+    site = padchest_site
+    data = load_split(site, "train")
+    config = {"label-graph-noise": 1.5, "label-graph-max-labels": 4, "run-id": "r1", "server-round": 1}
+    first = site_pair_counts(site, data, 30, config)
+    again = site_pair_counts(site, data, 30, {**config, "server-round": 2})
+    assert first == again and len(first) == 900
+    entries = [e for e in ledger_for(site).entries() if e["head"] == HEAD]
+    assert len(entries) == 1
+    acc = RDPAccountant()
+    acc.history = [(1.5, 1.0, 1)]
+    assert entries[0]["epsilon_after"] == pytest.approx(acc.get_epsilon(site.privacy.delta))
+    import dataclasses
+
+    strict = dataclasses.replace(site, privacy=dataclasses.replace(site.privacy, require_dp=True))
+    with pytest.raises(PolicyRefusal, match="label-graph-noise"):
+        site_pair_counts(strict, data, 30, {"run-id": "r2"})
+    poor = dataclasses.replace(site, privacy=dataclasses.replace(site.privacy, epsilon_budget=0.5))
+    with pytest.raises(PolicyRefusal, match="privacy budget"):
+        site_pair_counts(poor, data, 30, {**config, "run-id": "r3"})

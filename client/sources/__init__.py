@@ -9,9 +9,10 @@ from client.sources.mimic import MimicSource
 from client.sources.nih import NIHSource
 from client.sources.openi import OpenISource
 from client.sources.padchest import PadChestSource
+from client.sources.rsna import RSNASource
 
 SOURCES: dict[str, type[Source]] = {
-    s.kind: s for s in (PadChestSource, MimicSource, OpenISource, NIHSource, DicomFolderSource)
+    s.kind: s for s in (PadChestSource, MimicSource, OpenISource, NIHSource, DicomFolderSource, RSNASource)
 }
 
 

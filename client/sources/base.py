@@ -44,6 +44,7 @@ class Record:
     split: str | None = None  # an official split from the source (e.g. MIMIC's split CSV), else hashed
     vendor: str = ""
     boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)  # label, x, y, w, h (px)
+    box_frame: tuple[int, int] | None = None  # (height, width) the box pixels refer to; None: the file as read
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class NIHSource(Source):
             yield Rejection(exc.path, exc.message)
             return
         images = {p.name: p for p in self.candidates()}
+        side = int(self.option("box_frame", "1024"))  # BBox_List_2017 is in pixels of the 1024 x 1024 release PNGs
+        frame = (side, side)
         for r in df.to_dict("records"):
             name = str(r["Image Index"]).strip()
             path = images.get(name, self.root / "images" / name)
@@ -54,7 +56,7 @@ class NIHSource(Source):
             target, mask = self.encode(terms)
             projection = harmonise_view(r["View Position"])
             yield Record(
-                source=self.kind, boxes=boxes.get(name, []), key=name, path=path, patient_key=str(r["Patient ID"]).lstrip("0") or "0",
+                source=self.kind, boxes=boxes.get(name, []), box_frame=frame, key=name, path=path, patient_key=str(r["Patient ID"]).lstrip("0") or "0",
                 projection=projection, projection_method="metadata" if projection else "unknown",
                 targets=target, mask=mask, reader="raster",
             )

@@ -73,11 +73,13 @@ class BoxLatentNet(nn.Module):
 
 
 def backbone_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """The routed experts' entries of a fedchest checkpoint's state dict (a zero-shot head's are dropped; a box
-    model's backbone is unwrapped)."""
+    """The routed experts' entries of a fedchest checkpoint's state dict (a zero-shot head's, a CT model's and a
+    prompt localiser's are dropped; a box model's backbone is unwrapped)."""
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    out = {k: v for k, v in state.items() if not k.startswith("zeroshot.")}
+    from shared_models.networks.factory import radiograph_state
+
+    out = {k: v for k, v in radiograph_state(state).items() if not k.startswith("zeroshot.")}
     if not any(k.startswith("experts.") for k in out):
         raise ValueError(f"{source}: no routed-expert weights (experts.*) in this state dict")
     return out

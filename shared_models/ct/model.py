@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared_models.arrays import under_prefix, with_prefix
 from shared_models.zeroshot.losses import SIGLIP_INIT_B, SIGLIP_INIT_T
 from shared_models.zeroshot.model import TextAdapter
 
@@ -109,12 +110,12 @@ def ct_parameter_group(key: str) -> str:
 
 def prefixed(state: dict) -> dict:
     """A CTVLM state dict under the global model's ``ct.`` prefix."""
-    return {CT_PREFIX + k: v for k, v in state.items()}
+    return with_prefix(state, CT_PREFIX)
 
 
 def unprefixed(state) -> dict:
     """The CT part of a global state dict (keys under ``ct.``), as a CTVLM state dict."""
-    return {k.removeprefix(CT_PREFIX): v for k, v in state.items() if k.startswith(CT_PREFIX)}
+    return under_prefix(state, CT_PREFIX)
 
 
 def positions_for(depth_positions_grid: int, stride: int = 2) -> int:

@@ -11,6 +11,7 @@ from shared_models.networks.factory import (
     load_preset,
     parameter_group,
     parse_weights,
+    radiograph_state,
 )
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "load_preset",
     "parameter_group",
     "parse_weights",
+    "radiograph_state",
     "projection_index",
 ]

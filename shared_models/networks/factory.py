@@ -11,7 +11,8 @@ from typing import Any
 
 import timm
 
-from shared_models.ct.model import ct_parameter_group
+from shared_models.ct.model import CT_PREFIX, ct_parameter_group
+from shared_models.localization.model import LOC_PREFIX, loc_parameter_group
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
 from shared_models.networks.heads import HeadSpec, TRCGLExpert
 from shared_models.privacy.compat import make_dp_compatible
@@ -166,12 +167,23 @@ def float_state_keys(state: Mapping[str, Any]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point()]
 
 
+SIDE_MODEL_PREFIXES = (CT_PREFIX, LOC_PREFIX)  # models a run's global state may carry beside the radiograph one
+
+
+def radiograph_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The radiograph model's entries of a global state dict: without the CT model (``ct.``) and the prompt
+    localiser (``loc.``) a mixed run's state also holds."""
+    return {k: v for k, v in state.items() if not k.startswith(SIDE_MODEL_PREFIXES)}
+
+
 def parameter_group(key: str) -> str:
     """The parameter group a state-dict key belongs to (``experts.PA``, ``zeroshot.image_proj.PA``,
     ``zeroshot.text_proj`` ...), the unit of aggregation."""
     parts = key.split(".")
     if parts[0] == "ct":  # the CT model of a mixed run: ct.encoder, ct.head, ct.text (shared_models/ct/model.py)
         return ct_parameter_group(key)
+    if parts[0] == "loc":  # the prompt localiser: loc.backbone, loc.decoder (shared_models/localization/model.py)
+        return loc_parameter_group(key)
     if parts[0] == "zeroshot" and len(parts) > 2:
         return ".".join(parts[:3]) if parts[1] == "image_proj" else ".".join(parts[:2])
     return ".".join(parts[:2]) if parts[0] in ("experts", "zeroshot") else parts[0]

@@ -26,12 +26,28 @@ DEFAULTS: dict[str, Any] = {
     "csra-heads": 0,  # CSRA class-aware attention heads (0: average pooling + linear; 1, 2, 4, 6 or 8)
     "csra-lambda": 0.1,
     "label-graph": False,  # ML-GCN classifier over the consortium's label co-occurrence
+    "label-graph-noise": 0.0,  # > 0: sites release their pair counts with Gaussian noise (client/cooccurrence.py)
+    "label-graph-max-labels": 6,  # with noise: positives per image that count (bounds one image's contribution)
 }
 TEXT_DIM = 384  # MiniLM sentence embeddings
 
 
 class HeadConfigError(ValueError):
     pass
+
+
+def label_graph_release(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-config keys that tell label-graph sites how to release their counts, checked."""
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
+    try:
+        noise, max_labels = float(cfg["label-graph-noise"]), int(cfg["label-graph-max-labels"])
+    except (TypeError, ValueError):
+        noise, max_labels = -1.0, 0
+    if noise < 0 or max_labels < 2:
+        raise HeadConfigError(f"run config label-graph-noise = {cfg['label-graph-noise']!r} and label-graph-max-labels"
+                              f" = {cfg['label-graph-max-labels']!r}; expected a noise multiplier >= 0 and at least 2 "
+                              "labels per image")
+    return {"label-graph-noise": noise, "label-graph-max-labels": max_labels}
 
 
 @dataclass(frozen=True)
