@@ -13,6 +13,7 @@ the top box, for classes with at least min_count images with boxes. Never an ima
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -131,10 +132,6 @@ def to_input(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
 
 
-def _images(data: SiteData, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return to_input(data.pixels[idx], device)
-
-
 def train_localizer(model: PromptLocalizer, data: SiteData, boxes: SiteBoxes, prompts: torch.Tensor,
                     spec: LocRunSpec, epochs: int, seed: int, weights: SetLossWeights = SetLossWeights()
                     ) -> dict[str, float]:
@@ -151,7 +148,7 @@ def train_localizer(model: PromptLocalizer, data: SiteData, boxes: SiteBoxes, pr
         order = rng.permutation(len(data))
         for start in range(0, len(order), spec.batch_size):
             idx = order[start:start + spec.batch_size]
-            pred_boxes, logits = model(_images(data, idx, device), prompts)
+            pred_boxes, logits = model(to_input(data.pixels[idx], device), prompts)
             targets, present = pair_targets(data, boxes, idx, c)
             loss = set_loss(pred_boxes.reshape(-1, model.regions, 4).cpu(), logits.reshape(-1, model.regions).cpu(),
                             targets, present, weights)
@@ -229,8 +226,6 @@ _BOXES: dict[tuple[str, str, float], SiteBoxes] = {}
 
 
 def cached_boxes(cfg: SiteConfig, data: SiteData, split: str) -> SiteBoxes:
-    import os
-
     key = (str(cfg.path), split, os.path.getmtime(cfg.index_path))
     if key not in _BOXES:
         _BOXES[key] = site_boxes(cfg, data)

@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score
 from client.index import load_split, prepare_site
 from client.localization import evaluate_localizer, site_boxes, tally_summary, train_localizer
 from client.site_config import load_site_config
+from client.sources.base import TableError
 from client.sources.rsna import read_rsna_labels
 from client.synth import synthesize_site
 from shared_models.localization import BoxTally, LocRunSpec, PromptLocalizer, match, set_loss
@@ -222,6 +223,11 @@ def test_rsna_bad_rows_are_named_and_the_rest_kept(tmp_path):
     assert studies["c"].target == 1 and not studies["c"].boxes  # a bad box keeps its image's label
     reasons = {r.path.rsplit(":", 1)[1]: r.reason for r in bad}
     assert "numeric" in reasons["4"] and "Target '2'" in reasons["5"]
+    headless = tmp_path / "no_target.csv"
+    headless.write_text("patientId,x,y,width,height\na,10,20,30,40\n")
+    with pytest.raises(TableError, match=r"missing required column\(s\) \['Target'\]") as err:
+        read_rsna_labels(headless)
+    assert err.value.path == str(headless)
 
 
 def test_localiser_trains_federated_and_localize_draws_an_overlay(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.sources.base import Note, Record, Rejection, Source, TableError, read_table
+from client.sources.base import Note, Record, Rejection, Source, TableError, read_table, require_columns
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 OPACITY = "Lung Opacity"
@@ -28,10 +28,7 @@ def read_rsna_labels(path: Path, notes: list[Note] | None = None) -> tuple[dict[
     """Studies by patientId from the stage-2 labels; a malformed row is a Rejection naming the file, line and
     field, and the other rows of the file are kept."""
     df = read_table(path, notes)
-    missing = [c for c in LABEL_COLUMNS if c not in df.columns]
-    if missing:
-        raise TableError(path, f"missing column(s) {missing}; expected the RSNA stage-2 labels header "
-                               f"{', '.join(LABEL_COLUMNS)}")
+    require_columns(df, path, LABEL_COLUMNS)
     studies: dict[str, RSNAStudy] = {}
     bad: list[Rejection] = []
     for line, r in enumerate(df[list(LABEL_COLUMNS)].itertuples(index=False), start=2):
