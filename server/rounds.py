@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message
 
+from server.link_guard import retrying
+
 POLL_FIRST, POLL_MAX = 0.1, 3.0  # poll the link quickly at first, then every 3 s as Flower does (its SQLite state
 # is shared with every SuperNode's pushes; polling it five times a second locked it in a 3-node deployment)
 
@@ -27,6 +29,13 @@ COMPUTE_KEYS = ("train_seconds", "eval_seconds")  # what a site reports of its o
 def message_bytes(msg: Message) -> int:
     """Bytes of the arrays a message carries (what crosses the site's link)."""
     return sum(len(a.data) for record in msg.content.array_records.values() for a in record.values())
+
+
+def copy_message(msg: Message) -> Message:
+    """The same content to the same node as a new message (a new id: ids are hashes that include the time)."""
+    md = msg.metadata
+    return Message(content=msg.content, dst_node_id=md.dst_node_id, message_type=md.message_type, ttl=md.ttl,
+                   group_id=md.group_id)
 
 
 def compute_seconds(reply: Message) -> float | None:
@@ -92,12 +101,31 @@ class DeadlineGrid:
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
+    def get_node_ids(self) -> list[int]:
+        return retrying(lambda: list(self._grid.get_node_ids()), "a node listing")
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        """A push that failed part-way may have left some of its messages on the link: a retry sends fresh copies
+        (new message ids), so nothing of the failed push is mistaken for this one's."""
+        batch = [messages]
+
+        def push() -> list[str]:
+            try:
+                return list(self._grid.push_messages(batch[0]))
+            except Exception:
+                batch[0] = [copy_message(m) for m in batch[0]]
+                raise
+        return retrying(push, "a push of messages")
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        return retrying(lambda: list(self._grid.pull_messages(message_ids)), "a pull of replies")
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
         """Pushes now; the replies come as they are pulled, one message at a time, so a consumer that folds each
         reply in and lets it go holds one update, not the round's (``FedChestAvg.aggregate_train`` does)."""
         messages = list(messages)
         start = time.monotonic()
-        ids = list(self._grid.push_messages(messages)) if messages else []
+        ids = self.push_messages(messages) if messages else []
         pending, sizes = {}, {}
         for mid, msg in zip(ids, messages):
             node, stage = msg.metadata.dst_node_id, str(msg.metadata.message_type)
@@ -116,8 +144,8 @@ class DeadlineGrid:
                 if elapsed >= limit:
                     del pending[mid]
                     self.on_late(node, stage, limit, self.timer.expected(node, stage, size))
-            for mid in list(pending):
-                for reply in self._grid.pull_messages([mid]):
+            for mid in list(pending):  # one id per pull: a reply is folded in and let go before the next arrives
+                for reply in self.pull_messages([mid]):
                     if reply.metadata.reply_to_message_id != mid or mid not in pending:
                         continue
                     node, stage, limit, size = pending.pop(mid)

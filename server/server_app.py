@@ -23,6 +23,7 @@ from server.rounds import ReplyTimer
 from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.label_graph import LabelGraph, class_embeddings
+from server.link_guard import LinkKeeper
 from server.loc_eval import check_loc_run
 from server.zeroshot_eval import zero_shot_sets
 from shared_models.boxlatent import build_box_model
@@ -275,6 +276,7 @@ def main(grid: Grid, context: Context) -> None:
         return None
 
     status = "failed"
+    keeper = LinkKeeper(grid).start()  # the run's lease on the SuperLink survives a busy link (server/link_guard.py)
     try:
         strategy.start(
             grid=grid, initial_arrays=initial, num_rounds=num_rounds - offset, timeout=float(cfg["round-timeout"]),
@@ -282,6 +284,7 @@ def main(grid: Grid, context: Context) -> None:
         )
         status = "completed"
     finally:
+        keeper.stop()
         registry.finish_run(run_id, status, synthetic=bool(strategy.synthetic_sites))
         history = strategy.history
         summary = {

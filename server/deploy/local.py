@@ -1,7 +1,7 @@
 """``fedchest deploy local``: a real consortium on this machine, one process per party.
 
-A SuperLink (TLS with the consortium CA, SuperNode authentication, a persistent SQLite state database, runtime
-dependency installation off, telemetry off) and N SuperNodes, each with its own site folder, ``site.toml`` and
+A SuperLink (``fedchest-superlink``: Flower's, with a 60 s SQLite busy timeout; TLS with the consortium CA,
+SuperNode authentication, a persistent SQLite state database, runtime dependency installation off, telemetry off) and N SuperNodes, each with its own site folder, ``site.toml`` and
 ECDSA key, connecting over HTTPS on loopback. The run is submitted with ``flwr run`` exactly as an admin would,
 followed to the end, and every process started here is stopped afterwards (also on errors and Ctrl-C).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,13 @@ BIN = Path(sys.executable).parent
 
 class DeployError(RuntimeError):
     """A deployment step that failed; the message names the step and the log file to read."""
+
+
+def _plain(text: str) -> str:
+    """Flower's log stream without its colour codes and with each line once (``flwr run --stream`` prints every
+    log record twice: coloured, then with a timestamp)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+    return "\n".join(line for line in lines if not re.match(r"(INFO|WARNING|DEBUG) +:", line))
 
 
 def free_port() -> int:
@@ -124,7 +132,7 @@ class LocalConsortium:
 
     def start_superlink(self, database: Path | None = None) -> Proc:
         write_connection(self.flwr_home, self.port, None if self.insecure else self.certs / "ca.crt")
-        cmd = [str(BIN / "flower-superlink"), "--port", str(self.port), "--database",
+        cmd = [str(BIN / "fedchest-superlink"), "--port", str(self.port), "--database",
                str(database or self.out / "superlink.db"), "--disable-runtime-dependency-installation"]
         if self.insecure:
             cmd.append("--insecure")
@@ -204,11 +212,29 @@ class LocalConsortium:
         run_id = self.latest_run()
         # the log stream can end before the run does (the SuperLink's SQLite state answered one of its polls with
         # "database is locked" in a 3-node test): the run is what counts, so wait for the link to call it finished
-        self.status(run_id, settle=max(60.0, timeout - (time.monotonic() - t0)))
+        status = self.status(run_id, settle=max(60.0, timeout - (time.monotonic() - t0)))
+        if status != "finished:completed":
+            link = self.logs / "superlink.log"
+            errors = [x for x in _plain(link.read_text(errors="replace")).splitlines() if x.startswith("ERROR")]
+            raise DeployError(f"Flower run {run_id} ended as {status!r}; the last lines of {log}:\n"
+                              + "\n".join(_plain(log.read_text(errors="replace")).splitlines()[-40:])
+                              + f"\nthe last errors in {link}:\n" + "\n".join(errors[-8:] or ["(none)"]))
         return run_id
 
-    def runs(self) -> list[dict]:
-        return json.loads(self.flwr("ls", CONNECTION, "--format", "json").stdout).get("runs", [])
+    def runs(self, patience: float = 120.0) -> list[dict]:
+        """The SuperLink's runs (``flwr ls``). A busy link (its SQLite state locked for longer than its 5 s busy
+        timeout) answers with an error: asked again every 2 s for up to ``patience`` seconds."""
+        end = time.monotonic() + patience
+        while True:
+            r = self.flwr("ls", CONNECTION, "--format", "json", check=False)
+            with contextlib.suppress(ValueError):
+                answer = json.loads(r.stdout)
+                if r.returncode == 0 and answer.get("success") and "runs" in answer:
+                    return answer["runs"]
+            if time.monotonic() >= end:
+                raise DeployError(f"`flwr ls` failed (exit {r.returncode}) for {patience:.0f} s:\n"
+                                  f"{(r.stdout + r.stderr).strip()[-2000:]}")
+            time.sleep(2.0)
 
     def latest_run(self) -> int:
         runs = self.runs()
@@ -284,10 +310,6 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
                       "image-size": image_size, "min-nodes": n_sites, "out-dir": str(run_dir), "seed": seed,
                       "run-name": f"deploy-local-{n_sites}sites", "round-timeout": 1800.0, **(extra_config or {})}
         run_id = c.submit(run_config)
-        status = c.status(run_id)
-        if status != "finished:completed":
-            raise DeployError(f"Flower run {run_id} ended as {status!r}; see {c.logs / 'flwr-run.log'} and "
-                              f"{c.logs}")
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
