@@ -11,10 +11,11 @@ HTTP 502-504 but not 500, so such an answer ends the run in two ways:
 
 Here a grid call that meets a transient answer is tried again with backoff for up to ``patience`` seconds, each
 retry logged (a push is retried with fresh copies of its messages: ``DeadlineGrid.push_messages``; a reply the
-link handed out before failing is lost, and its site misses that round's deadline), and a second heartbeat sender that treats every transient answer as "try again" keeps the run's
-lease while Flower's is gone. A run the link has stopped (403) is not kept alive. Neither applies in simulation
-(an in-memory grid has no HTTP client). Flower fixes its side upstream (dedicated heartbeat channel, flwrlabs/
-flower#7391); this module goes when fedchest moves past 1.41.
+link handed out before failing is lost, and its site misses that round's deadline), and a second heartbeat sender
+that treats every transient answer as "try again" keeps the run's lease while Flower's is gone. A run the link
+has stopped (403) is not kept alive. Neither applies in simulation (an in-memory grid has no HTTP client). Flower
+fixes its side upstream (dedicated heartbeat channel, flwrlabs/flower#7391); this module goes when fedchest moves
+past 1.41.
 """
 
 from __future__ import annotations

@@ -107,13 +107,12 @@ class DeadlineGrid:
     def push_messages(self, messages: list[Message]) -> list[str]:
         """A push that failed part-way may have left some of its messages on the link: a retry sends fresh copies
         (new message ids), so nothing of the failed push is mistaken for this one's."""
-        batch = [messages]
-
         def push() -> list[str]:
+            nonlocal messages
             try:
-                return list(self._grid.push_messages(batch[0]))
+                return list(self._grid.push_messages(messages))
             except Exception:
-                batch[0] = [copy_message(m) for m in batch[0]]
+                messages = [copy_message(m) for m in messages]
                 raise
         return retrying(push, "a push of messages")
 

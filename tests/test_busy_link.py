@@ -36,9 +36,7 @@ def test_a_run_survives_a_superlink_whose_state_is_locked_for_20_seconds(tmp_pat
     url = f"sqlite:///{run_dir / 'registry.db'}"
     with LocalConsortium(tmp_path / "deployment", insecure=True) as c:
         c.start_superlink()
-        for cfg in sites:
-            c.start_supernode(cfg.parent.name, cfg)
-        c.wait_online(2)
+        c.start_sites(sites)
         config = {"num-server-rounds": 2, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
                   "min-nodes": 2, "out-dir": str(run_dir), "seed": 1, "run-name": "busy-link",
                   "round-timeout": 600.0}

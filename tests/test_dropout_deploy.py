@@ -43,8 +43,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
     url = f"sqlite:///{run_dir / 'registry.db'}"
     with LocalConsortium(tmp_path / "deployment", insecure=True) as c:
         c.start_superlink()
-        procs = {cfg.parent.name: c.start_supernode(cfg.parent.name, cfg) for cfg in sites}
-        c.wait_online(3)
+        procs = c.start_sites(sites)
         config = {"num-server-rounds": 5, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
                   "min-nodes": 3, "out-dir": str(run_dir), "seed": 1, "run-name": "dropout-test",
                   "round-timeout": 900.0, "deadline-floor": 5.0, "node-wait": 10.0, "quorum": 2}

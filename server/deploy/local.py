@@ -1,9 +1,10 @@
 """``fedchest deploy local``: a real consortium on this machine, one process per party.
 
 A SuperLink (``fedchest-superlink``: Flower's, with a 60 s SQLite busy timeout; TLS with the consortium CA,
-SuperNode authentication, a persistent SQLite state database, runtime dependency installation off, telemetry off) and N SuperNodes, each with its own site folder, ``site.toml`` and
-ECDSA key, connecting over HTTPS on loopback. The run is submitted with ``flwr run`` exactly as an admin would,
-followed to the end, and every process started here is stopped afterwards (also on errors and Ctrl-C).
+SuperNode authentication, a persistent SQLite state database, runtime dependency installation off, telemetry
+off) and N SuperNodes, each with its own site folder, ``site.toml`` and ECDSA key, connecting over HTTPS on
+loopback. The run is submitted with ``flwr run`` exactly as an admin would, followed to the end, and every process
+started here is stopped afterwards (also on errors and Ctrl-C).
 
 The same commands, with other addresses, are what the containers in ``deploy/`` run.
 """
@@ -34,8 +35,9 @@ class DeployError(RuntimeError):
 
 
 def _plain(text: str) -> str:
-    """Flower's log stream without its colour codes and with each line once (``flwr run --stream`` prints every
-    log record twice: coloured, then with a timestamp)."""
+    """A Flower log without colour codes and without the coloured copies of its INFO, WARNING and DEBUG records
+    (``flwr run --stream`` prints every record twice: coloured, then with a timestamp). ERROR records are kept in
+    both forms: the SuperLink's own log has only the coloured one."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
     return "\n".join(line for line in lines if not re.match(r"(INFO|WARNING|DEBUG) +:", line))
 
@@ -182,6 +184,19 @@ class LocalConsortium:
             cmd += ["--max-retries", str(max_retries)]
         return self._start(f"supernode-{site}", cmd)
 
+    def start_sites(self, site_configs: list[Path]) -> dict[str, Proc]:
+        """A SuperNode for each ``site.toml`` (named after its folder; with TLS, its key made and registered
+        first), returned once all of them are online."""
+        procs = {}
+        for cfg in site_configs:
+            site = cfg.parent.name
+            if not self.insecure:
+                self.site_key(site)
+                self.register(site)
+            procs[site] = self.start_supernode(site, cfg)
+        self.wait_online(len(site_configs))
+        return procs
+
     def wait_online(self, n: int, timeout: float = 120.0) -> list[dict]:
         end = time.monotonic() + timeout
         nodes: list[dict] = []
@@ -298,13 +313,7 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
         c.make_certs()
         c.start_superlink()
         print(f"SuperLink on 127.0.0.1:{c.port} (state {c.out / 'superlink.db'}, logs {c.logs})")
-        for cfg in site_configs:
-            site = cfg.parent.name
-            if not insecure:
-                c.site_key(site)
-                c.register(site)
-            c.start_supernode(site, cfg)
-        c.wait_online(n_sites)
+        c.start_sites(site_configs)
         print(f"{n_sites} SuperNodes online after {time.perf_counter() - t0:.1f}s; submitting the run with flwr run")
         run_config = {"num-server-rounds": rounds, "local-epochs": local_epochs, "model-preset": preset,
                       "image-size": image_size, "min-nodes": n_sites, "out-dir": str(run_dir), "seed": seed,

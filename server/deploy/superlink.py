@@ -29,8 +29,8 @@ def busy_ms() -> int:
     return value
 
 
-def patch_busy_timeout(ms: int) -> tuple:
-    """Flower's SQLite pragmas with ``busy_timeout`` = ``ms``; returns the pragmas now in force."""
+def patch_busy_timeout(ms: int) -> None:
+    """Flower's SQLite pragmas, with ``busy_timeout`` = ``ms``, for every state database opened after this."""
     from flwr.supercore import sql_mixin
 
     pragmas = tuple((name, str(ms) if name == "busy_timeout" else value) for name, value in sql_mixin.SQLITE_PRAGMAS)
@@ -38,7 +38,6 @@ def patch_busy_timeout(ms: int) -> tuple:
         raise RuntimeError("flwr.supercore.sql_mixin.SQLITE_PRAGMAS has no busy_timeout: this Flower version "
                            "sets its SQLite pragmas differently; run flower-superlink instead")
     sql_mixin.SQLITE_PRAGMAS = pragmas
-    return pragmas
 
 
 def main() -> None:
