@@ -24,7 +24,8 @@ from client.ct.federated import evaluate_ct_round, train_ct_round
 from client.ct.index import is_ct_site
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
-from client.local_round import outgoing_state, train_round
+from client.dp_release import ReleasedCounts, evaluation_release, released_counts
+from client.local_round import check_dp_config, outgoing_state, train_round
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
@@ -154,6 +155,46 @@ def update_statistics(model, data: SiteData, aggregation: str
     return counts, positives, aggregation == "fedavg"
 
 
+def exact_train_metrics(model, data: SiteData, site: SiteConfig, aggregation: str, stats: dict[str, float]
+                        ) -> tuple[dict, dict[str, float], bool]:
+    """(metrics, group counts, plain FedAvg) of a round without DP: exact counts under the small-count rule."""
+    c = model.num_classes
+    counts, positives, fedavg = update_statistics(model, data, aggregation)
+    k = site.privacy.suppress
+    train_pos, train_annotated = data.class_counts(c)
+    metrics = {
+        "num-examples": len(data),
+        **{f"count.{g}": k(v) for g, v in counts.items()},
+        **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items()},
+        "train_loss": float(stats["train_loss"]),
+        **{key: float(stats[key]) for key in ("contrastive_loss", "box_gap") if key in stats},
+        "train_pos": [int(k(v)) for v in train_pos],
+        "train_annotated": [int(k(v)) for v in train_annotated],
+        **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
+    }
+    return metrics, counts, fedavg
+
+
+def released_train_metrics(model: RoutedExperts, release: ReleasedCounts, aggregation: str
+                           ) -> tuple[dict, dict[str, float], bool]:
+    """(metrics, group counts, plain FedAvg) of a DP round: every count from the site's released statistics
+    (post-processing of a charged Gaussian release); no loss, no clipped fraction, nothing exact."""
+    counts, positives = release.group_statistics({parameter_group(k) for k in model.state_dict()})
+    fedavg = aggregation == "fedavg"
+    if fedavg:
+        counts = {g: float(release.public_size) for g in counts}
+    train_pos, train_annotated = release.class_counts()
+    metrics = {
+        "num-examples": release.public_size,
+        **{f"count.{g}": float(v) for g, v in counts.items()},
+        **{f"pos.{g}": [float(x) for x in v] for g, v in positives.items()},
+        "train_pos": [int(v) for v in train_pos],
+        "train_annotated": [int(v) for v in train_annotated],
+        **{f"n.{p}": int(round(float(v))) for p, v in zip(PROJECTIONS, release.views)},
+    }
+    return metrics, counts, fedavg
+
+
 def _site_record(site: SiteConfig) -> ConfigRecord:
     return ConfigRecord({"name": site.name, "synthetic": site.synthetic})
 
@@ -174,25 +215,22 @@ def train(msg: Message, context: Context) -> Message:
         from client.tail_synthesis import tail_training_data
 
         train_data, synthesis = tail_training_data(config, site, data, c, synth)
-    stats, privacy = train_round(config, site, train_data, model)
-    counts, positives, fedavg = update_statistics(model, data, str(config.get("aggregation", "projection")))
+    aggregation = str(config.get("aggregation", "projection"))
+    release = None
+    if bool(config.get("dp", False)):  # the only dataset statistics a DP site uses or sends (client/dp_release.py)
+        check_dp_config(config, site)  # refusals first: nothing is charged for a round that cannot run
+        release = released_counts(site, config, data.targets[:, :c], data.mask[:, :c], data.projection)
+    stats, privacy = train_round(config, site, train_data, model, release)
+    if release is None:
+        metrics, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)
+    else:
+        metrics, counts, fedavg = released_train_metrics(model, release, aggregation)
     state = outgoing_state(model, site, counts, fedavg)
     sent_groups = {parameter_group(k) for k in state}
-    k = site.privacy.suppress
-    train_pos, train_annotated = data.class_counts(c)
-    metrics = {
-        "num-examples": len(data),
-        **{f"count.{g}": k(v) for g, v in counts.items() if g in sent_groups},
-        **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items() if g in sent_groups},
-        "train_loss": float(stats["train_loss"]),
-        **{k: float(stats[k]) for k in ("contrastive_loss", "box_gap") if k in stats},
-        "train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
-        "train_pos": [int(k(v)) for v in train_pos],
-        "train_annotated": [int(k(v)) for v in train_annotated],
-        **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
-        **privacy,
-        **synthesis,
-    }
+    metrics = {key: v for key, v in metrics.items()
+               if not key.startswith(("count.", "pos.")) or key.split(".", 1)[1] in sent_groups}
+    metrics.update({"train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
+                    **privacy, **synthesis})
     loc = loc_spec(config)
     if loc is not None:  # the prompt localiser trains beside the classifier on the same split
         from client.localization import train_loc_round
@@ -206,7 +244,7 @@ def train(msg: Message, context: Context) -> Message:
     if spec is not None and spec.label_graph:  # pair counts for the consortium's label graph (server/label_graph.py)
         from client.cooccurrence import site_pair_counts
 
-        metrics["cooc"] = site_pair_counts(site, data, c, config)
+        metrics["cooc"], metrics["cooc_den"] = site_pair_counts(site, data, c, config)
     content = RecordDict({
         "arrays": ArrayRecord(state),
         "metrics": MetricRecord(metrics),
@@ -250,11 +288,16 @@ def evaluate(msg: Message, context: Context) -> Message:
 
         summary.update(evaluate_loc_round(config, site, data, split, loc,
                                           global_state(msg.content["arrays"], part=LOC_PREFIX), c))
-    summary["eval_seconds"] = time.perf_counter() - t0
     known = data.projection >= 0
     k = site.privacy.suppress
     summary["router_total"] = int(k(int(known.sum()))) if routes is not None else 0
     summary["router_correct"] = (int(k(int((routes[known] == data.projection[known]).sum())))
                                  if routes is not None and summary["router_total"] else 0)
+    if bool(config.get("dp", False)):  # what a DP site's evaluation may carry (client/dp_release.py)
+        summary = evaluation_release(config, site, summary, probs, data.targets[:, :c], data.mask[:, :c],
+                                     data.projection, spec, families=bool(extra) or loc is not None)
+        summary.setdefault("router_total", 0)
+        summary.setdefault("router_correct", 0)
+    summary["eval_seconds"] = time.perf_counter() - t0
     content = RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)})
     return Message(content, reply_to=msg)

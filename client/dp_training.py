@@ -13,7 +13,8 @@ import torch
 from client.index import SiteData
 from client.training import ZeroShotTraining, _batch, augment, objective
 from shared_models.networks import RoutedExperts
-from shared_models.privacy import DPSettings, clipped_gradient_sum, is_dp_compatible, poisson_batches, privatise
+from shared_models.privacy import DPSettings, clipped_gradient_sum, is_dp_compatible, privatise
+from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
 from shared_models.zeroshot.dp import check_dp_head, clipped_zeroshot_sum
 
 
@@ -25,15 +26,16 @@ def train_local_dp(
     batch_size: int,
     device: torch.device,
     dp: DPSettings,
-    seed: int = 0,
     proximal_mu: float = 0.0,
     prevalence: np.ndarray | None = None,
     asl_class_weights: bool = False,
     logit_adjust_tau: float = 0.0,
     zeroshot: ZeroShotTraining | None = None,
     prompts: torch.Tensor | None = None,
+    dataset_size: int | None = None,
 ) -> dict[str, float]:
-    """``epochs`` x ceil(N / batch_size) DP-SGD steps at sample rate batch_size / N. FedProx's proximal
+    """``epochs`` x ceil(N / batch_size) DP-SGD steps at sample rate batch_size / N, N the released
+    ``dataset_size`` (client/dp_release.py; the exact size only where none is given, in tests). FedProx's proximal
     gradient is added after the noise (it does not touch the data). Re-sampling for the long tail is not
     available under DP (the accountant assumes uniform Poisson sampling).
 
@@ -52,43 +54,44 @@ def train_local_dp(
     if n == 0:
         raise ValueError("no training images at this site")
     loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
-    sample_rate = min(1.0, batch_size / n)
-    steps = epochs * math.ceil(n / batch_size)
+    size = dataset_size or n  # the released (public) size: the coordinator may know it, the exact n it may not
+    sample_rate = min(1.0, batch_size / size)
+    steps = epochs * math.ceil(size / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     params = dict(model.named_parameters())
     start = {k: v.detach().clone() for k, v in params.items()} if proximal_mu > 0 else None
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    stream = SecureStream()  # noise, sampling, augmentation, dropout: OS CSPRNG re-seeded every step, never ``seed``
     total, seen, clipped, t0 = 0.0, 0, 0, time.perf_counter()
-    for idx in poisson_batches(n, sample_rate, steps, rng):
-        if len(idx):
-            x, p, y, m = _batch(data, idx, device, model.num_classes)
-            x = augment(x, gen)
-            if zeroshot is None:
-                summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
-            else:
-                zeroshot.hide(m)
-                part = dp.max_grad_norm / math.sqrt(2)
-                summed, losses, n1 = clipped_gradient_sum(model, x, p, y, m, loss_fn, part, offset)
-                t = torch.from_numpy(idx)
-                zs, zs_losses, n2 = clipped_zeroshot_sum(model.zeroshot, x, zeroshot.texts.features[t].to(device),
-                                                         prompts.to(device), y, m, part)
-                for k, g in zs.items():
-                    summed[f"zeroshot.{k}"] = summed[f"zeroshot.{k}"] + g
-                losses = losses + zs_losses  # (zeroshot-weight does not apply: each part has its own clip)
-                norms = torch.maximum(n1, n2) * math.sqrt(2)  # over C iff a part was over C / sqrt(2): clipped
-            total += float(losses.sum())
-            seen += len(idx)
-            clipped += int((norms > dp.max_grad_norm).sum())
-        else:  # an empty Poisson batch still takes a (pure-noise) step
-            summed = {k: torch.zeros_like(v) for k, v in params.items() if v.requires_grad}
-        grads = privatise(summed, dp, expected_batch=sample_rate * n, generator=gen)
-        for k, g in grads.items():
-            if start is not None:
-                g = g + proximal_mu * (params[k].detach() - start[k])
-            params[k].grad = g.to(params[k].dtype)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    with secure_global_rng():
+        for idx in secure_poisson_batches(n, sample_rate, steps, stream):
+            if len(idx):
+                x, p, y, m = _batch(data, idx, device, model.num_classes)
+                x = augment(x, stream.torch)
+                if zeroshot is None:
+                    summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
+                else:
+                    zeroshot.hide(m)
+                    part = dp.max_grad_norm / math.sqrt(2)
+                    summed, losses, n1 = clipped_gradient_sum(model, x, p, y, m, loss_fn, part, offset)
+                    t = torch.from_numpy(idx)
+                    zs, zs_losses, n2 = clipped_zeroshot_sum(model.zeroshot, x, zeroshot.texts.features[t].to(device),
+                                                             prompts.to(device), y, m, part)
+                    for k, g in zs.items():
+                        summed[f"zeroshot.{k}"] = summed[f"zeroshot.{k}"] + g
+                    losses = losses + zs_losses  # (zeroshot-weight does not apply: each part has its own clip)
+                    norms = torch.maximum(n1, n2) * math.sqrt(2)  # over C iff a part was over C / sqrt(2): clipped
+                total += float(losses.sum())
+                seen += len(idx)
+                clipped += int((norms > dp.max_grad_norm).sum())
+            else:  # an empty Poisson batch still takes a (pure-noise) step
+                summed = {k: torch.zeros_like(v) for k, v in params.items() if v.requires_grad}
+            grads = privatise(summed, dp, expected_batch=sample_rate * size, generator=stream.torch)
+            for k, g in grads.items():
+                if start is not None:
+                    g = g + proximal_mu * (params[k].detach() - start[k])
+                params[k].grad = g.to(params[k].dtype)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     return {"train_loss": total / max(seen, 1), "steps": steps, "sample_rate": sample_rate,
             "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
             "clipped_fraction": clipped / max(seen, 1), "train_seconds": time.perf_counter() - t0}

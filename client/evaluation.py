@@ -8,7 +8,15 @@ the same keys.
 Small counts (the site's ``[privacy] min_count`` k): a scope with fewer than k images sends nothing but zeros /
 NaN; within a scope, a class with fewer than k annotated positives or fewer than k negatives sends neither its
 histograms nor its local AP / AUROC / F1 (both would describe fewer than k patients). ``withheld.<scope>`` says
-how many classes were withheld, so the server and the dashboard can tell withheld from absent.
+how many classes were withheld, so the server and the dashboard can tell withheld from absent. Within a released
+class, no bin holds fewer than k positives or k negatives: adjacent bins are merged (the same boundaries for both
+histograms, never across p = 0.5) and the merged counts sit in the segment's middle bin.
+
+Under DP (``dp = true``) a site's evaluation summary is, by its policy and the run config, one of
+(``dp_evaluation``): ``WITHHELD`` (the default: zeros, nothing about the test split leaves), ``NOISED``
+(``dp-eval-noise-multiplier`` z > 0: a Gaussian-mechanism release of the histograms and image counts, charged to the
+ledger every round; ``dp_release_summary``) or ``EXACT`` (the site's ``[privacy] dp_exact_evaluation = true``: the
+summary above, outside the accountant, by the site's explicit choice).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec
         pos = neg = np.zeros((c, spec.bins), np.int64)
     small = ((pos.sum(1) < min_count) | (neg.sum(1) < min_count)) & ((pos.sum(1) + neg.sum(1)) > 0)
     pos, neg = np.where(small[:, None], 0, pos), np.where(small[:, None], 0, neg)
+    pos, neg = merge_small_bins(pos, neg, min_count)
     for k in ("ap", "auroc", "f1"):
         out[f"{prefix}{k}.{scope}"] = [float("nan") if s else float(v) for v, s in zip(pc[k], small)]
     out[f"{prefix}hist_pos.{scope}"] = pos.reshape(-1).astype(int).tolist()
@@ -52,4 +61,78 @@ def evaluation_summary(
     for scope in SCOPES:
         sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)
         out.update(scope_summary(probs[sel], targets[sel], mask[sel], spec, min_count, scope))
+    return out
+
+
+def _segments(p: np.ndarray, n: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """[start, end) bin ranges covering one half-histogram, each with 0 or >= k positives and 0 or >= k negatives
+    (where the half's totals allow it)."""
+    ok = lambda a, b: (a == 0 or a >= k) and (b == 0 or b >= k)  # noqa: E731
+    segs: list[list[int]] = []
+    start, sp, sn = 0, 0, 0
+    for b in range(len(p)):
+        sp, sn = sp + int(p[b]), sn + int(n[b])
+        if sp + sn > 0 and ok(sp, sn):
+            segs.append([start, b + 1, sp, sn])
+            start, sp, sn = b + 1, 0, 0
+    if sp + sn > 0 or not segs:  # a remainder that never reached k joins the segments before it
+        segs.append([start, len(p), sp, sn])
+    while len(segs) > 1 and not ok(segs[-1][2], segs[-1][3]):
+        last = segs.pop()
+        segs[-1] = [segs[-1][0], last[1], segs[-1][2] + last[2], segs[-1][3] + last[3]]
+    segs[-1][1] = len(p)
+    return [(a, b) for a, b, _, _ in segs]
+
+
+def merge_small_bins(pos: np.ndarray, neg: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, B) histograms in which no bin holds fewer than ``k`` (and more than 0) positives or negatives: adjacent
+    bins merged per class, with the same boundaries for both and never across the middle edge (p = 0.5, so F1 at
+    0.5 stays exact); a merged count sits in its segment's middle bin. A class whose totals are below k is left as
+    it is here (``scope_summary`` withholds it)."""
+    if k <= 1:
+        return pos, neg
+    out_p, out_n = np.zeros_like(pos), np.zeros_like(neg)
+    half = pos.shape[1] // 2
+    for c in range(pos.shape[0]):
+        for lo, hi in ((0, half), (half, pos.shape[1])):
+            for a, b in _segments(pos[c, lo:hi], neg[c, lo:hi], k):
+                mid = lo + (a + b - 1) // 2
+                out_p[c, mid], out_n[c, mid] = pos[c, lo + a:lo + b].sum(), neg[c, lo + a:lo + b].sum()
+    return out_p, out_n
+
+
+WITHHELD, NOISED, EXACT = 0, 1, 2  # ``dp_evaluation``: what a DP site's evaluation summary is
+
+
+def release_sensitivity(num_classes: int) -> float:
+    """L2 sensitivity of a DP evaluation release to one image: one bin (positive or negative) per annotated class
+    in scope 'all' and in its view's scope, and 1 in both scopes' image counts."""
+    return float(np.sqrt(2 * num_classes + 2))
+
+
+def dp_release_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, projection: np.ndarray,
+                       spec: HistogramSpec, noise_multiplier: float, coarse: int,
+                       rng: np.random.Generator) -> dict[str, list[float] | list[int] | int]:
+    """The Gaussian-mechanism release of an evaluation summary: per scope the histograms (summed into ``coarse``
+    bins, where the noise costs less per bin) and the image count, each entry + N(0, (z x sqrt(2C + 2))^2), then
+    rounded and clipped at 0. Local AP / AUROC / F1 are not released (NaN): the server pools the histograms."""
+    if coarse < 2 or coarse % 2 or spec.bins % coarse:
+        raise ValueError(f"dp-eval-bins = {coarse}: expected an even number of bins dividing hist-bins = {spec.bins}")
+    c = probs.shape[1]
+    std = noise_multiplier * release_sensitivity(c)
+    noisy = lambda v: np.clip(np.rint(v + rng.normal(0.0, std, np.shape(v))), 0, None).astype(np.int64)  # noqa: E731
+    out: dict = {}
+    for scope in SCOPES:
+        sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)
+        pos, neg = spec.histograms(targets[sel], probs[sel], mask[sel])
+        width = spec.bins // coarse
+        for key, h in (("hist_pos", pos), ("hist_neg", neg)):
+            released = np.zeros_like(h)
+            released[:, width // 2::width] = noisy(h.reshape(c, coarse, width).sum(2))
+            out[f"{key}.{scope}"] = released.reshape(-1).astype(int).tolist()
+        for k in ("ap", "auroc", "f1"):
+            out[f"{k}.{scope}"] = [float("nan")] * c
+        out[f"n.{scope}"] = int(noisy(float(sel.sum())))
+        out[f"withheld.{scope}"] = 0
+    out["num-examples"] = out["n.all"]
     return out

@@ -13,13 +13,16 @@ import torch
 
 from client.boxlatent import train_box
 from client.dp_training import train_local_dp
+from client.dp_release import ReleasedCounts
 from client.index import SiteData
 from client.privacy import PolicyRefusal, PrivacyLedger
 from client.site_config import SiteConfig
 from client.training import ZeroShotTraining, train_local
 from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
+from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts, parameter_group
+from shared_models.networks.heads import head_spec
 from shared_models.ontology import load_label_set
 from shared_models.privacy import DPSettings
 from shared_models.zeroshot.config import zeroshot_spec
@@ -37,20 +40,45 @@ def dp_request(config: Mapping[str, Any]) -> tuple[bool, float, float]:
             float(config.get("dp-max-grad-norm", 0.0)))
 
 
-def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, model: RoutedExperts
-                ) -> tuple[dict[str, float], dict[str, float]]:
-    """Train the model in place; returns (training stats, privacy metrics to report)."""
+def check_dp_config(config: Mapping[str, Any], site: SiteConfig) -> None:
+    """Refuse, before anything is trained or charged, a run config that DP-SGD cannot honour at this site: the
+    policy's minimum settings, re-sampling (the accountant assumes uniform Poisson sampling), heads without DP
+    training, and label co-occurrence counts without noise. No check on class priors is needed: under DP they come
+    only from released counts (``train_round``)."""
+    dp, sigma, clip = dp_request(config)
+    site.privacy.check_run(dp, sigma, clip)
+    if not dp:
+        return
+    if str(config.get("sampling", "none")) != "none":
+        raise PolicyRefusal("re-sampling for the long tail is not available under DP-SGD (the accountant assumes "
+                            "uniform Poisson sampling and the weights would come from the site's exact counts); "
+                            "use sampling = \"none\" with asl-class-weights or logit-adjust-tau, which under DP use "
+                            "released counts")
+    if box_spec(config) is not None:
+        raise PolicyRefusal("the box-latent head has no DP-SGD training; run it with dp = false")
+    if bool(config.get("localizer", False)):
+        raise PolicyRefusal("the prompt localiser has no DP-SGD training; run it with dp = false")
+    spec = head_spec(config)
+    if spec is not None and spec.label_graph and float(config.get("label-graph-noise", 0.0)) <= 0:
+        raise PolicyRefusal("a DP run sends label co-occurrence counts only through the Gaussian mechanism: set "
+                            "label-graph-noise > 0 (or label-graph = false)")
+
+
+def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, model: RoutedExperts,
+                release: ReleasedCounts | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Train the model in place; returns (training stats, privacy metrics to report). Under DP, ``release`` (the
+    site's released counts, client/dp_release.py) is the only source of dataset statistics: the sampling rate and
+    step count come from its public size, and the class prior (ASL class weights, logit adjustment) from the
+    consortium's prevalence or else from it, never from the site's exact counts."""
     policy = site.privacy
     dp, sigma, clip = dp_request(config)
-    policy.check_run(dp, sigma, clip)
+    check_dp_config(config, site)
     if policy.withhold and str(config.get("aggregation", "projection")) == "fedavg":
         raise PolicyRefusal(f"site policy withholds parameter groups {list(policy.withhold)}; plain FedAvg needs "
                             "every group from every site (use aggregation = \"projection\")")
     epochs, batch = int(config["local-epochs"]), int(config["batch-size"])
     box = box_spec(config)
     if box is not None:
-        if dp:
-            raise NotImplementedError("the box-latent head has no DP-SGD training yet; run it with dp = false")
         prevalence = np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None
         return train_box(model, data, box, epochs, float(config["lr"]), batch, select_device(),
                          seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]), prevalence=prevalence,
@@ -73,13 +101,22 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
         prompts = seen_prompt_features(label_set, site.work_dir) if dp else None
     if not dp:
         return train_local(model, data, sampling=str(config.get("sampling", "none")), zeroshot=zs, **common), {}
-    if str(config.get("sampling", "none")) != "none":
-        raise PolicyRefusal("re-sampling for the long tail is not available under DP-SGD (the accountant assumes "
-                            "uniform Poisson sampling); use sampling = \"none\" or ASL class weights")
-    rate, steps = min(1.0, batch / max(len(data), 1)), epochs * math.ceil(len(data) / batch)
+    if release is None:
+        raise ValueError("DP-SGD needs the site's released counts (client/dp_release.py) for its sampling rate")
+    size = release.public_size
+    if common["prevalence"] is None:
+        pos, ann = release.class_counts()
+        common["prevalence"] = class_prevalence(pos, ann, empty=0.0)
+    del common["seed"]  # DP randomness never comes from the run's seed (shared_models/privacy/randomness.py)
+    rate, steps = dp_schedule(size, batch, epochs)
     return dp_round(site, config, DPSettings(sigma, clip), rate, steps, HEAD,
                     lambda: train_local_dp(model, data, dp=DPSettings(sigma, clip), zeroshot=zs, prompts=prompts,
-                                           **common))
+                                           dataset_size=size, **common))
+
+
+def dp_schedule(public_size: int, batch: int, epochs: int) -> tuple[float, int]:
+    """(Poisson sampling rate, steps) of a DP-SGD round from the released dataset size, never the exact one."""
+    return min(1.0, batch / max(public_size, 1)), epochs * math.ceil(max(public_size, 1) / batch)
 
 
 def charged(site: SiteConfig, config: Mapping[str, Any], noise_multiplier: float, rate: float, steps: int, head: str,
@@ -102,12 +139,12 @@ def charged(site: SiteConfig, config: Mapping[str, Any], noise_multiplier: float
 def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: float, steps: int, head: str,
              train: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """A DP-SGD round under the site's epsilon budget (``charged``); returns (training stats, the privacy metrics
-    to report)."""
+    to report). Those are the mechanism's public settings and the ledger's epsilon (every charged release
+    composed); data-dependent values (loss, clipped fraction) stay at the site."""
     policy = site.privacy
     stats, eps = charged(site, config, dp.noise_multiplier, rate, steps, head, train)
     report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": dp.noise_multiplier,
-              "dp_max_grad_norm": dp.max_grad_norm, "dp_steps": float(steps), "dp_sample_rate": rate,
-              "dp_clipped_fraction": stats["clipped_fraction"]}
+              "dp_max_grad_norm": dp.max_grad_norm, "dp_steps": float(steps), "dp_sample_rate": rate}
     if math.isfinite(policy.epsilon_budget):
         report["dp_epsilon_budget"] = policy.epsilon_budget
     return stats, report

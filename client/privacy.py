@@ -24,6 +24,11 @@ class PolicyRefusal(RuntimeError):
     """The site refuses this request under its privacy policy (the message says which rule and why)."""
 
 
+def _flag(value: Any, where: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: [privacy] {name} = {value!r}; expected true or false")
+    return value
+
 
 def suppress_counts(counts: dict, k: int) -> dict:
     """Counts below k as the string "<k" (for anything meant to leave the site)."""
@@ -39,11 +44,12 @@ class PrivacyPolicy:
     delta: float = 1e-5
     accountant: str = "rdp"
     withhold: tuple[str, ...] = ()  # parameter groups (glob patterns) that never leave the site
+    dp_exact_evaluation: bool = False  # under DP, send exact evaluation summaries (outside the accountant)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str) -> "PrivacyPolicy":
         known = {"min_count", "require_dp", "min_noise_multiplier", "max_grad_norm", "epsilon_budget", "delta",
-                 "accountant", "withhold"}
+                 "accountant", "withhold", "dp_exact_evaluation"}
         unknown = set(table) - known
         if unknown:
             raise ValueError(f"{where}: unknown [privacy] field(s) {sorted(unknown)}; expected some of {sorted(known)}")
@@ -57,6 +63,7 @@ class PrivacyPolicy:
                 delta=float(table.get("delta", 1e-5)),
                 accountant=str(table.get("accountant", "rdp")),
                 withhold=tuple(str(g) for g in table.get("withhold", ())),
+                dp_exact_evaluation=_flag(table.get("dp_exact_evaluation", False), where, "dp_exact_evaluation"),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: [privacy] has a value of the wrong type ({exc})") from None

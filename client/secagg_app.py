@@ -14,7 +14,8 @@ from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
 from client.client_app import resolve_site, run_model, site_data
-from client.local_round import train_round
+from client.dp_release import released_counts
+from client.local_round import check_dp_config, train_round
 from shared_models.networks import float_state_keys
 
 
@@ -30,8 +31,16 @@ class SiteClient(NumPyClient):
         keys = float_state_keys(state)
         state.update({k: torch.from_numpy(np.asarray(a)).to(state[k].dtype) for k, a in zip(keys, parameters)})
         model.load_state_dict(state)
-        stats, privacy = train_round({**config, "aggregation": "fedavg"}, site, data, model)
+        config = {**config, "aggregation": "fedavg"}
+        release = None
+        if bool(config.get("dp", False)):  # weight and sampling rate from the released counts (client/dp_release.py)
+            check_dp_config(config, site)
+            c = model.num_classes
+            release = released_counts(site, config, data.targets[:, :c], data.mask[:, :c], data.projection)
+        stats, privacy = train_round(config, site, data, model, release)
         out = model.cpu().state_dict()
+        if release is not None:  # no exact loss or count leaves a DP site
+            return [out[k].numpy() for k in keys], release.public_size, privacy
         return [out[k].numpy() for k in keys], len(data), {"train_loss": float(stats["train_loss"]), **privacy}
 
 

@@ -28,6 +28,10 @@ def _demo(args: argparse.Namespace) -> int:
             print("fedchest demo: --zeroshot needs federated evaluation, which the SecAgg+ demo does not run",
                   file=sys.stderr)
             return 2
+        if args.dp:
+            print("fedchest demo: --zeroshot's evaluation summaries have no noised release under DP (a DP site sends "
+                  "them only with [privacy] dp_exact_evaluation = true in its site.toml)", file=sys.stderr)
+            return 2
         extra = {"zeroshot": True, "zeroshot-proxy-classes": args.proxy_classes,
                  "zeroshot-image-encoder": "separate" if args.dp else "experts"}  # DP-SGD needs the separate one
     if (args.localizer or args.tail_synthesis) and (args.dp or args.secagg):
@@ -40,6 +44,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.tail_synthesis and args.zeroshot:
         print("fedchest demo: --tail-synthesis cannot be combined with --zeroshot yet", file=sys.stderr)
         return 2
+    if args.dp:
+        extra["dp-eval-noise-multiplier"] = args.dp_eval_noise_multiplier
     if args.trcgl:
         extra.update({"se": True, "csra-heads": 2, "label-graph": True, "label-graph-noise": args.label_graph_noise})
     if args.localizer:
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dp", action="store_true", help="train under DP-SGD at every site (each keeps a privacy ledger)")
     d.add_argument("--dp-noise-multiplier", type=float, default=1.0)
     d.add_argument("--dp-max-grad-norm", type=float, default=1.0)
+    d.add_argument("--dp-eval-noise-multiplier", type=float, default=2.0,
+                   help="with --dp: noise multiplier of each round's evaluation release (0: sites withhold it)")
     d.add_argument("--secagg", action="store_true",
                    help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated evaluation")
     d.add_argument("--zeroshot", action="store_true",

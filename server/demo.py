@@ -126,6 +126,11 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
               + ", ".join(f"{h['train_loss']:.3f}" for h in summary["rounds"]))
         print(f"final model: {summary['checkpoints']} (evaluate it with `fedchest-site predict` at a site)")
         return summary
+    if not summary["rounds"]:
+        print("\n=== fedchest demo finished (synthetic data): no evaluation summary was released ===")
+        print(f"run {summary['run_id']}: {summary['rounds_completed']} rounds; every site withheld its evaluation "
+              "(DP sites do unless the run asks for a noised release or their policy allows exact summaries)")
+        return summary
     first, last = summary["rounds"][0]["pooled"], summary["rounds"][-1]["pooled"]
     print("\n=== fedchest demo finished (synthetic data, not clinical results) ===")
     print(f"run {summary['run_id']}: {summary['rounds_completed']} rounds, sites {', '.join(summary['sites'])}")
@@ -136,7 +141,8 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
         spent = ", ".join(f"{site} {v['epsilon']:.2f}" for site, v in sorted(summary["privacy"][last_round].items()))
         delta = next(iter(summary["privacy"][last_round].values()))["delta"]
         print(f"privacy: DP-SGD (noise {noise_multiplier:g}, clip {max_grad_norm:g}); epsilon spent after round "
-              f"{last_round} at delta {delta:g}: {spent}")
+              f"{last_round} at delta {delta:g}, every charged release included (training, the sites' released "
+              f"counts, noised evaluation summaries): {spent}")
     if summary.get("zeroshot") and summary["zeroshot"].get("last"):
         zs = summary["zeroshot"]
         print("zero-shot, held-out classes never in any training label (pooled; 95 % bootstrap interval):")

@@ -1,7 +1,8 @@
 """The label co-occurrence graph of a run with ``label-graph = true`` (ML-GCN, shared_models/labelgraph.py): each
-round the sites' co-occurrence counts (pairs of positive, annotated classes in their training splits, small counts
-suppressed at the site) and positive counts are summed, the normalised adjacency is recomputed from the sums, and
-it is written, with the classes' label embeddings, into every expert's graph buffers of the new global model.
+round the sites' co-occurrence counts (pairs of positive, annotated classes in their training splits, and the
+denominators over the images where both classes are annotated; small counts suppressed at the site) are summed,
+the normalised adjacency is recomputed from the sums, and it is written, with the classes' label embeddings, into
+every expert's graph buffers of the new global model.
 Before the first counts arrive the graph is the identity (no propagation)."""
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ class LabelGraph:
         c = len(self.embeddings)
         self.a_hat = np.eye(c, dtype=np.float32)
         self.pairs: np.ndarray | None = None  # the last round's summed counts, for the registry
-        self.positives: np.ndarray | None = None
+        self.denominators: np.ndarray | None = None
 
-    def update(self, pairs: np.ndarray, positives: np.ndarray) -> None:
-        """A round's summed (C, C) pair counts and (C,) positive counts -> the new adjacency."""
-        self.pairs, self.positives = pairs, positives
-        self.a_hat = normalised(adjacency(pairs, positives)).astype(np.float32)
+    def update(self, pairs: np.ndarray, denominators: np.ndarray) -> None:
+        """A round's summed (C, C) pair counts M and denominators D (client/cooccurrence.py) -> the new adjacency."""
+        self.pairs, self.denominators = pairs, denominators
+        self.a_hat = normalised(adjacency(pairs, denominators)).astype(np.float32)
 
     def apply(self, arrays: dict) -> dict:
         """``arrays`` (key -> array) with every graph buffer set to the current graph."""

@@ -100,7 +100,9 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_fit_metrics(results: list[tuple[int, dict]]) -> dict:
         n = sum(k for k, _ in results)
-        loss = sum(k * float(m.get("train_loss", 0.0)) for k, m in results) / max(n, 1)
+        reported = [(k, float(m["train_loss"])) for k, m in results if "train_loss" in m]  # DP sites send no loss
+        weight = sum(k for k, _ in reported)
+        loss = sum(k * v for k, v in reported) / weight if weight else float("nan")
         eps = [float(m["dp_epsilon"]) for _, m in results if "dp_epsilon" in m]
         history.append({"sites": len(results), "examples": n, "train_loss": loss, "max_dp_epsilon": max(eps, default=None)})
         return {"train_loss": loss}

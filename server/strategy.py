@@ -46,7 +46,8 @@ def scalar_mean(records: list[MetricRecord], weight_key: str) -> MetricRecord:
 
 
 PRIVACY_KEYS = ("dp_epsilon", "dp_epsilon_budget", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm",
-                "dp_steps", "dp_clipped_fraction")
+                "dp_steps", "dp_sample_rate")
+DP_EVALUATION_WITHHELD = 0  # client/evaluation.py WITHHELD (the wire value; server/ does not import client/)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -234,6 +235,7 @@ class FedChestAvg(FedAvg):
         ann = np.zeros(len(self.classes), np.int64)
         ct_pos = np.zeros(len(self.ct_classes), np.int64)
         pairs = np.zeros((len(self.classes), len(self.classes)), np.int64)
+        pair_den = np.zeros_like(pairs)
         paired = False
         ct_ann = np.zeros(len(self.ct_classes), np.int64)
         rows = []
@@ -253,8 +255,10 @@ class FedChestAvg(FedAvg):
             if "train_pos" in m:  # a radiograph site (CT sites count their own label set)
                 pos += np.asarray(m["train_pos"], np.int64)
                 ann += np.asarray(m["train_annotated"], np.int64)
-            if self.label_graph is not None and len(m.get("cooc", [])) == pairs.size:
+            if (self.label_graph is not None and len(m.get("cooc", [])) == pairs.size
+                    and len(m.get("cooc_den", [])) == pairs.size):
                 pairs += np.asarray(m["cooc"], np.int64).reshape(pairs.shape)
+                pair_den += np.asarray(m["cooc_den"], np.int64).reshape(pairs.shape)
                 paired = True
             if self.ct_classes and "ct_train_pos" in m:
                 ct_pos += np.asarray(m["ct_train_pos"], np.int64)
@@ -309,7 +313,7 @@ class FedChestAvg(FedAvg):
             new = self.server_optimizer.step(self.current, new, contributors, self.groups)
         if self.label_graph is not None:  # the graph buffers are the server's, never an average
             if paired:
-                self.label_graph.update(pairs, pos)
+                self.label_graph.update(pairs, pair_den)
                 rows.append((None, "all", None, "label_graph_edges",
                              float((self.label_graph.a_hat > 0).sum() - len(self.classes)), None))
             new = self.label_graph.apply(new)
@@ -379,6 +383,17 @@ class FedChestAvg(FedAvg):
             site = self._site_of(msg)
             try:
                 m = next(iter(msg.content.metric_records.values()))
+                if "dp_evaluation" in m:  # a DP site: withheld, noised and charged, or exact by its policy
+                    timing.append((site, "all", None, "dp_evaluation", float(m["dp_evaluation"]), None))
+                    if "dp_epsilon" in m:  # a charged evaluation release: the site's epsilon after it
+                        timing.append((site, "all", None, "dp_epsilon_after_evaluation", float(m["dp_epsilon"]), None))
+                        entry = self.privacy.setdefault(str(server_round), {}).setdefault(
+                            site, {"epsilon": 0.0, "delta": float(m.get("dp_delta", float("nan"))), "budget": None})
+                        entry["epsilon"] = max(entry["epsilon"], float(m["dp_epsilon"]))
+                    if int(m["dp_evaluation"]) == DP_EVALUATION_WITHHELD:
+                        self.registry.add_event(self.run_id, "evaluation_withheld", "the site trains under DP and "
+                                                "its policy releases no evaluation summary", server_round, site)
+                        continue
                 if is_ct_summary(m):
                     ct_evals[site] = parse_ct(m, len(self.ct_classes), self.spec)
                     if "eval_seconds" in m:
@@ -402,6 +417,8 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("evaluate", server_round, answered)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))
         if not evals and not ct_evals:
+            if timing:  # e.g. every site trains under DP and withholds its evaluation
+                self.registry.add_metrics(self.run_id, server_round, timing)
             self.reply_rows = []
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)

@@ -1,9 +1,10 @@
 """The label co-occurrence graph (ML-GCN, domain.md C4) and its classifier.
 
-Statistics: M_ij = images labelled with both i and j, N_i = images labelled with i, over the training splits; in a
-federation each site counts its own and the server sums them (counts, never images). The adjacency follows the
-reference code (``gen_A`` / ``gen_adj``): A = M / N row-wise, binarised at tau (0.4), re-weighted so each column's
-neighbours sum to p (0.25), plus the identity; then A_hat = (A D)^T D with D = diag(A.sum(1))^-1/2.
+Statistics: M_ij = images labelled with both i and j, D_ij = images labelled with i on which j is annotated, over
+the training splits; in a federation each site counts its own and the server sums them (counts, never images). The
+adjacency follows the reference code (``gen_A`` / ``gen_adj``): A = M / D (the reference's M / N where every class is
+annotated), binarised at tau (0.4), re-weighted so each column's neighbours sum to p (0.25), plus the identity; then
+A_hat = (A S)^T S with S = diag(A.sum(1))^-1/2.
 
 ``GraphClassifier``: two GCN layers (LeakyReLU 0.2) map label embeddings (MiniLM on class descriptions, frozen) over
 A_hat to one classifier vector per class; logits = image feature . W^T (or W feeds CSRA as its class weights).
@@ -20,18 +21,23 @@ TAU, P = 0.4, 0.25
 
 
 def cooccurrence(targets: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(M, N) from (n, C) 0/1 labels; with ``mask``, a pair counts only where both classes are annotated."""
-    y = (np.asarray(targets) > 0.5).astype(np.int64)
-    if mask is not None:
-        y = y * (np.asarray(mask) > 0)
-    return y.T @ y, y.sum(0)
+    """(M, D) from (n, C) 0/1 labels. M_ij: images positive for both i and j; D_ij: images positive for i on which
+    j is annotated, so M_ij / D_ij estimates P(j | i) over the same images (both classes annotated) even where sites
+    annotate different classes. The diagonal of both is N_i, the positives of i. Without ``mask`` every class is
+    annotated and every row of D is N_i (the reference's M / N)."""
+    targets = np.asarray(targets)
+    annotated = (np.ones(targets.shape) if mask is None else np.asarray(mask) > 0).astype(np.int64)
+    y = (targets > 0.5).astype(np.int64) * annotated
+    return y.T @ y, y.T @ annotated
 
 
-def adjacency(m: np.ndarray, n: np.ndarray, tau: float = TAU, p: float = P) -> np.ndarray:
-    """The reference's gen_A on counts: row-normalise, binarise at tau, column re-weight to p, add the identity."""
+def adjacency(m: np.ndarray, d: np.ndarray, tau: float = TAU, p: float = P) -> np.ndarray:
+    """The reference's gen_A on counts: row-normalise, binarise at tau, column re-weight to p, add the identity.
+    ``d`` is the (C, C) denominator of ``cooccurrence`` (or a (C,) vector N, every class annotated everywhere)."""
     m = np.asarray(m, np.float64).copy()
     np.fill_diagonal(m, 0.0)  # gen_A reads the pair counts (the diagonal of M is N itself)
-    a = m / np.maximum(np.asarray(n, np.float64), 1.0)[:, None]
+    d = np.asarray(d, np.float64)
+    a = m / np.maximum(d if d.ndim == 2 else d[:, None], 1.0)
     a = (a >= tau).astype(np.float64)
     a = a * p / (a.sum(0, keepdims=True) + 1e-6)
     return a + np.eye(len(a))

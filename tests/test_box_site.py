@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from client.box_report import DISCLAIMER, report_files
+from client.privacy import PolicyRefusal
 from client.boxlatent import OOD_MAX_IMAGES, box_evaluation, build_site_artefacts
 from client.client_app import run_model, update_statistics
 from client.index import load_split
@@ -52,7 +53,7 @@ def test_a_round_trains_and_sends_the_head_only(site):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("backbone."))  # frozen, BN stats too
     assert not torch.equal(before["box.centre.weight"], after["box.centre.weight"])
-    with pytest.raises(NotImplementedError, match="no DP-SGD training"):
+    with pytest.raises(PolicyRefusal, match="no DP-SGD training"):
         train_round({**BASE, "dp": True, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0}, site,
                     load_split(site, "train"), run_model(BASE, site))
 

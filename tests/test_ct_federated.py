@@ -14,6 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.ct.federated import NotACTRun, evaluate_ct_round, load_ct_site, train_ct_round
+from client.dp_release import ReleasedCounts
+from client.local_round import ledger_for
 from client.site_config import load_site_config
 from client.synth.ct import synthesize_ct_site
 from server.ct_eval import KS, ct_round, parse_ct
@@ -24,6 +26,7 @@ from shared_models.ct.metrics import recall_at_k
 from shared_models.ct.model import CTVLM, prefixed
 from shared_models.metrics import HistogramSpec
 from shared_models.ontology import load_label_set
+from shared_models.privacy.accountant import epsilon
 from tests.test_strategy import _reply
 
 RUN = {"ct": True, "ct-size": "16,32,32", "ct-spacing": "6,6,6", "ct-batch-size": 4, "local-epochs": 1,
@@ -86,8 +89,14 @@ def test_dp_sgd_on_the_ct_model_writes_the_ledger(ct_site, tmp_path):
     config = {**RUN, "dp": True, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0}
     start = _global()
     state, metrics = train_ct_round(config, site, start)
-    assert metrics["dp_epsilon"] > 0 and metrics["dp_epsilon_budget"] == 50.0
-    assert 0.0 <= metrics["dp_clipped_fraction"] <= 1.0 and np.isfinite(metrics["train_loss"])
+    entries = ledger_for(site).entries()
+    assert [e["head"] for e in entries] == ["site-statistics", "ct-vlm"] and metrics["dp_epsilon_budget"] == 50.0
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+    assert metrics["dp_epsilon"] == pytest.approx(epsilon(history, site.privacy.delta), rel=1e-9)
+    assert "dp_clipped_fraction" not in metrics and "train_loss" not in metrics  # nothing exact leaves under DP
+    release = ReleasedCounts.from_json(json.loads(next((site.work_dir / "dp-release").glob("ct-*.json")).read_text()))
+    assert metrics["num-examples"] == release.public_size
+    assert metrics["ct_train_pos"] == release.class_counts()[0].tolist()
     assert any(not torch.equal(state[k], start[k]) for k in state)
     _, again = train_ct_round({**config, "server-round": 2}, site, start)
     assert again["dp_epsilon"] > metrics["dp_epsilon"]  # the ledger composes rounds

@@ -43,14 +43,31 @@ def test_csra_logit_is_mean_plus_lambda_attention_per_head(heads):
 
 def test_ml_gcn_adjacency_on_a_hand_computed_example():
     y = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 1, 0], [1, 0, 0]])
-    m, n = cooccurrence(y)
+    m, d = cooccurrence(y)
+    n = np.diag(d)
     assert n.tolist() == [4, 3, 1] and m[0, 1] == 2 and m[0, 2] == 1 and m[1, 2] == 0
+    assert (d == n[:, None]).all()  # every class annotated: each row of D is N_i
     # P(j | i) = M_ij / N_i: row 0 (.5, .25) -> (1, 0); row 1 (.67, 0) -> (1, 0); row 2 (1, 0) -> (1, 0) at tau 0.4;
     # columns re-weighted to sum to 0.25 (column 0 has two neighbours: 0.125 each), plus the identity
     a = adjacency(m, n)
     assert np.allclose(a, [[1, 0.25, 0], [0.125, 1, 0], [0.125, 0, 1]], atol=1e-5)
     r = a.sum(1)
     assert np.allclose(normalised(a), a.T / np.sqrt(np.outer(r, r)))
+    assert np.array_equal(adjacency(m, n), a)  # the reference's N_i vector gives the same graph
+
+
+def test_label_graph_is_unbiased_where_sites_annotate_different_classes():
+    # the truth everywhere: P(B | A) = 0.5. Site 1 annotates A and B; site 2 annotates A and C only (B unknown there)
+    a_and_b = np.array([[1, 1, 0]] * 50 + [[1, 0, 0]] * 50)
+    site1, mask1 = a_and_b, np.array([[1, 1, 0]] * 100)
+    site2, mask2 = np.array([[1, 0, 0]] * 100), np.array([[1, 0, 1]] * 100)  # 100 more A positives, B never annotated
+    m = sum(cooccurrence(y, mk)[0] for y, mk in ((site1, mask1), (site2, mask2)))
+    d = sum(cooccurrence(y, mk)[1] for y, mk in ((site1, mask1), (site2, mask2)))
+    assert m[0, 1] / d[0, 1] == pytest.approx(0.5)  # over the same images: both classes annotated
+    assert m[0, 1] / np.diag(d)[0] == pytest.approx(0.25)  # the old M / N_i: biased by site 2's unannotated B
+    a = adjacency(m, d)
+    assert a[0, 1] > 0  # the edge survives tau = 0.4; with M / N_i it would not
+    assert adjacency(m, np.diag(d))[0, 1] == 0
 
 
 def test_cooccurrence_sums_over_sites_equal_the_pooled_counts():
@@ -58,8 +75,8 @@ def test_cooccurrence_sums_over_sites_equal_the_pooled_counts():
     y = (rng.random((300, 6)) < 0.3).astype(np.float32)
     mask = (rng.random((300, 6)) < 0.8).astype(np.float32)
     parts = [cooccurrence(y[i::3], mask[i::3]) for i in range(3)]
-    m, n = cooccurrence(y, mask)
-    assert np.array_equal(sum(p[0] for p in parts), m) and np.array_equal(sum(p[1] for p in parts), n)
+    m, d = cooccurrence(y, mask)
+    assert np.array_equal(sum(p[0] for p in parts), m) and np.array_equal(sum(p[1] for p in parts), d)
 
 
 def test_graph_classifier_propagates_over_the_adjacency():
@@ -117,15 +134,14 @@ def test_experts_with_se_csra_and_the_label_graph_train_federated(tmp_path):
     assert not torch.allclose(a_hat, torch.eye(len(classes)))  # edges from the co-occurrence counts
     assert torch.equal(a_hat, model.experts["LAT"].graph.a_hat) and float(expert.graph.embeddings.abs().sum()) > 0
     # the graph is the ML-GCN adjacency of both sites' training counts, summed after each site's small-count rule
-    pairs, positives = 0, 0
+    pairs, dens = 0, 0
     for name in ("a", "b"):
         cfg = load_site_config(sites / name / "site.toml")
         train = load_split(cfg, "train")
-        m, _ = cooccurrence(train.targets[:, :len(classes)], train.mask[:, :len(classes)])
-        pos, _ = train.class_counts(len(classes))
+        m, d = cooccurrence(train.targets[:, :len(classes)], train.mask[:, :len(classes)])
         pairs = pairs + np.vectorize(cfg.privacy.suppress)(m)
-        positives = positives + np.vectorize(cfg.privacy.suppress)(np.asarray(pos))
-    assert torch.allclose(a_hat, torch.as_tensor(normalised(adjacency(pairs, positives)), dtype=torch.float32))
+        dens = dens + np.vectorize(cfg.privacy.suppress)(d)
+    assert torch.allclose(a_hat, torch.as_tensor(normalised(adjacency(pairs, dens)), dtype=torch.float32))
     data = load_split(load_site_config(sites / "a" / "site.toml"), "test")
     x, p, _, _ = _batch(data, np.arange(4), torch.device("cpu"), len(classes))
     with torch.no_grad():
@@ -140,14 +156,21 @@ def test_noisy_pair_counts_bound_each_image_and_have_the_stated_noise():
     y = (rng.random((400, 8)) < 0.5).astype(np.int64)
     b = bounded_labels(y, 3, rng)
     assert b.sum(1).max() <= 3 and (b <= y).all() and (b.sum(1) == np.minimum(y.sum(1), 3)).all()
-    assert pair_sensitivity(3) == pytest.approx(3 ** 0.5)  # 3 pairs, each +1
-    y, true = b, b.T @ b  # at most 3 labels per image: bounding leaves it as it is, so only the noise varies
-    draws = np.stack([noisy_pairs(y, 2.0, 3, np.random.default_rng((1, s))) for s in range(200)])
-    assert (draws == draws.transpose(0, 2, 1)).all() and (draws >= 0).all()
-    assert (draws[:, np.arange(8), np.arange(8)] == y.sum(0)).all()  # diagonal: the positives, sent anyway
+    # one image with 3 positives: 3 pairs of M, 3 x 7 off-diagonal entries of D, 3 diagonal entries, each +1
+    assert pair_sensitivity(3, 8) == pytest.approx((3 + 21 + 3) ** 0.5)
+    annotated = np.ones_like(b)
+    y = b  # at most 3 labels per image: bounding leaves it as it is, so only the noise varies
+    true_m, true_d = cooccurrence(y, annotated)
+    draws = [noisy_pairs(y, annotated, 2.0, 3, np.random.default_rng((1, s))) for s in range(200)]
+    ms, ds = np.stack([m for m, _ in draws]), np.stack([d for _, d in draws])
+    assert (ms == ms.transpose(0, 2, 1)).all() and (ms >= 0).all() and (ms <= ds).all()
+    assert (ms[:, np.arange(8), np.arange(8)] == ds[:, np.arange(8), np.arange(8)]).all()  # one noised N for both
+    std = 2.0 * pair_sensitivity(3, 8)
     iu = np.triu_indices(8, 1)
-    err = draws[:, iu[0], iu[1]] - true[iu]  # counts here are far from 0, so clipping does not bias them
-    assert abs(err.mean()) < 0.2 and err.std() == pytest.approx(2.0 * 3 ** 0.5, rel=0.05)  # 0.2: 4 standard errors
+    for got, true in ((ms[:, iu[0], iu[1]], true_m[iu]), (ds[:, iu[1], iu[0]], true_d[iu[1], iu[0]]),
+                      (ds[:, np.arange(8), np.arange(8)], np.diag(true_d))):
+        err = got - true  # counts here are far from 0, so clipping does not bias them
+        assert abs(err.mean()) < 4 * std / np.sqrt(err.size) and err.std() == pytest.approx(std, rel=0.05)
 
 
 def test_a_noisy_release_is_charged_once_and_re_sent_unchanged(padchest_site):
@@ -163,7 +186,7 @@ def test_a_noisy_release_is_charged_once_and_re_sent_unchanged(padchest_site):
     config = {"label-graph-noise": 1.5, "label-graph-max-labels": 4, "run-id": "r1", "server-round": 1}
     first = site_pair_counts(site, data, 30, config)
     again = site_pair_counts(site, data, 30, {**config, "server-round": 2})
-    assert first == again and len(first) == 900
+    assert first == again and len(first[0]) == len(first[1]) == 900
     entries = [e for e in ledger_for(site).entries() if e["head"] == HEAD]
     assert len(entries) == 1
     acc = RDPAccountant()
@@ -174,6 +197,8 @@ def test_a_noisy_release_is_charged_once_and_re_sent_unchanged(padchest_site):
     strict = dataclasses.replace(site, privacy=dataclasses.replace(site.privacy, require_dp=True))
     with pytest.raises(PolicyRefusal, match="label-graph-noise"):
         site_pair_counts(strict, data, 30, {"run-id": "r2"})
+    with pytest.raises(PolicyRefusal, match="label-graph-noise"):  # a DP run never sends exact pair counts
+        site_pair_counts(site, data, 30, {"run-id": "r2", "dp": True})
     poor = dataclasses.replace(site, privacy=dataclasses.replace(site.privacy, epsilon_budget=0.5))
     with pytest.raises(PolicyRefusal, match="privacy budget"):
         site_pair_counts(poor, data, 30, {**config, "run-id": "r3"})

@@ -11,10 +11,12 @@ import torch
 
 from client.client_app import group_statistics, run_model
 from client.index import load_split
-from client.local_round import outgoing_state, train_round
+from client.dp_release import released_counts
+from client.local_round import ledger_for, outgoing_state, train_round
 from client.zeroshot import PROMPT_SETS, text_encoder, zero_shot_evaluation
 from shared_models.networks import parameter_group
 from shared_models.ontology import load_label_set
+from shared_models.privacy.accountant import epsilon
 from shared_models.zeroshot.config import zeroshot_spec
 
 LS = load_label_set("cxrlt2026")
@@ -31,7 +33,10 @@ def _round(cfg, config):
     model = run_model(config, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = load_split(cfg, "train")
-    stats, privacy = train_round(config, cfg, data, model)
+    c = model.num_classes
+    release = (released_counts(cfg, config, data.targets[:, :c], data.mask[:, :c], data.projection)
+               if config.get("dp") else None)
+    stats, privacy = train_round(config, cfg, data, model, release)
     counts, _ = group_statistics(data, model.num_classes, {parameter_group(k) for k in model.state_dict()})
     return model, before, outgoing_state(model, cfg, counts, fedavg=False), stats, privacy, data
 
@@ -76,7 +81,10 @@ def test_dp_round_on_the_separate_encoder(site):
     config = {**BASE, "dp": True, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,
               "zeroshot-image-encoder": "separate", "run-id": "zs-dp"}
     model, before, sent, stats, privacy, _ = _round(site, config)
-    assert privacy["dp_epsilon"] > 0 and 0 <= privacy["dp_clipped_fraction"] <= 1
+    history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in ledger_for(site).entries()]
+    assert privacy["dp_epsilon"] == pytest.approx(epsilon(history, site.privacy.delta), rel=1e-9)
+    assert [e["head"] for e in ledger_for(site).entries()] == ["site-statistics", "routed-experts"]
+    assert "dp_clipped_fraction" not in privacy and 0 <= stats["clipped_fraction"] <= 1  # it stays at the site
     assert not torch.equal(before["zeroshot.image_encoder.conv1.0.weight"], sent["zeroshot.image_encoder.conv1.0.weight"])
     _assert_no_text_encoder(sent)
 

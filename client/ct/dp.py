@@ -21,7 +21,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from client.ct.training import CTTrainConfig, SiteTensors
 from shared_models.ct.losses import depth_targets, localisation_logits, pos_weights, prompt_disease_loss
 from shared_models.ct.model import CTVLM, feature_valid, grid_to_feature
-from shared_models.privacy import DPSettings, poisson_batches, privatise
+from shared_models.privacy import DPSettings, privatise
+from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
 
 
 class _VolumeLoss(nn.Module):
@@ -68,17 +69,18 @@ def _snippet_batch(data: SiteTensors, idx: np.ndarray) -> tuple[torch.Tensor, to
     return emb, target, mask
 
 
-def train_ct_dp(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, dp: DPSettings) -> dict[str, float]:
-    """``cfg.epochs`` x ceil(N / batch) DP-SGD steps at sample rate batch / N (Poisson batches)."""
+def train_ct_dp(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, dp: DPSettings, public_size: int,
+                positives: torch.Tensor, annotated: torch.Tensor) -> dict[str, float]:
+    """``cfg.epochs`` x ceil(N / batch) DP-SGD steps at sample rate batch / N (Poisson batches), N the released
+    ``public_size``; the disease loss's positive weights from released ``positives`` / ``annotated`` counts (the
+    site's exact counts would make every volume's loss depend on every other's labels)."""
     n = int(data.x.shape[0])
-    rate = min(1.0, cfg.batch_size / n)
-    steps = cfg.epochs * int(np.ceil(n / cfg.batch_size))
-    pos, ann = (data.targets * data.mask).sum(0), data.mask.sum(0)
+    rate = min(1.0, cfg.batch_size / public_size)
+    steps = cfg.epochs * int(np.ceil(public_size / cfg.batch_size))
+    pos, ann = positives, annotated
     loss_module = _VolumeLoss(model, prompts, pos_weights(pos, ann), cfg)
     params = {k: v for k, v in loss_module.named_parameters() if v.requires_grad}
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=1e-4, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     fv = feature_valid(data.valid)
 
     def single(p, *sample):
@@ -87,25 +89,27 @@ def train_ct_dp(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, dp
     per_sample = vmap(grad_and_value(single), in_dims=(None, 0, 0, 0, 0, 0, 0, 0, 0))
     model.train()
     total, seen, clipped, t0 = 0.0, 0, 0, time.perf_counter()
-    for idx in poisson_batches(n, rate, steps, rng):
-        if len(idx):
-            t = torch.from_numpy(idx)
-            snip, target, smask = _snippet_batch(data, idx)
-            detached = {k: v.detach() for k, v in params.items()}
-            grads, losses = per_sample(detached, data.x[t], data.report[t], data.targets[t], data.mask[t], snip,
-                                       target, smask, fv[t])
-            norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
-            factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            summed = {k: torch.einsum("b,b...->...", factor, g) for k, g in grads.items()}
-            total += float(losses.sum())
-            seen += len(idx)
-            clipped += int((norms > dp.max_grad_norm).sum())
-        else:  # an empty Poisson batch still takes a (pure-noise) step
-            summed = {k: torch.zeros_like(v) for k, v in params.items()}
-        for k, g in privatise(summed, dp, expected_batch=rate * n, generator=gen).items():
-            params[k].grad = g
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    stream = SecureStream()  # noise and sampling: OS CSPRNG re-seeded every step, never the run's seed
+    with secure_global_rng():
+        for idx in secure_poisson_batches(n, rate, steps, stream):
+            if len(idx):
+                t = torch.from_numpy(idx)
+                snip, target, smask = _snippet_batch(data, idx)
+                detached = {k: v.detach() for k, v in params.items()}
+                grads, losses = per_sample(detached, data.x[t], data.report[t], data.targets[t], data.mask[t], snip,
+                                           target, smask, fv[t])
+                norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
+                factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+                summed = {k: torch.einsum("b,b...->...", factor, g) for k, g in grads.items()}
+                total += float(losses.sum())
+                seen += len(idx)
+                clipped += int((norms > dp.max_grad_norm).sum())
+            else:  # an empty Poisson batch still takes a (pure-noise) step
+                summed = {k: torch.zeros_like(v) for k, v in params.items()}
+            for k, g in privatise(summed, dp, expected_batch=rate * public_size, generator=stream.torch).items():
+                params[k].grad = g
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     mean = total / max(seen, 1)
     return {"ct_total_loss": mean, "ct_steps": steps, "clipped_fraction": clipped / max(seen, 1),
             "train_seconds": time.perf_counter() - t0}

@@ -10,7 +10,6 @@ sentence or a per-volume row.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -24,7 +23,10 @@ from client.ct.index import CTIndex, prepare_ct_site, site_ct_spec
 from client.ct.training import CTTrainConfig, SentenceBank, SiteTensors, evaluate_ct, prompt_embeddings, site_data
 from client.ct.training import train_ct
 from client.ct.volume import CTSpec
-from client.local_round import dp_round
+from client.dp_release import ReleasedCounts, released_counts
+from client.evaluation import EXACT, WITHHELD
+from client.local_round import dp_round, dp_schedule
+from client.privacy import PolicyRefusal
 from client.site_config import SiteConfig
 from shared_models.ct.config import CTRunSpec, ct_spec
 from shared_models.ct.metrics import retrieval_hits
@@ -117,23 +119,28 @@ def train_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mapping[s
     cfg = CTTrainConfig(epochs=int(config["local-epochs"]), lr=spec.lr, batch_size=spec.batch_size,
                         disease_weight=spec.disease_weight, loc_weight=spec.loc_weight,
                         seed=int(config.get("seed", 0)) * 1000 + rnd)
-    pos, ann = class_counts(train)
-    privacy: dict[str, float] = {}
-    if dp:
-        stats, privacy = _train_dp(config, site, model, train, data, cfg, DPSettings(sigma, clip))
+    if dp:  # counts, sampling rate and positive weights from the site's released counts only (client/dp_release.py)
+        release = released_counts(site, config, train.targets.numpy(), train.mask.numpy(),
+                                  np.full(n, -1), kind="ct")
+        pos, ann = release.class_counts()
+        stats, privacy = _train_dp(config, site, model, train, data, cfg, DPSettings(sigma, clip), release)
+        count, exact = float(release.public_size), {}
     else:
-        stats = train_ct(model, train, data.prompts, cfg, torch.as_tensor(pos), torch.as_tensor(ann))
-    count = float(k(n))
+        pos, ann = class_counts(train)
+        stats, privacy = train_ct(model, train, data.prompts, cfg, torch.as_tensor(pos), torch.as_tensor(ann)), {}
+        pos, ann = [k(float(v)) for v in pos], [k(float(v)) for v in ann]
+        count = float(k(n))
+        exact = {"train_loss": float(stats["ct_total_loss"]),
+                 **{key: float(v) for key, v in stats.items() if key.startswith("ct_") and key.endswith("_loss")}}
     out = {key: v for key, v in prefixed(model.state_dict()).items()
            if count > 0 and not site.privacy.withheld(ct_parameter_group(key))}
     groups = {ct_parameter_group(key) for key in out}
     metrics: dict[str, Any] = {
-        "num-examples": int(k(n)),
+        "num-examples": int(count),
         **{f"count.{g}": count for g in sorted(groups)},
-        "ct_train_pos": [int(k(float(v))) for v in pos],
-        "ct_train_annotated": [int(k(float(v))) for v in ann],
-        "train_loss": float(stats["ct_total_loss"]),
-        **{key: float(v) for key, v in stats.items() if key.startswith("ct_") and key.endswith("_loss")},
+        "ct_train_pos": [int(v) for v in pos],
+        "ct_train_annotated": [int(v) for v in ann],
+        **exact,
         "train_seconds": time.perf_counter() - t0,
         **privacy,
     }
@@ -141,13 +148,16 @@ def train_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mapping[s
 
 
 def _train_dp(config, site: SiteConfig, model: CTVLM, train: SiteTensors, data: CTSiteData, cfg: CTTrainConfig,
-              dp: DPSettings) -> tuple[dict[str, float], dict[str, float]]:
+              dp: DPSettings, release: ReleasedCounts) -> tuple[dict[str, float], dict[str, float]]:
     """DP-SGD (client/ct/dp.py) under the site's budget, written to the site's privacy ledger."""
     from client.ct.dp import train_ct_dp
 
-    n = int(train.x.shape[0])
-    rate, steps = min(1.0, cfg.batch_size / n), cfg.epochs * math.ceil(n / cfg.batch_size)
-    return dp_round(site, config, dp, rate, steps, HEAD, lambda: train_ct_dp(model, train, data.prompts, cfg, dp))
+    rate, steps = dp_schedule(release.public_size, cfg.batch_size, cfg.epochs)
+    pos, ann = release.class_counts()
+    return dp_round(site, config, dp, rate, steps, HEAD,
+                    lambda: train_ct_dp(model, train, data.prompts, cfg, dp, release.public_size,
+                                        torch.as_tensor(pos, dtype=torch.float32),
+                                        torch.as_tensor(ann, dtype=torch.float32)))
 
 
 def evaluate_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mapping[str, torch.Tensor],
@@ -159,6 +169,9 @@ def evaluate_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mappin
     spec = _spec(config, site)
     data = load_ct_site(site, spec)
     tensors = data.splits.get(split)
+    mode = dp_evaluation_mode(config, site)
+    if mode == WITHHELD:
+        tensors = None  # a DP site's CT evaluation leaves only by its policy's explicit choice
     k, min_count = site.privacy.suppress, site.privacy.min_count
     c = len(data.index.classes)
     if tensors is None:
@@ -182,6 +195,21 @@ def evaluate_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mappin
                     "ct.loc_centre_abs_mm": float(ev["loc_centre_errors"].sum() * step)})
     else:
         out.update({"ct.loc_n": 0, "ct.loc_abs_mm": 0.0, "ct.loc_centre_abs_mm": 0.0})
+    if mode is not None:
+        out["dp_evaluation"] = mode
     out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def dp_evaluation_mode(config: Mapping[str, Any], site: SiteConfig) -> int | None:
+    """None without DP; under DP EXACT where the site's policy allows it, else WITHHELD (the CT summary has no
+    noised release yet: asking for one is refused rather than sent exact)."""
+    if not bool(config.get("dp", False)):
+        return None
+    if site.privacy.dp_exact_evaluation:
+        return EXACT
+    if float(config.get("dp-eval-noise-multiplier", 0.0)) > 0:
+        raise PolicyRefusal("the CT evaluation summary has no noised release: a DP CT site sends it only with "
+                            "[privacy] dp_exact_evaluation = true, or withholds it (dp-eval-noise-multiplier = 0)")
+    return WITHHELD
 
