@@ -63,6 +63,8 @@ DEFAULTS = {
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
+    # under DP: the sites' one counts release and their evaluation releases (docs/privacy.md)
+    "dp-stats-noise-multiplier": 4.0, "dp-stats-max-labels": 6, "dp-eval-noise-multiplier": 0.0, "dp-eval-bins": 12,
     "pretrained-weights": "",  # "PA=/weights/convnextv2.safetensors,LAT=..." local files on the SuperLink host
     "robust-aggregation": "none",  # none | median | trimmed-mean | krum | multi-krum | norm-clip (server/robust.py)
     "robust-trim": 0.2, "robust-byzantine": 1, "robust-clip": 2.0,
@@ -98,6 +100,9 @@ def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
         "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
+        "dp-stats-noise-multiplier": float(cfg["dp-stats-noise-multiplier"]),
+        "dp-stats-max-labels": int(cfg["dp-stats-max-labels"]),
+        "dp-eval-noise-multiplier": float(cfg["dp-eval-noise-multiplier"]), "dp-eval-bins": int(cfg["dp-eval-bins"]),
     }
     if cfg["sim-sites-dir"]:
         out["sim-sites-dir"] = str(cfg["sim-sites-dir"])
