@@ -180,7 +180,8 @@ def seeds_from_run(run_seed: int) -> Callable[[], int]:
 
 
 @contextmanager
-def _seeds(source: Callable[[], int]) -> Iterator[None]:
+def seed_source(source: Callable[[], int]) -> Iterator[None]:
+    """``randomness.secure_seed`` replaced by ``source`` for the block (the replay; the bug, reintroduced)."""
     saved = randomness.secure_seed
     randomness.secure_seed = source
     try:
@@ -196,7 +197,7 @@ def replayed_noise(shapes: dict[str, torch.Size], cfg: AuditConfig) -> dict[str,
     settings = DPSettings(cfg.noise_multiplier, cfg.max_grad_norm)
     zeros = {k: torch.zeros(s) for k, s in shapes.items()}
     total = {k: torch.zeros(s) for k, s in shapes.items()}
-    with _seeds(seeds_from_run(cfg.seed)):
+    with seed_source(seeds_from_run(cfg.seed)):
         stream = randomness.SecureStream()
         for _ in randomness.secure_poisson_batches(cfg.canaries // 2, cfg.sample_rate, cfg.steps, stream):
             for k, g in privatise(zeros, settings, expected_batch(cfg), stream.torch).items():
