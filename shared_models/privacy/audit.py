@@ -137,6 +137,17 @@ def linear_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return -(logits * targets * mask).sum() / logits.shape[0]
 
 
+def dp_steps(n: int, cfg: AuditConfig) -> Iterator[tuple[np.ndarray, randomness.SecureStream]]:
+    """The randomness of a DP-SGD round as client/dp_training.py builds it: one ``SecureStream``, the global
+    generator re-seeded for the round, a Poisson batch per step from the freshly re-seeded stream; yields each
+    step's batch and the stream to draw its noise from. The site's round and the coordinator's replay both run
+    this, so the replay follows the site's exact order of seed draws."""
+    stream = randomness.SecureStream()
+    with randomness.secure_global_rng():
+        for idx in randomness.secure_poisson_batches(n, cfg.sample_rate, cfg.steps, stream):
+            yield idx, stream
+
+
 def site_update(ids: np.ndarray, cfg: AuditConfig) -> dict[str, torch.Tensor]:
     """The site's DP-SGD round on the canaries ``ids`` (its data): the released update by parameter name."""
     model = canary_model(cfg.canaries)
@@ -144,22 +155,20 @@ def site_update(ids: np.ndarray, cfg: AuditConfig) -> dict[str, torch.Tensor]:
     settings = DPSettings(cfg.noise_multiplier, cfg.max_grad_norm)
     params = dict(model.named_parameters())
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    stream = randomness.SecureStream()
-    with randomness.secure_global_rng():
-        for idx in randomness.secure_poisson_batches(len(ids), cfg.sample_rate, cfg.steps, stream):
-            if len(idx):
-                x = torch.zeros(len(idx), cfg.canaries)
-                x[torch.arange(len(idx)), torch.from_numpy(ids[idx])] = CANARY_SCALE * cfg.max_grad_norm
-                p = torch.full((len(idx),), PROJECTIONS.index("PA"))
-                y = torch.ones(len(idx), 1)
-                summed, _, _ = clipped_gradient_sum(model, x, p, y, y, linear_loss, cfg.max_grad_norm)
-            else:  # an empty Poisson batch still takes a (pure-noise) step
-                summed = {k: torch.zeros_like(v) for k, v in params.items()}
-            grads = privatise(summed, settings, expected_batch=expected_batch(cfg), generator=stream.torch)
-            for k, g in grads.items():
-                params[k].grad = g
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    for idx, stream in dp_steps(len(ids), cfg):
+        if len(idx):
+            x = torch.zeros(len(idx), cfg.canaries)
+            x[torch.arange(len(idx)), torch.from_numpy(ids[idx])] = CANARY_SCALE * cfg.max_grad_norm
+            p = torch.full((len(idx),), PROJECTIONS.index("PA"))
+            y = torch.ones(len(idx), 1)
+            summed, _, _ = clipped_gradient_sum(model, x, p, y, y, linear_loss, cfg.max_grad_norm)
+        else:  # an empty Poisson batch still takes a (pure-noise) step
+            summed = {k: torch.zeros_like(v) for k, v in params.items()}
+        grads = privatise(summed, settings, expected_batch=expected_batch(cfg), generator=stream.torch)
+        for k, g in grads.items():
+            params[k].grad = g
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return {k: v.detach() - start[k] for k, v in model.named_parameters()}
 
 
@@ -191,15 +200,13 @@ def seed_source(source: Callable[[], int]) -> Iterator[None]:
 
 
 def replayed_noise(shapes: dict[str, torch.Size], cfg: AuditConfig) -> dict[str, torch.Tensor]:
-    """The coordinator reruns the site's generator construction (a ``SecureStream``, re-seeded every step by
-    ``secure_poisson_batches``, noise from ``privatise``) with the seeds it expects from the run config, and
-    returns the noise it predicts in the update (same scaling as the update)."""
+    """The coordinator reruns the site's generator construction (``dp_steps``, noise from ``privatise``) with the
+    seeds it expects from the run config, and returns the noise it predicts in the update (same scaling)."""
     settings = DPSettings(cfg.noise_multiplier, cfg.max_grad_norm)
     zeros = {k: torch.zeros(s) for k, s in shapes.items()}
     total = {k: torch.zeros(s) for k, s in shapes.items()}
     with seed_source(seeds_from_run(cfg.seed)):
-        stream = randomness.SecureStream()
-        for _ in randomness.secure_poisson_batches(cfg.canaries // 2, cfg.sample_rate, cfg.steps, stream):
+        for _, stream in dp_steps(cfg.canaries // 2, cfg):
             for k, g in privatise(zeros, settings, expected_batch(cfg), stream.torch).items():
                 total[k] -= cfg.lr * g
     return total
