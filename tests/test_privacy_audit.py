@@ -126,3 +126,11 @@ def test_cli_prints_the_table_and_json(capsys):
     assert all(r["epsilon_lower"] <= r["epsilon_upper"] for r in rows)
     assert main(["privacy-audit", "--sigmas", "1,x"]) == 2
     assert "expected comma-separated numbers" in capsys.readouterr().err
+
+
+def test_cli_exits_1_on_a_violation(monkeypatch, capsys):
+    from server.cli import main
+
+    monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(3))
+    assert main(["privacy-audit", "--sigmas", "2", "--canaries", "200", "--steps", "20", "--seed", "3"]) == 1
+    assert "VIOLATION" in capsys.readouterr().out

@@ -16,8 +16,8 @@ those seeds, and subtracts that replay when it explains the update (the residual
 canary j's score is the update's projection on j's direction. It guesses "in" for the highest scores and "out"
 for the lowest, abstaining on the rest; the number of correct guesses gives a lower bound on epsilon at
 95 % confidence by Steinke et al.'s bound for (epsilon, delta)-DP, with a Bonferroni correction over the grid
-of guess counts tried. The accountant's upper bound (``accountant.epsilon``, RDP and PRV) for the same (sigma, q, steps,
-delta) must not be below it; if it is, the mechanism leaks more than the ledger charges.
+of guess counts tried. The accountant's upper bound (``accountant.epsilon``, RDP and PRV) for the same (sigma, q,
+steps, delta) must not be below it; if it is, the mechanism leaks more than the ledger charges.
 
 The accountant's bound assumes the adversary sees every step; here it sees only the round's final update, so
 with q < 1 the empirical bound stays well below the upper one even for a correct mechanism. A lower bound above
