@@ -25,15 +25,17 @@ def test_lower_bound_never_exceeds_the_accountant(sigma):
     assert result.consistent and result.verdict.startswith("consistent")
 
 
-@pytest.mark.parametrize("sigma", [1.0, 2.0])
-def test_seeded_noise_bug_is_detected(monkeypatch, sigma):
-    """The bug issue 21 fixed, reintroduced: the site's seeds follow from the run seed (a counter keyed by it, as
-    the loops once seeded torch.Generator from the config seed and round). The coordinator replays them, subtracts
-    the noise and guesses every canary it scores: the lower bound rises above the accountant's upper bound."""
+@pytest.mark.parametrize("sigma,derivation", [(1.0, "hashed"), (2.0, "hashed"), (2.0, "counter"),
+                                               (2.0, "constant")])
+def test_seeded_noise_bug_is_detected(monkeypatch, sigma, derivation):
+    """The bug issue 21 fixed, reintroduced: the site's seeds follow from the run seed (hashed with a counter, the
+    run seed plus a counter, or the run seed itself, as the loops once seeded torch.Generator from the config seed
+    and round). The coordinator replays them, subtracts the noise and guesses every canary it scores: the lower
+    bound rises above the accountant's upper bound."""
     cfg = AuditConfig(sigma, seed=7)
-    monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(cfg.seed))
+    monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(cfg.seed, derivation))
     result = run_audit(cfg)
-    assert result.noise_rebuilt
+    assert result.rebuilt_from == derivation
     assert result.epsilon_lower > max(result.epsilon_upper, 4.0)  # the replay is exact: as good as no noise
     assert result.correct == result.guesses
     assert not result.consistent
@@ -46,7 +48,7 @@ def test_seeded_noise_bug_is_flagged_where_the_bound_cannot_show_it(monkeypatch)
     monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(0))
     result = run_audit(AuditConfig(0.5))
     assert result.noise_rebuilt and 4.0 < result.epsilon_lower < result.epsilon_upper
-    assert result.verdict == "VIOLATION: the coordinator rebuilt the site's noise from the run config"
+    assert result.verdict == "VIOLATION: the coordinator rebuilt the site's noise from the run config (hashed seeds)"
 
 
 def test_a_wrong_seed_guess_rebuilds_nothing(monkeypatch):
@@ -54,6 +56,8 @@ def test_a_wrong_seed_guess_rebuilds_nothing(monkeypatch):
     monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(1))
     result = run_audit(AuditConfig(2.0, seed=0))
     assert not result.noise_rebuilt and result.consistent
+    with pytest.raises(ValueError, match="seed derivation 'time'"):
+        audit.seeds_from_run(0, "time")
 
 
 def test_broken_clipping_is_detected(monkeypatch):

@@ -11,8 +11,9 @@ direction (orthogonal across canaries), whatever the parameters.
 The adversary is the coordinator: it sees the released update (final parameters minus the start) and knows the
 run config (seed, sample rate, steps, clipping norm, noise multiplier, learning rate, expected batch). It
 replays the noise the site would draw if the site's seeds followed from the run seed (the bug issue 21 fixed:
-generators seeded from the config seed and round) by running the site's generator construction again with
-those seeds, and subtracts that replay when it explains the update (the residual is smaller than the update);
+generators seeded from the config seed and round; three derivations) by running the site's generator
+construction again with those seeds, and subtracts the replay that explains the update (the residual is smaller
+than the update), if one does;
 canary j's score is the update's projection on j's direction. It guesses "in" for the highest scores and "out"
 for the lowest, abstaining on the rest; the number of correct guesses gives a lower bound on epsilon at
 95 % confidence by Steinke et al.'s bound for (epsilon, delta)-DP, with a Bonferroni correction over the grid
@@ -94,7 +95,7 @@ class AuditResult:
     epsilon_lower: float
     guesses: int  # r: canaries guessed (the rest abstained) in the guess count that gave the bound
     correct: int  # v: correct guesses among them
-    noise_rebuilt: bool  # the coordinator's replay of the site's generators explained the update
+    rebuilt_from: str  # the seed derivation whose replay explained the update ("" if none did)
 
     @property
     def epsilon_upper(self) -> float:
@@ -102,21 +103,26 @@ class AuditResult:
         return min(self.epsilon_upper_rdp, self.epsilon_upper_prv)
 
     @property
+    def noise_rebuilt(self) -> bool:
+        return bool(self.rebuilt_from)
+
+    @property
     def consistent(self) -> bool:
         return self.epsilon_lower <= self.epsilon_upper and not self.noise_rebuilt
 
     @property
     def verdict(self) -> str:
+        rebuilt = f"the coordinator rebuilt the site's noise from the run config ({self.rebuilt_from} seeds)"
         if self.epsilon_lower > self.epsilon_upper:
-            why = " (the coordinator rebuilt the site's noise)" if self.noise_rebuilt else ""
+            why = f" ({rebuilt})" if self.noise_rebuilt else ""
             return f"VIOLATION: empirical lower bound above the accountant's upper bound{why}"
         if self.noise_rebuilt:
-            return "VIOLATION: the coordinator rebuilt the site's noise from the run config"
+            return f"VIOLATION: {rebuilt}"
         return "consistent: lower bound <= upper bound"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "epsilon_upper": self.epsilon_upper, "consistent": self.consistent,
-                "verdict": self.verdict}
+        return {**asdict(self), "epsilon_upper": self.epsilon_upper, "noise_rebuilt": self.noise_rebuilt,
+                "consistent": self.consistent, "verdict": self.verdict}
 
 
 # --- the site: the production mechanism's pieces on a canary model -----------------------------------------
@@ -180,11 +186,21 @@ def expected_batch(cfg: AuditConfig) -> float:
 
 # --- the coordinator -----------------------------------------------------------------------------------------
 
-def seeds_from_run(run_seed: int) -> Callable[[], int]:
+SEED_DERIVATIONS = ("hashed", "counter", "constant")
+
+
+def seeds_from_run(run_seed: int, derivation: str = "hashed") -> Callable[[], int]:
     """The seeds a site would use if it derived them from the run config, as the loops did before issue 21: the
-    k-th seed of a round is a fixed function of (run seed, k). A stand-in for ``randomness.secure_seed``: the
-    coordinator's hypothesis, and the bug the tests reintroduce."""
+    k-th seed of a round is a fixed function of (run seed, k): ``hashed`` (a SeedSequence of both), ``counter``
+    (run seed + k) or ``constant`` (the run seed every time, as ``torch.Generator().manual_seed(seed)`` was). A
+    stand-in for ``randomness.secure_seed``: the coordinator's hypotheses, and the bug the tests reintroduce."""
+    if derivation not in SEED_DERIVATIONS:
+        raise ValueError(f"seed derivation {derivation!r}; expected one of {SEED_DERIVATIONS}")
     counter = itertools.count()
+    if derivation == "constant":
+        return lambda: run_seed
+    if derivation == "counter":
+        return lambda: (run_seed + next(counter)) % 2**63
     return lambda: int(np.random.SeedSequence([run_seed, next(counter)]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -199,27 +215,30 @@ def seed_source(source: Callable[[], int]) -> Iterator[None]:
         randomness.secure_seed = saved
 
 
-def replayed_noise(shapes: dict[str, torch.Size], cfg: AuditConfig) -> dict[str, torch.Tensor]:
+def replayed_noise(shapes: dict[str, torch.Size], cfg: AuditConfig, derivation: str) -> dict[str, torch.Tensor]:
     """The coordinator reruns the site's generator construction (``dp_steps``, noise from ``privatise``) with the
     seeds it expects from the run config, and returns the noise it predicts in the update (same scaling)."""
     settings = DPSettings(cfg.noise_multiplier, cfg.max_grad_norm)
     zeros = {k: torch.zeros(s) for k, s in shapes.items()}
     total = {k: torch.zeros(s) for k, s in shapes.items()}
-    with seed_source(seeds_from_run(cfg.seed)):
+    with seed_source(seeds_from_run(cfg.seed, derivation)):
         for _, stream in dp_steps(cfg.canaries // 2, cfg):
             for k, g in privatise(zeros, settings, expected_batch(cfg), stream.torch).items():
                 total[k] -= cfg.lr * g
     return total
 
 
-def coordinator_scores(update: dict[str, torch.Tensor], cfg: AuditConfig) -> tuple[np.ndarray, bool]:
+def coordinator_scores(update: dict[str, torch.Tensor], cfg: AuditConfig) -> tuple[np.ndarray, str]:
     """Canary j's score (in units of C per step taken): the update's projection on j's direction, after
-    subtracting the replayed noise when the replay explains the update. Also whether it did."""
-    replay = replayed_noise({k: v.shape for k, v in update.items()}, cfg)
+    subtracting the replayed noise of the seed derivation that explains the update best, if any explains it (the
+    residual is smaller than the update). Also which derivation did ("" if none)."""
     raw = torch.cat([v.flatten() for v in update.values()]).double()
-    residual = raw - torch.cat([replay[k].flatten() for k in update]).double()
-    rebuilt = bool(residual.norm() < raw.norm())
-    use = residual if rebuilt else raw
+    use, rebuilt = raw, ""
+    for derivation in SEED_DERIVATIONS:
+        replay = replayed_noise({k: v.shape for k, v in update.items()}, cfg, derivation)
+        residual = raw - torch.cat([replay[k].flatten() for k in update]).double()
+        if residual.norm() < use.norm():
+            use, rebuilt = residual, derivation
     pa = dict(zip(update, torch.split(use, [v.numel() for v in update.values()])))
     weight = pa[f"experts.{PROJECTIONS[0]}.weight"]
     scale = cfg.lr * cfg.max_grad_norm / expected_batch(cfg)  # one step of one canary moves its weight by this
