@@ -114,7 +114,7 @@ class AuditResult:
     def verdict(self) -> str:
         rebuilt = f"the coordinator rebuilt the site's noise from the run config ({self.rebuilt_from} seeds)"
         if self.epsilon_lower > self.epsilon_upper:
-            why = f" ({rebuilt})" if self.noise_rebuilt else ""
+            why = f"; {rebuilt}" if self.noise_rebuilt else ""
             return f"VIOLATION: empirical lower bound above the accountant's upper bound{why}"
         if self.noise_rebuilt:
             return f"VIOLATION: {rebuilt}"
