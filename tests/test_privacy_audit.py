@@ -70,11 +70,15 @@ def test_broken_clipping_is_detected(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")  # RDP at sigma = 100
-def test_no_noise_gives_a_large_bound_and_much_noise_none():
+def test_no_noise_gives_a_large_bound_and_much_noise_none(monkeypatch):
     exact = run_audit(AuditConfig(0.0))
     assert exact.epsilon_upper == math.inf
     assert exact.epsilon_lower > 4.0 and exact.correct == exact.guesses >= 400
-    drowned = run_audit(AuditConfig(100.0))
+    # A correct mechanism at eps ~ 0 still passes the bound's 5 % test by chance (2.5 % of runs in a simulation),
+    # so this run's noise is made reproducible: seeds from another run seed, which the coordinator does not replay.
+    monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(12345))
+    drowned = run_audit(AuditConfig(100.0, seed=0))
+    assert not drowned.noise_rebuilt
     assert drowned.epsilon_lower < 0.1
 
 
