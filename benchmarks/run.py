@@ -27,6 +27,7 @@ BENCHMARKS = {
     "scale": "benchmarks.bench_scale",
     "ct": "benchmarks.bench_ct",
     "trcgl": "benchmarks.bench_trcgl",
+    "privacy_audit": "benchmarks.bench_privacy_audit",
 }
 
 

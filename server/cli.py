@@ -151,6 +151,28 @@ def _run_resume(args: argparse.Namespace) -> int:
     return 0 if run["status"] == "completed" else 1
 
 
+def _privacy_audit(args: argparse.Namespace) -> int:
+    """The canary audit of DP-SGD (shared_models/privacy/audit.py); exit 1 when a row is a violation."""
+    import json
+
+    from shared_models.privacy.audit import AuditConfig, run_audit, table
+
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")]
+    except ValueError:
+        print(f"fedchest privacy-audit: --sigmas {args.sigmas!r}; expected comma-separated numbers", file=sys.stderr)
+        return 2
+    try:
+        configs = [AuditConfig(s, args.sample_rate, args.steps, args.canaries, delta=args.delta, seed=args.seed)
+                   for s in sigmas]
+    except ValueError as exc:
+        print(f"fedchest privacy-audit: {exc}", file=sys.stderr)
+        return 2
+    results = [run_audit(c) for c in configs]
+    print(json.dumps([r.as_dict() for r in results], indent=1) if args.json else table(results))
+    return 0 if all(r.consistent for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_flower_env()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
@@ -234,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--insecure", action="store_true",
                     help="no TLS and no node authentication (testing only; must be asked for explicitly)")
     dl.set_defaults(fn=_deploy)
+    pa = sub.add_parser("privacy-audit", help="empirical lower bound on a site's DP-SGD epsilon (canary audit), next "
+                                              "to the accountant's upper bound (docs/privacy-audit.md)")
+    pa.add_argument("--sigmas", default="0.5,1,2", help="noise multipliers, comma-separated")
+    pa.add_argument("--canaries", type=int, default=1000)
+    pa.add_argument("--steps", type=int, default=100)
+    pa.add_argument("--sample-rate", type=float, default=0.05)
+    pa.add_argument("--delta", type=float, default=1e-5)
+    pa.add_argument("--seed", type=int, default=0, help="the run seed (known to the coordinator) and the canary coins")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(fn=_privacy_audit)
     args = p.parse_args(argv)
     return args.fn(args)
 

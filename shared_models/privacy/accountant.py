@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -20,4 +22,5 @@ def epsilon(history: Iterable[tuple[float, float, int]], delta: float, accountan
         return float("inf")  # a step without noise has no finite privacy guarantee
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = entries
-    return float(acc.get_epsilon(delta=delta))
+    with np.errstate(divide="ignore"):  # PRV at q = 1 (a Gaussian release) takes log(1 - q) on a discarded branch
+        return float(acc.get_epsilon(delta=delta))
