@@ -13,29 +13,53 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from client.file_errors import reason_for
 from client.imaging import ImageReadError, Pixels
 
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "PX", "OT"}
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST", "PORT CHEST")
+MAX_DECODED_BYTES = 1 << 30  # 1 GiB: far above any radiograph (4k x 4k x 16 bit is 32 MiB); more is a corrupt header
+IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber", "StudyID",
+               "InstitutionName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName")
+
+
+def identifying_values(ds: Dataset | None) -> list[str]:
+    """The header's identifying values as text, for redacting them from an error message."""
+    values = []
+    for keyword in IDENTIFYING:
+        try:
+            value = ds.get(keyword) if ds is not None else None
+        except Exception:  # a value that does not even convert cannot be listed; the reason is redacted anyway
+            continue
+        if value:
+            values += [str(value), *str(value).replace("^", " ").split()]
+    return sorted({v for v in values if len(v) > 2}, key=len, reverse=True)
 
 
 def read_dataset(path: Path, header_only: bool = False) -> Dataset:
-    """Read a DICOM file; raises ImageReadError with the reason for an unreadable or non-DICOM file."""
+    """Read a DICOM file; raises ImageReadError with the reason for an unreadable or non-DICOM file. A file
+    without the 128-byte preamble and DICM prefix (older or hand-made files) is read by its elements, if it has
+    the elements of a DICOM object."""
     try:
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)")
-        return pydicom.dcmread(path, stop_before_pixels=header_only)
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=header_only)
+        except InvalidDicomError as exc:
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+            if "SOPClassUID" not in ds and not ("PixelData" in ds and "Rows" in ds):
+                raise ImageReadError(f"not a DICOM file ({reason_for(exc)})") from None
+            return ds
     except ImageReadError:
         raise
     except FileNotFoundError:
         raise ImageReadError("listed image is missing on disk") from None
     except PermissionError:
         raise ImageReadError("no read permission") from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot open ({exc.strerror or exc})") from None
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ImageReadError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        raise ImageReadError(f"not a readable DICOM file ({reason_for(exc)})") from None
 
 
 def radiograph_problem(ds: Dataset, min_size: int = 32, has_pixels: bool | None = None) -> str | None:
@@ -61,44 +85,91 @@ def radiograph_problem(ds: Dataset, min_size: int = 32, has_pixels: bool | None 
 
 
 def decode(path: Path, min_size: int = 32) -> tuple[Pixels, Dataset]:
-    """Full read, checks and decoding; raises ImageReadError with the reason."""
+    """Full read, checks and decoding; raises ImageReadError with the reason. Whatever else goes wrong in
+    decoding this file (a codec's error on damaged data, a header value that does not convert) is an
+    ImageReadError too, with the header's identifying values redacted from the message."""
     ds = read_dataset(path)
-    problem = radiograph_problem(ds, min_size, has_pixels="PixelData" in ds)
-    if problem:
-        raise ImageReadError(problem)
-    return to_pixels(ds), ds
+    try:
+        problem = radiograph_problem(ds, min_size, has_pixels="PixelData" in ds)
+        if problem:
+            raise ImageReadError(problem)
+        return to_pixels(ds), ds
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"cannot decode ({reason_for(exc, identifying_values(ds))})") from None
+
+
+def assume_transfer_syntax(ds: Dataset) -> str | None:
+    """A file meta without (0002,0010) Transfer Syntax UID: native pixel data is read as the dataset itself is
+    encoded (implicit / explicit VR, little / big endian; pydicom found that while reading). Returns a note, or
+    None when the file states its transfer syntax; raises ImageReadError for compressed (encapsulated) pixel
+    data, whose codec cannot be known."""
+    if "TransferSyntaxUID" in ds.file_meta:
+        return None
+    if ds["PixelData"].is_undefined_length:
+        raise ImageReadError("compressed (encapsulated) pixel data but no Transfer Syntax UID in the file meta: "
+                             "its codec cannot be known")
+    implicit, little = ds.original_encoding
+    uid = ImplicitVRLittleEndian if implicit and little else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta.TransferSyntaxUID = uid
+    return f"no Transfer Syntax UID in the file meta; {uid.name} inferred from the dataset's encoding"
+
+
+def _check_size(ds: Dataset) -> None:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(f"multi-frame image ({frames} frames); a radiograph source expects one frame")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 16) or 16)
+    if rows * cols * samples * max(1, bits // 8) > MAX_DECODED_BYTES:
+        raise ImageReadError(f"header claims a {rows}x{cols} image of {samples} x {bits}-bit samples, more than "
+                             f"{MAX_DECODED_BYTES >> 20} MiB decoded: a corrupt header?")
 
 
 def to_pixels(ds: Dataset) -> Pixels:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    notes: list[str] = []
+    assumed = assume_transfer_syntax(ds)
+    if assumed:
+        notes.append(assumed)
+    _check_size(ds)
+    ts = ds.file_meta.get("TransferSyntaxUID")
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         name = getattr(ts, "name", ts)
         raise ImageReadError(f"no decoder for transfer syntax {name} ({exc.__class__.__name__})") from None
     except (ValueError, EOFError, OSError, TypeError) as exc:
-        raise ImageReadError(f"pixel data cannot be decoded (truncated or corrupt: {exc})") from None
-    notes: list[str] = []
+        raise ImageReadError(f"pixel data cannot be decoded (truncated or corrupt: {reason_for(exc)})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(ds.get("BitsStored", 16) or 16)
+    palette = photometric == "PALETTE COLOR"
+    if palette:
+        arr = apply_color_lut(arr, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        notes.append("PALETTE COLOR mapped through its colour LUT; RGB converted to greyscale")
     if arr.ndim == 3 and arr.shape[-1] == 3:
         arr = arr.astype(np.float32).mean(-1)
-        notes.append("RGB converted to greyscale")
+        if not palette:
+            notes.append("RGB converted to greyscale")
     if arr.ndim != 2:
         raise ImageReadError(f"expected one greyscale frame, got pixel array shape {arr.shape}")
-    bits = int(ds.get("BitsStored", 16) or 16)
-    out = apply_modality_lut(arr, ds).astype(np.float32)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    out = (arr if palette else apply_modality_lut(arr, ds)).astype(np.float32)
+    has_voi = not palette and ("VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds))
     if has_voi:
         out = np.asarray(apply_voi_lut(out, ds, prefer_lut=True), dtype=np.float32)
         notes.append("VOI LUT / window applied")
+    if not np.isfinite(out).all():
+        raise ImageReadError("non-finite pixel values after the modality / VOI LUT (RescaleSlope, RescaleIntercept "
+                             "or window out of range)")
     lo, hi = float(out.min()), float(out.max())
-    stored_max = float((1 << bits) - 1)
+    stored_max = float((1 << max(bits, 1)) - 1)
     if not has_voi and lo >= 0 and hi <= stored_max:
         out = out / stored_max
     else:
         out = (out - lo) / max(hi - lo, 1e-6)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "MONOCHROME1":
         out = 1.0 - out
         notes.append("MONOCHROME1 inverted")

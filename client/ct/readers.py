@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from client.ct.volume import Volume, VolumeError, to_hu
+from client.file_errors import reason_for
+
+MAX_VOLUME_BYTES = 4 << 30  # 4 GiB of stored voxels: above any chest CT (CT-RATE's largest is ~1 GiB); more is a corrupt header
 
 
 def read_nifti(path: Path, slope: float | None = None, intercept: float | None = None,
@@ -21,14 +24,21 @@ def read_nifti(path: Path, slope: float | None = None, intercept: float | None =
 
     try:
         img = nib.load(str(path))
+        shape = img.header.get_data_shape()
+        claimed = int(np.prod(shape, dtype=np.float64) * img.header.get_data_dtype().itemsize)
+        if claimed > MAX_VOLUME_BYTES:
+            raise VolumeError(f"{path}: header claims a {'x'.join(map(str, shape))} volume ({claimed >> 20} MiB "
+                              f"stored, more than {MAX_VOLUME_BYTES >> 30} GiB): a corrupt header?")
         raw = np.asarray(img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj)
         header_slope = float(getattr(img.dataobj, "slope", np.nan))
         header_inter = float(getattr(img.dataobj, "inter", np.nan))
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except VolumeError:
+        raise
     except FileNotFoundError:
         raise VolumeError(f"{path}: file not found") from None
     except Exception as exc:  # nibabel raises many kinds for damaged files
-        raise VolumeError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
+        raise VolumeError(f"{path}: not a readable NIfTI volume ({reason_for(exc)})") from None
     if raw.ndim == 4 and raw.shape[3] == 1:
         raw = raw[..., 0]
     if raw.ndim != 3:
@@ -59,12 +69,25 @@ class SliceHeader:
 
 
 def read_slice_header(path: Path) -> SliceHeader:
+    """One slice's header; any error reading or converting it is a VolumeError naming the file (identifying
+    values redacted from the message)."""
     import pydicom
+
+    from client.dicom_io import identifying_values
 
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:
-        raise VolumeError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        raise VolumeError(f"{path}: not a readable DICOM file ({reason_for(exc)})") from None
+    try:
+        return _slice_header(path, ds)
+    except VolumeError:
+        raise
+    except Exception as exc:  # a header value that does not convert (a damaged or hand-made file)
+        raise VolumeError(f"{path}: unusable DICOM header ({reason_for(exc, identifying_values(ds))})") from None
+
+
+def _slice_header(path: Path, ds) -> SliceHeader:
     missing = [k for k in ("Rows", "Columns", "PixelSpacing") if k not in ds]
     if missing:
         raise VolumeError(f"{path}: DICOM header lacks {missing} (needed for a CT volume)")
@@ -125,7 +148,7 @@ def read_dicom_series(files: list[Path]) -> tuple[Volume, list[SliceHeader]]:
         try:
             pixels = pydicom.dcmread(str(h.path)).pixel_array
         except Exception as exc:
-            raise VolumeError(f"{h.path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+            raise VolumeError(f"{h.path}: pixel data cannot be decoded ({reason_for(exc)})") from None
         planes.append(to_hu(pixels, h.slope, h.intercept))
     dy, dx = ordered[0].pixel_spacing
     return Volume(np.stack(planes), (dz, dy, dx)), ordered

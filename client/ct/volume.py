@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from client.file_errors import FileProblem
 
-class VolumeError(ValueError):
+
+class VolumeError(FileProblem):
     """A volume that cannot be used; the message names the file and what was expected."""
 
 
