@@ -106,13 +106,13 @@ MAX_REJECTION_KINDS = 25
 
 def print_rejections(rejected, examples: int = 3) -> None:
     """Rejections grouped by reason (numbers in a reason, such as byte counts and line numbers, do not split a
-    group), largest group first, each with its count and a few example paths."""
+    group), largest group first, each with its count, its first reason and a few example paths."""
     groups: dict[str, list] = {}
     for r in rejected:
         groups.setdefault(re.sub(r"\d+", "#", r.reason), []).append(r)
     ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
     for key, members in ordered[:MAX_REJECTION_KINDS]:
-        reason = members[0].reason if len({m.reason for m in members}) == 1 else key
+        reason = members[0].reason + ("" if len({m.reason for m in members}) == 1 else " (numbers vary)")
         paths = [m.path for m in members]
         shown = "; ".join(paths[:examples]) + (f"; ... {len(paths) - examples} more" if len(paths) > examples else "")
         print(f"  rejected ({len(paths)}) {reason}: {shown}")

@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000TransferSyntaxes,
+                         JPEGLSTransferSyntaxes, JPEGTransferSyntaxes)
 
 from client.file_errors import reason_for
 from client.imaging import ImageReadError, Pixels
 
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "PX", "OT"}
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST", "PORT CHEST")
+JPEG_FAMILY = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes)  # end with FFD9
 MAX_DECODED_BYTES = 1 << 30  # 1 GiB: far above any radiograph (4k x 4k x 16 bit is 32 MiB); more is a corrupt header
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber", "StudyID",
                "InstitutionName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName")
@@ -127,6 +130,26 @@ def _check_size(ds: Dataset) -> None:
                              f"{MAX_DECODED_BYTES >> 20} MiB decoded: a corrupt header?")
 
 
+def _has_decoder(ts) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return get_decoder(ts).is_available
+    except NotImplementedError:  # MPEG, a private transfer syntax, ...
+        return False
+
+
+def _check_codestream_end(ds: Dataset) -> None:
+    """JPEG, JPEG-LS and JPEG 2000 codestreams end with an end-of-image marker (FFD9); libjpeg decodes a truncated
+    one without complaint, filling the missing lines, so a frame without it is refused here."""
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if not (ts in JPEG_FAMILY and ds["PixelData"].is_undefined_length):
+        return
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    if b"\xff\xd9" not in frame.rstrip(b"\x00")[-16:]:
+        raise ImageReadError(f"{ts.name} frame ends without its end-of-image marker (FFD9): truncated")
+
+
 def to_pixels(ds: Dataset) -> Pixels:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -135,13 +158,13 @@ def to_pixels(ds: Dataset) -> Pixels:
     if assumed:
         notes.append(assumed)
     _check_size(ds)
-    ts = ds.file_meta.get("TransferSyntaxUID")
+    _check_codestream_end(ds)
+    ts = ds.file_meta.TransferSyntaxUID
+    if not _has_decoder(ts):
+        raise ImageReadError(f"no decoder for transfer syntax {getattr(ts, 'name', ts)} installed")
     try:
         arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        name = getattr(ts, "name", ts)
-        raise ImageReadError(f"no decoder for transfer syntax {name} ({exc.__class__.__name__})") from None
-    except (ValueError, EOFError, OSError, TypeError) as exc:
+    except Exception as exc:  # the decoder's error on this file's data (site errors re-raise in reason_for)
         raise ImageReadError(f"pixel data cannot be decoded (truncated or corrupt: {reason_for(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     bits = int(ds.get("BitsStored", 16) or 16)

@@ -15,6 +15,8 @@ import codecs
 import errno
 import re
 import sqlite3
+import warnings
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import TypeVar
@@ -106,3 +108,12 @@ class GuardedScan:
             yield from self.items
         except Exception as exc:
             self.failure = f"scan of this source stopped early ({reason_for(exc)}); files after it were not read"
+
+
+@contextmanager
+def quiet_reader_warnings() -> Iterator[None]:
+    """pydicom warns about each odd value it reads and quotes the value (in a damaged header, that can be a patient's
+    name); during a scan, a file's problems are its rejection or its notes, so those warnings are not printed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pydicom")
+        yield

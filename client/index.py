@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from client import dicom_io
-from client.file_errors import GuardedScan, reason_for
+from client.file_errors import GuardedScan, quiet_reader_warnings, reason_for
 from client.imaging import ImageReadError, read_raster, resize_square
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources import Note, Record, Rejection, harmonise_view, make_source
@@ -202,7 +202,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
 
     pixels = np.empty((len(entries), cfg.image_size, cfg.image_size), np.uint8)
     rows = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, quiet_reader_warnings():
         results = map(work, entries) if workers <= 1 else pool.map(work, entries)
         for (item, sample_id, fp, prev), result in zip(entries, results):
             if isinstance(result, str):
