@@ -7,6 +7,7 @@ and JPEG-LS). Order of operations: modality LUT (RescaleSlope / RescaleIntercept
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from client.imaging import ImageReadError, Pixels
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "PX", "OT"}
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST", "PORT CHEST")
 JPEG_FAMILY = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes)  # end with FFD9
+CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
+UID_TEXT = re.compile(r"\d+(\.\d+)*")
 MAX_DECODED_BYTES = 1 << 30  # 1 GiB: far above any radiograph (4k x 4k x 16 bit is 32 MiB); more is a corrupt header
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber", "StudyID",
                "InstitutionName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName")
@@ -39,6 +42,20 @@ def identifying_values(ds: Dataset | None) -> list[str]:
         if value:
             values += [str(value), *str(value).replace("^", " ").split()]
     return sorted({v for v in values if len(v) > 2}, key=len, reverse=True)
+
+
+def shown(value: object, vr: str = "CS") -> str:
+    """A header value as a reason or note may quote it: a code string (CS) or UID (UI) that conforms to its VR, else a
+    placeholder. In a damaged header a value can run on into the elements after it (a patient's name)."""
+    text = str(value).strip()
+    ok = CODE_STRING.fullmatch(text.upper()) if vr == "CS" else (len(text) <= 64 and UID_TEXT.fullmatch(text))
+    return text if ok else f"<{vr} value that does not conform, not shown>"
+
+
+def uid_name(uid: object) -> str:
+    """A UID's name from the DICOM dictionary, or the UID itself when well formed."""
+    name = getattr(uid, "name", "")
+    return name if name and name != str(uid) else shown(uid, "UI")
 
 
 def read_dataset(path: Path, header_only: bool = False) -> Dataset:
@@ -70,13 +87,13 @@ def radiograph_problem(ds: Dataset, min_size: int = 32, has_pixels: bool | None 
     sop = ds.get("SOPClassUID")
     sop_name = getattr(sop, "name", str(sop)) if sop else ""
     if sop and "Image Storage" not in sop_name:
-        return f"non-image SOP class ({sop_name or sop})"
+        return f"non-image SOP class ({uid_name(sop)})"
     modality = str(ds.get("Modality", "") or "").upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        return f"modality {modality} is not a radiograph (CT, MR, ... do not belong in a chest X-ray source)"
+        return f"modality {shown(modality)} is not a radiograph (CT, MR, ... do not belong in a chest X-ray source)"
     body = str(ds.get("BodyPartExamined", "") or "").upper().strip()
     if body and not any(b in body for b in CHEST_BODY_PARTS):
-        return f"BodyPartExamined {body} is not a chest examination"
+        return f"BodyPartExamined {shown(body)} is not a chest examination"
     if has_pixels is False:
         return "no pixel data (PixelData element missing)"
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -147,7 +164,7 @@ def _check_codestream_end(ds: Dataset) -> None:
         return
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     if b"\xff\xd9" not in frame.rstrip(b"\x00")[-16:]:
-        raise ImageReadError(f"{ts.name} frame ends without its end-of-image marker (FFD9): truncated")
+        raise ImageReadError(f"{uid_name(ts)} frame ends without its end-of-image marker (FFD9): truncated")
 
 
 def to_pixels(ds: Dataset) -> Pixels:
@@ -161,7 +178,7 @@ def to_pixels(ds: Dataset) -> Pixels:
     _check_codestream_end(ds)
     ts = ds.file_meta.TransferSyntaxUID
     if not _has_decoder(ts):
-        raise ImageReadError(f"no decoder for transfer syntax {getattr(ts, 'name', ts)} installed")
+        raise ImageReadError(f"no decoder for transfer syntax {uid_name(ts)} installed")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # the decoder's error on this file's data (site errors re-raise in reason_for)

@@ -217,8 +217,9 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                     projection = harmonise_view(result.view)
                     method = "metadata" if projection else method
                     if projection is None:
-                        report.notes.append(Note(str(item.path), f"ViewPosition {result.view!r} has no PA/AP/lateral "
-                                                                  "meaning; routed as unknown"))
+                        view = dicom_io.shown(result.view)
+                        report.notes.append(Note(str(item.path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; "
+                                                                  "routed as unknown"))
                 patient = item.patient_key or result.patient or item.key
                 split = item.split or patient_split(salt, patient, cfg.val_fraction, cfg.test_fraction)
                 report.decoded += 1
