@@ -107,7 +107,7 @@ class GuardedScan:
         try:
             yield from self.items
         except Exception as exc:
-            self.failure = f"scan of this source stopped early ({reason_for(exc)}); files after it were not read"
+            self.failure = f"scan of this source stopped early ({reason_for(exc)}); the rest of the source was not read"
 
 
 @contextmanager

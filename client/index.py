@@ -184,9 +184,11 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
             entries.append((item, sample_id, fp, prev if reuse else None))
         if scan.failure:
             report.rejected.append(Rejection(scan.where, scan.failure))
-        for path in source.candidates() if not scan.failure else ():
+        unlisted = (f"image on disk that no {source.kind} table lists (not indexed)" if not scan.failure else
+                    f"not indexed: the scan of its {source.kind} source stopped early (see {scan.where})")
+        for path in source.candidates():
             if os.path.normpath(path) not in listed:
-                report.rejected.append(Rejection(str(path), f"image on disk that no {source.kind} table lists (not indexed)"))
+                report.rejected.append(Rejection(str(path), unlisted))
         report.notes += source.notes
         report.label_mapping[f"{source.kind}:{src_cfg.root.name}"] = _mapping_report(source, classes)
 

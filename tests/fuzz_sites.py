@@ -100,7 +100,8 @@ def indexed_paths(cfg) -> set[str]:
 
 
 def image_files(roots: list[Path]) -> set[str]:
-    return {norm(p) for root in roots for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
+    return {norm(p) for root in roots for p in root.rglob("*")
+            if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
 
 
 def assert_accounted(files: set[str], indexed: set[str], rejected: dict[str, str]) -> None:

@@ -208,7 +208,8 @@ def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys):
     (tmp_path / "dicom" / "labels.csv").write_text(
         "\n".join(["path,labels", *(f"dicom/{p.name},Normal" for p in d_valid + d_bad)]) + "\n")
     n_valid, n_bad = _nih_source(tmp_path / "nih", pngs, 6, rng)
-    openi = synthesize_site(tmp_path / "openi-site", "openi", "fz-openi", n_images=6, image_size=32, seed=5).parent / "data"
+    openi = synthesize_site(tmp_path / "openi-site", "openi", "fz-openi", n_images=6, image_size=32, seed=5)
+    openi = openi.parent / "data"
     _, x_bad = variants(xmls, tmp_path / "xml", 3, rng)
     for x in x_bad:
         shutil.move(x, openi / "ecgen-radiology" / x.name)
@@ -247,3 +248,24 @@ def test_a_full_disk_stops_the_scan_with_a_clear_error(tmp_path, capsys, monkeyp
     monkeypatch.setattr(index.dicom_io, "decode", full)  # and during a decode, it is not turned into a rejection
     with pytest.raises(OSError, match="No space"):
         index.prepare_site(load_site_config(toml))
+
+
+def test_a_source_whose_scan_dies_is_rejected_and_the_others_are_indexed(tmp_path, capsys):
+    """Open-i reports as a truncated NLMCXR_reports.tgz: the archive cannot be listed, so the source's scan stops;
+    the source root and each of its images are rejected with the reason, the other source is indexed."""
+    import tarfile
+
+    openi = synthesize_site(tmp_path / "openi", "openi", "fz-openi", n_images=8, image_size=32, seed=6).parent / "data"
+    with tarfile.open(openi / "NLMCXR_reports.tgz", "w:gz") as tar:
+        tar.add(openi / "ecgen-radiology", arcname="ecgen-radiology")
+    shutil.rmtree(openi / "ecgen-radiology")
+    archive = openi / "NLMCXR_reports.tgz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    valid, _ = _dicom_source(tmp_path / "dicom", _dicom_seeds(tmp_path / "seeds")[:2], 0, np.random.default_rng(SEED))
+    toml = _write_toml(tmp_path / "site.toml", {"openi": openi, "dicom": tmp_path / "dicom"})
+    out = _scan_radiograph_site(toml, [openi, tmp_path / "dicom"], valid, [], capsys)
+    reasons = rejections(out)
+    assert "scan of this source stopped early" in reasons[norm(openi)]
+    images = sorted(openi.rglob("*.dcm"))
+    assert images and all("stopped early" in reasons[norm(p)] for p in images)
+    assert out["by_source"] == {"dicom": "<5"}

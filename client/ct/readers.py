@@ -11,7 +11,7 @@ import numpy as np
 from client.ct.volume import Volume, VolumeError, to_hu
 from client.file_errors import reason_for
 
-MAX_VOLUME_BYTES = 4 << 30  # 4 GiB of stored voxels: above any chest CT (CT-RATE's largest is ~1 GiB); more is a corrupt header
+MAX_VOLUME_BYTES = 4 << 30  # 4 GiB stored: 4096 slices of 512 x 512 int16; more is a corrupt header
 
 
 def read_nifti(path: Path, slope: float | None = None, intercept: float | None = None,
