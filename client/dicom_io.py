@@ -139,7 +139,7 @@ def assume_transfer_syntax(ds: Dataset) -> str | None:
 def _check_size(ds: Dataset) -> None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ImageReadError(f"multi-frame image ({frames} frames); a radiograph source expects one frame")
+        raise ImageReadError(f"multi-frame image ({frames} frames); expected one frame per file")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 16) or 16)
     if rows * cols * samples * max(1, bits // 8) > MAX_DECODED_BYTES:
@@ -167,10 +167,10 @@ def _check_codestream_end(ds: Dataset) -> None:
         raise ImageReadError(f"{uid_name(ts)} frame ends without its end-of-image marker (FFD9): truncated")
 
 
-def to_pixels(ds: Dataset) -> Pixels:
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-
-    notes: list[str] = []
+def stored_pixels(ds: Dataset, notes: list[str]) -> np.ndarray:
+    """The stored values of a one-frame image (radiograph or CT slice), after the checks that keep a damaged file
+    from reaching a decoder: transfer syntax (inferred when missing, noted), one frame, a plausible size, a complete
+    JPEG-family codestream, a decoder installed. Raises ImageReadError with the reason."""
     assumed = assume_transfer_syntax(ds)
     if assumed:
         notes.append(assumed)
@@ -180,9 +180,16 @@ def to_pixels(ds: Dataset) -> Pixels:
     if not _has_decoder(ts):
         raise ImageReadError(f"no decoder for transfer syntax {uid_name(ts)} installed")
     try:
-        arr = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # the decoder's error on this file's data (site errors re-raise in reason_for)
         raise ImageReadError(f"pixel data cannot be decoded (truncated or corrupt: {reason_for(exc)})") from None
+
+
+def to_pixels(ds: Dataset) -> Pixels:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    notes: list[str] = []
+    arr = stored_pixels(ds, notes)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     bits = int(ds.get("BitsStored", 16) or 16)
     palette = photometric == "PALETTE COLOR"

@@ -83,3 +83,37 @@ def test_a_folder_of_dicom_edge_cases_written_by_others_is_scanned_to_the_end(tm
     groups = [line for line in text.splitlines() if line.startswith("  rejected (")]
     assert 0 < len(groups) <= cli.MAX_REJECTION_KINDS and sum(int(g.split("(")[1].split(")")[0]) for g in groups) \
         == len(rejected)
+
+
+def test_ct_slices_without_file_meta_or_compressed_read_as_the_original(tmp_path):
+    """A CT series written without preamble and file meta (implicit VR), and one RLE-compressed, give the same HU
+    volumes as the uncompressed files they were made from."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import RLELossless
+
+    from client.ct.cache import read_record
+    from client.ct.sources import CTRecord, make_ct_source
+    from client.synth.ct import synthesize_ct_site
+
+    toml = synthesize_ct_site(tmp_path / "ct", "dicom-ct", "edge-ct", n_volumes=3, shape=(6, 16, 16),
+                              spacing=(5.0, 5.0, 5.0), seed=1)
+
+    def volumes() -> dict[str, np.ndarray]:
+        cfg = load_site_config(toml)
+        return {r.key: read_record(r).hu for r in make_ct_source(cfg.sources[0]).scan() if isinstance(r, CTRecord)}
+
+    before = volumes()
+    data = toml.parent / "data" / "series"
+    for f in (data / "0000").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.file_meta, ds.preamble = FileMetaDataset(), None
+        dcmwrite(f, ds, implicit_vr=True, little_endian=True, force_encoding=True)
+    for f in (data / "0001").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.compress(RLELossless)
+        ds.save_as(f)
+    after = volumes()
+    assert len(before) == 3 and set(after) == set(before)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert pydicom.dcmread(next((data / "0001").glob("*.dcm"))).file_meta.TransferSyntaxUID == RLELossless

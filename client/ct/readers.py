@@ -71,14 +71,12 @@ class SliceHeader:
 def read_slice_header(path: Path) -> SliceHeader:
     """One slice's header; any error reading or converting it is a VolumeError naming the file (identifying
     values redacted from the message)."""
-    import pydicom
-
-    from client.dicom_io import identifying_values
+    from client.dicom_io import identifying_values, read_dataset
 
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        ds = read_dataset(path, header_only=True)
     except Exception as exc:
-        raise VolumeError(f"{path}: not a readable DICOM file ({reason_for(exc)})") from None
+        raise VolumeError(f"{path}: {reason_for(exc)}") from None
     try:
         return _slice_header(path, ds)
     except VolumeError:
@@ -140,15 +138,17 @@ def sort_series(headers: list[SliceHeader]) -> tuple[list[SliceHeader], float]:
 def read_dicom_series(files: list[Path]) -> tuple[Volume, list[SliceHeader]]:
     """A DICOM series (its slice files) to HU, each slice with its own rescale; returns the volume and the
     slices in volume order (Z index i is ``ordered[i]``)."""
-    import pydicom
+    from client.dicom_io import read_dataset, stored_pixels
 
     ordered, dz = sort_series([read_slice_header(p) for p in files])
     planes = []
     for h in ordered:
         try:
-            pixels = pydicom.dcmread(str(h.path)).pixel_array
+            pixels = stored_pixels(read_dataset(h.path), [])
         except Exception as exc:
-            raise VolumeError(f"{h.path}: pixel data cannot be decoded ({reason_for(exc)})") from None
+            raise VolumeError(f"{h.path}: {reason_for(exc)}") from None
+        if pixels.shape != (h.rows, h.cols):
+            raise VolumeError(f"{h.path}: pixel array of shape {pixels.shape}; expected one {h.rows}x{h.cols} slice")
         planes.append(to_hu(pixels, h.slope, h.intercept))
     dy, dx = ordered[0].pixel_spacing
     return Volume(np.stack(planes), (dz, dy, dx)), ordered
