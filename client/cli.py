@@ -109,11 +109,12 @@ def print_rejections(rejected, examples: int = 3) -> None:
     group), largest group first, each with its count, its first reason and a few example paths."""
     groups: dict[str, list] = {}
     for r in rejected:
-        groups.setdefault(re.sub(r"\d+", "#", r.reason), []).append(r)
+        reason = r.reason.removeprefix(f"{r.path}: ")  # CT readers name the file in the message too
+        groups.setdefault(re.sub(r"\d+", "#", reason), []).append((r.path, reason))
     ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-    for key, members in ordered[:MAX_REJECTION_KINDS]:
-        reason = members[0].reason + ("" if len({m.reason for m in members}) == 1 else " (numbers vary)")
-        paths = [m.path for m in members]
+    for _, members in ordered[:MAX_REJECTION_KINDS]:
+        reason = members[0][1] + ("" if len({m[1] for m in members}) == 1 else " (numbers vary)")
+        paths = [m[0] for m in members]
         shown = "; ".join(paths[:examples]) + (f"; ... {len(paths) - examples} more" if len(paths) > examples else "")
         print(f"  rejected ({len(paths)}) {reason}: {shown}")
     if len(ordered) > MAX_REJECTION_KINDS:

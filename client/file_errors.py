@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import logging
 import re
 import sqlite3
 import warnings
@@ -113,7 +114,14 @@ class GuardedScan:
 @contextmanager
 def quiet_reader_warnings() -> Iterator[None]:
     """pydicom warns about each odd value it reads and quotes the value (in a damaged header, that can be a patient's
-    name); during a scan, a file's problems are its rejection or its notes, so those warnings are not printed."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module="pydicom")
-        yield
+    name); nibabel logs each header fix it makes (a negative pixdim, ...). During a scan, a file's problems are its
+    rejection or its notes, so neither is printed."""
+    nibabel_log = logging.getLogger("nibabel.global")
+    level = nibabel_log.level
+    nibabel_log.setLevel(logging.CRITICAL + 1)  # a problem it cannot fix is raised as well as logged
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="pydicom")
+            yield
+    finally:
+        nibabel_log.setLevel(level)

@@ -80,11 +80,13 @@ def variants(seeds: list[Path], folder: Path, per_seed: int, rng: np.random.Gene
 
 
 def check(toml: Path, capsys) -> dict:
-    """`fedchest-site check --json` in-process: it must end (0 or 2), print no traceback, and print JSON."""
+    """`fedchest-site check --json` in-process: it must end (0 or 2), print nothing on stderr (no traceback, no
+    reader's log) and print JSON."""
     code = cli.main(["check", "--config", str(toml), "--json"])
     captured = capsys.readouterr()
     assert code in (0, 2), captured.err[-2000:]
     assert "Traceback" not in captured.err, captured.err[-3000:]
+    assert not captured.err.strip(), captured.err[-3000:]  # no reader logs its complaints past the rejections
     return json.loads(captured.out)
 
 

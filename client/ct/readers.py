@@ -14,25 +14,30 @@ from client.file_errors import reason_for
 MAX_VOLUME_BYTES = 4 << 30  # 4 GiB stored: 4096 slices of 512 x 512 int16; more is a corrupt header
 
 
+def _load_nifti(path: Path) -> tuple[np.ndarray, float, float, tuple[float, ...]]:
+    """Stored values, header rescale and zooms; a header claiming more than MAX_VOLUME_BYTES is refused before the
+    data is read."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.header.get_data_shape()
+    claimed = int(np.prod(shape, dtype=np.float64) * img.header.get_data_dtype().itemsize)
+    if claimed > MAX_VOLUME_BYTES:
+        raise VolumeError(f"{path}: header claims a {'x'.join(map(str, shape))} volume ({claimed >> 20} MiB "
+                          f"stored, more than {MAX_VOLUME_BYTES >> 30} GiB): a corrupt header?")
+    raw = np.asarray(img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return raw, float(getattr(img.dataobj, "slope", np.nan)), float(getattr(img.dataobj, "inter", np.nan)), zooms
+
+
 def read_nifti(path: Path, slope: float | None = None, intercept: float | None = None,
                spacing: tuple[float, float, float] | None = None) -> Volume:
     """A NIfTI volume to HU. CT-RATE stores raw values and gives the rescale in its metadata CSV (``slope``,
     ``intercept``); without them the header's scl_slope / scl_inter apply. ``spacing`` (z, y, x) from the metadata
     wins over the header's zooms. NIfTI's (i, j, k) array becomes (k, j, i) = (Z, Y, X); slice k of the file is
     Z index k."""
-    import nibabel as nib
-
     try:
-        img = nib.load(str(path))
-        shape = img.header.get_data_shape()
-        claimed = int(np.prod(shape, dtype=np.float64) * img.header.get_data_dtype().itemsize)
-        if claimed > MAX_VOLUME_BYTES:
-            raise VolumeError(f"{path}: header claims a {'x'.join(map(str, shape))} volume ({claimed >> 20} MiB "
-                              f"stored, more than {MAX_VOLUME_BYTES >> 30} GiB): a corrupt header?")
-        raw = np.asarray(img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj)
-        header_slope = float(getattr(img.dataobj, "slope", np.nan))
-        header_inter = float(getattr(img.dataobj, "inter", np.nan))
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        raw, header_slope, header_inter, zooms = _load_nifti(path)
     except VolumeError:
         raise
     except FileNotFoundError:
