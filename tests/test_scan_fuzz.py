@@ -191,6 +191,7 @@ def test_fuzzed_ct_volumes_and_slices_never_stop_a_ct_scan(tmp_path, capsys):
     assert not _leaks(phi, out)
 
 
+@pytest.mark.real
 def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys):
     """The real sample files as seeds: the three DICOMs (a JPEG 2000 chest CR, a tibia, a CT slice), NIH PNGs and
     Open-i XML reports."""
@@ -248,6 +249,24 @@ def test_a_full_disk_stops_the_scan_with_a_clear_error(tmp_path, capsys, monkeyp
     monkeypatch.setattr(index.dicom_io, "decode", full)  # and during a decode, it is not turned into a rejection
     with pytest.raises(OSError, match="No space"):
         index.prepare_site(load_site_config(toml))
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (MemoryError(), 2, "error of the site (not of a data file): MemoryError"),
+    (OSError(122, "Disk quota exceeded"), 2, "Disk quota exceeded"),
+])
+def test_errors_of_the_site_stop_check_with_a_clear_message(tmp_path, capsys, monkeypatch, error, code, message):
+    _dicom_source(tmp_path / "dicom", _dicom_seeds(tmp_path / "seeds")[:1], 0, np.random.default_rng(SEED))
+    toml = _write_toml(tmp_path / "site.toml", {"dicom": tmp_path / "dicom"})
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(index.dicom_io, "decode", fail)  # raised while decoding a file: still the site's error
+    assert cli.main(["check", "--config", str(toml)]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_a_source_whose_scan_dies_is_rejected_and_the_others_are_indexed(tmp_path, capsys):
