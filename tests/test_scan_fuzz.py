@@ -224,6 +224,18 @@ def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys):
     assert "EXTREMITY" in reasons[norm(tmp_path / "dicom" / "dicom" / "RG3_J2KI.dcm")]
 
 
+@pytest.mark.parametrize("make", ["folder", "binary"])
+def test_an_unreadable_site_config_stops_check_with_a_clear_error(tmp_path, capsys, make):
+    toml = tmp_path / "site.toml"
+    if make == "folder":
+        toml.mkdir()
+    else:
+        toml.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    assert cli.main(["check", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert f"{toml}: " in err and ("cannot read" in err or "not UTF-8" in err) and "Traceback" not in err
+
+
 def test_a_missing_data_root_stops_the_scan_with_a_clear_error(tmp_path, capsys):
     toml = _write_toml(tmp_path / "site.toml", {"dicom": tmp_path / "not-there"})
     assert cli.main(["check", "--config", str(toml)]) == 2
