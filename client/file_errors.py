@@ -27,6 +27,7 @@ T = TypeVar("T")
 SITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM})
 SITE_SQLITE = ("full", "readonly", "disk i/o", "unable to open")  # the index's database cannot be written
 MAX_REASON = 240
+READER_LOGGERS = ("pydicom", "nibabel.global")
 _QUOTED = re.compile(r"""b?'[^'\n]*'|b?"[^"\n]*\"""")
 _CODE_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")  # file_meta, pixel_array, ...
 _STANDARD_UID = re.compile(r"1\.2\.840\.10008(\.\d+)+")
@@ -113,15 +114,18 @@ class GuardedScan:
 
 @contextmanager
 def quiet_reader_warnings() -> Iterator[None]:
-    """pydicom warns about each odd value it reads and quotes the value (in a damaged header, that can be a patient's
-    name); nibabel logs each header fix it makes (a negative pixdim, ...). During a scan, a file's problems are its
-    rejection or its notes, so neither is printed."""
-    nibabel_log = logging.getLogger("nibabel.global")
-    level = nibabel_log.level
-    nibabel_log.setLevel(logging.CRITICAL + 1)  # a problem it cannot fix is raised as well as logged
+    """pydicom warns (and logs) about each odd value it reads and quotes the value (in a damaged header, that can be a
+    patient's name), and logs each decoder's failure; nibabel logs each header fix it makes (a negative pixdim, ...).
+    During a scan, a file's problems are its rejection or its notes (what the readers cannot get past, they raise),
+    so none of that is printed."""
+    loggers = [logging.getLogger(name) for name in READER_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="pydicom")
             yield
     finally:
-        nibabel_log.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)

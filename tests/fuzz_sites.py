@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -79,10 +80,14 @@ def variants(seeds: list[Path], folder: Path, per_seed: int, rng: np.random.Gene
     return valid, bad
 
 
-def check(toml: Path, capsys) -> dict:
-    """`fedchest-site check --json` in-process: it must end (0 or 2), print nothing on stderr (no traceback, no
-    reader's log) and print JSON."""
-    code = cli.main(["check", "--config", str(toml), "--json"])
+def check(toml: Path, capsys, caplog) -> dict:
+    """`fedchest-site check --json` in-process: it must end (0 or 2), print nothing on stderr and log no warning (no
+    traceback; no reader's complaint, which can quote a header value) and print JSON."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        code = cli.main(["check", "--config", str(toml), "--json"])
+    logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not logged, logged[:5]
     captured = capsys.readouterr()
     assert code in (0, 2), captured.err[-2000:]
     assert "Traceback" not in captured.err, captured.err[-3000:]

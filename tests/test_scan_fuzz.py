@@ -107,8 +107,9 @@ def _leaks(phi: set[str], out: dict) -> list[str]:
     return sorted(v for v in phi if (leaked({v}, [text.encode()]) if v.isdigit() else v in text))
 
 
-def _scan_radiograph_site(toml: Path, roots: list[Path], valid: list[Path], reports: list[Path], capsys) -> dict:
-    out = check(toml, capsys)
+def _scan_radiograph_site(toml: Path, roots: list[Path], valid: list[Path], reports: list[Path], capsys,
+                          caplog) -> dict:
+    out = check(toml, capsys, caplog)
     indexed, rejected = indexed_paths(load_site_config(toml)), rejections(out)
     assert_accounted(image_files(roots), indexed, rejected)
     for xml in reports:  # an Open-i report is rejected by name or parses (its images are then accounted above)
@@ -118,7 +119,7 @@ def _scan_radiograph_site(toml: Path, roots: list[Path], valid: list[Path], repo
     return out
 
 
-def test_fuzzed_synthetic_files_never_stop_a_radiograph_scan(tmp_path, capsys):
+def test_fuzzed_synthetic_files_never_stop_a_radiograph_scan(tmp_path, capsys, caplog):
     rng = np.random.default_rng(SEED)
     dicom_seeds, png_seeds = _dicom_seeds(tmp_path / "seeds" / "dicom"), _png_seeds(tmp_path / "seeds" / "png", 6, rng)
     sites = {fmt: synthesize_site(tmp_path / fmt, fmt, f"fz-{fmt}", n_images=n, image_size=32, seed=3).parent / "data"
@@ -137,13 +138,13 @@ def test_fuzzed_synthetic_files_never_stop_a_radiograph_scan(tmp_path, capsys):
     valid += [p for p in sites["openi"].rglob("*.dcm") if p.stem in clean_images and p not in bad]
     roots = [sites["padchest"], sites["mimic"], sites["openi"], tmp_path / "dicom", tmp_path / "nih", tmp_path / "rsna"]
     toml = _write_toml(tmp_path / "site.toml", dict(zip(("padchest", "mimic", "openi", "dicom", "nih", "rsna"), roots)))
-    out = _scan_radiograph_site(toml, roots, valid, kept_reports + bad_reports, capsys)
+    out = _scan_radiograph_site(toml, roots, valid, kept_reports + bad_reports, capsys, caplog)
     assert len(bad) + len(bad_reports) >= 200 and len(valid) >= 40
     assert out["indexed"] >= len(valid) and len(out["rejected"]) >= len(bad) // 2  # most damage is noticed
     assert not _leaks(phi, out)
 
 
-def test_fuzzed_tables_never_stop_a_scan(tmp_path, capsys):
+def test_fuzzed_tables_never_stop_a_scan(tmp_path, capsys, caplog):
     """CSV tables truncated, bit-flipped or with a mangled column line: the source's rows or the whole table are
     rejected, the images it lists are still accounted for, the other source is untouched."""
     rng = np.random.default_rng(SEED + 1)
@@ -156,12 +157,13 @@ def test_fuzzed_tables_never_stop_a_scan(tmp_path, capsys):
     for k in range(24):
         hit = ("dicom", "nih")[k % 2]
         corrupt_file(tables[hit], rng, None)
-        out = _scan_radiograph_site(toml, [dicom_root, nih_root], n_valid if hit == "dicom" else d_valid, [], capsys)
+        untouched = n_valid if hit == "dicom" else d_valid
+        out = _scan_radiograph_site(toml, [dicom_root, nih_root], untouched, [], capsys, caplog)
         assert out["indexed"] >= len(n_valid if hit == "dicom" else d_valid)
         tables[hit].write_bytes(clean[hit])
 
 
-def test_fuzzed_ct_volumes_and_slices_never_stop_a_ct_scan(tmp_path, capsys):
+def test_fuzzed_ct_volumes_and_slices_never_stop_a_ct_scan(tmp_path, capsys, caplog):
     rng = np.random.default_rng(SEED + 2)
     shape, spacing = (8, 16, 16), (5.0, 5.0, 5.0)
     rate = synthesize_ct_site(tmp_path / "rate", "ct-rate", "fz-rate", n_volumes=14, shape=shape, spacing=spacing,
@@ -177,7 +179,7 @@ def test_fuzzed_ct_volumes_and_slices_never_stop_a_ct_scan(tmp_path, capsys):
         corrupt_file(sorted(folder.glob("*.dcm"))[int(rng.integers(shape[0]))], rng)
     toml = _write_toml(tmp_path / "site.toml", {"ct-rate": rate, "dicom-ct": series},
                        'label_set = "ctrate18"\n[ct]\nspacing = [10, 10, 10]\nsize = [8, 8, 8]\n')
-    out = check(toml, capsys)
+    out = check(toml, capsys, caplog)
     rejected = rejections(out)
     index = prepare_ct_site(load_site_config(toml))  # the volumes (all from the cache now)
     volume_files = {norm(p) for v in index.volumes for p in v.record.paths}
@@ -192,7 +194,7 @@ def test_fuzzed_ct_volumes_and_slices_never_stop_a_ct_scan(tmp_path, capsys):
 
 
 @pytest.mark.real
-def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys):
+def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys, caplog):
     """The real sample files as seeds: the three DICOMs (a JPEG 2000 chest CR, a tibia, a CT slice), NIH PNGs and
     Open-i XML reports."""
     dicom = sorted((real_data / "dicom").glob("*.dcm"))
@@ -218,7 +220,7 @@ def test_fuzzed_real_files_never_stop_a_scan(real_data, tmp_path, capsys):
     roots = [tmp_path / "dicom", tmp_path / "nih", openi]
     toml = _write_toml(tmp_path / "site.toml", dict(zip(("dicom", "nih", "openi"), roots)))
     valid = [p for p in d_valid if p.name == "RG1_J2KI.dcm"] + n_valid  # the tibia and the CT slice are refused
-    out = _scan_radiograph_site(toml, roots, valid, reports, capsys)
+    out = _scan_radiograph_site(toml, roots, valid, reports, capsys, caplog)
     assert len(d_bad) + len(n_bad) + len(x_bad) >= 100
     reasons = rejections(out)
     assert "EXTREMITY" in reasons[norm(tmp_path / "dicom" / "dicom" / "RG3_J2KI.dcm")]
@@ -281,7 +283,7 @@ def test_errors_of_the_site_stop_check_with_a_clear_message(tmp_path, capsys, mo
     assert message in err and "Traceback" not in err
 
 
-def test_a_source_whose_scan_dies_is_rejected_and_the_others_are_indexed(tmp_path, capsys):
+def test_a_source_whose_scan_dies_is_rejected_and_the_others_are_indexed(tmp_path, capsys, caplog):
     """Open-i reports as a truncated NLMCXR_reports.tgz: the archive cannot be listed, so the source's scan stops;
     the source root and each of its images are rejected with the reason, the other source is indexed."""
     import tarfile
@@ -294,7 +296,7 @@ def test_a_source_whose_scan_dies_is_rejected_and_the_others_are_indexed(tmp_pat
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     valid, _ = _dicom_source(tmp_path / "dicom", _dicom_seeds(tmp_path / "seeds")[:2], 0, np.random.default_rng(SEED))
     toml = _write_toml(tmp_path / "site.toml", {"openi": openi, "dicom": tmp_path / "dicom"})
-    out = _scan_radiograph_site(toml, [openi, tmp_path / "dicom"], valid, [], capsys)
+    out = _scan_radiograph_site(toml, [openi, tmp_path / "dicom"], valid, [], capsys, caplog)
     reasons = rejections(out)
     assert "scan of this source stopped early" in reasons[norm(openi)]
     images = sorted(openi.rglob("*.dcm"))
