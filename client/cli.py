@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -94,15 +95,42 @@ def _check_ct(cfg, args: argparse.Namespace) -> int:
     for key in ("by_source", "by_split", "by_label"):
         print(f"  {key.replace('by_', ''):<18} " + ", ".join(f"{a} {b}" for a, b in out[key].items()))
     print(f"  {'slice references':<18} {out['snippets']} report sentences point at a slice on the grid")
-    for r in out["rejected"][:20]:
-        print(f"  rejected {r['path']}: {r['reason']}")
-    for n in out["notes"][:20]:
-        print(f"  note {n['path']}: {n['note']}")
+    print_rejections(index.rejected)
+    print_notes(index.notes)
     print("  can train: " + ("yes" if out["can_train"] else f"no (fewer than {MIN_TRAIN_SAMPLES} training volumes)"))
     return 0 if out["can_train"] else 2
 
 
+MAX_REJECTION_KINDS = 25
+
+
+def print_rejections(rejected, examples: int = 3) -> None:
+    """Rejections grouped by reason (numbers in a reason, such as byte counts and line numbers, do not split a
+    group), largest group first, each with its count, its first reason and a few example paths."""
+    groups: dict[str, list] = {}
+    for r in rejected:
+        reason = r.reason.removeprefix(f"{r.path}: ")  # CT readers name the file in the message too
+        groups.setdefault(re.sub(r"\d+", "#", reason), []).append((r.path, reason))
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    for _, members in ordered[:MAX_REJECTION_KINDS]:
+        reason = members[0][1] + ("" if len({m[1] for m in members}) == 1 else " (numbers vary)")
+        paths = [m[0] for m in members]
+        shown = "; ".join(paths[:examples]) + (f"; ... {len(paths) - examples} more" if len(paths) > examples else "")
+        print(f"  rejected ({len(paths)}) {reason}: {shown}")
+    if len(ordered) > MAX_REJECTION_KINDS:
+        rest = sum(len(m) for _, m in ordered[MAX_REJECTION_KINDS:])
+        print(f"  ... {rest} more rejections of {len(ordered) - MAX_REJECTION_KINDS} other kinds (see --json)")
+
+
+def print_notes(notes, limit: int = 20) -> None:
+    for n in notes[:limit]:
+        print(f"  note {n.path}: {n.message}")
+    if len(notes) > limit:
+        print(f"  ... {len(notes) - limit} more notes (see --json)")
+
+
 def _check(args: argparse.Namespace) -> int:
+    from client.file_errors import is_site_error
     from client.index import prepare_site
     from client.site_config import SiteConfigError, load_site_config
 
@@ -115,6 +143,15 @@ def _check(args: argparse.Namespace) -> int:
         report = prepare_site(cfg)
     except SiteConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: check interrupted; the index was not updated", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not is_site_error(exc):
+            raise  # not a file's error and not the site's: a fedchest bug, whose traceback is wanted
+        print(f"error: the scan stopped on an error of the site (not of a data file): {type(exc).__name__}: {exc}"
+              " -- free disk space / memory or fix the work dir's permissions, then run check again", file=sys.stderr)
         return 2
     out = check_report(cfg, report, args.k if args.k is not None else cfg.min_count)
     if args.json:
@@ -135,16 +172,8 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  unmapped terms in {name}: " + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
         if m["not_annotated"]:
             print(f"  {name} cannot express (masked): " + ", ".join(m["not_annotated"]))
-    by_reason: dict[str, list[str]] = {}
-    for r in report.rejected:
-        by_reason.setdefault(r.reason if "line" not in r.reason else r.reason.split(":")[-1].strip(), []).append(r.path)
-    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-        shown = "; ".join(paths[:3]) + (f"; ... {len(paths) - 3} more" if len(paths) > 3 else "")
-        print(f"  rejected ({len(paths)}) {reason}: {shown}")
-    for n in report.notes[:20]:
-        print(f"  note {n.path}: {n.message}")
-    if len(report.notes) > 20:
-        print(f"  ... {len(report.notes) - 20} more notes (see --json)")
+    print_rejections(report.rejected)
+    print_notes(report.notes)
     print("  can train: " + ("yes" if out["can_train"] else f"no ({out['reason']})"))
     return 0 if out["can_train"] else 2
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from client.file_errors import FileProblem, reason_for
 
-class ImageReadError(ValueError):
+
+class ImageReadError(FileProblem):
     """A file that cannot be read as a chest radiograph; the message says why."""
 
 
@@ -47,7 +49,7 @@ def read_raster(path: Path, bits_stored: int | None = None, min_size: int = 32) 
     except FileNotFoundError:
         raise ImageReadError("listed image is missing on disk") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot decode image (corrupt or truncated: {exc})") from None
+        raise ImageReadError(f"cannot decode image (corrupt or truncated: {reason_for(exc)})") from None
     if arr.ndim != 2:
         raise ImageReadError(f"expected a greyscale image, got shape {arr.shape}")
     if min(arr.shape) < min_size:

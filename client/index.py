@@ -4,8 +4,9 @@
 patient id (or takes a source's official split), decodes each image once into a uint8 cache at the site's
 image size, and records everything it could not use with the reason. A file whose size or mtime changed
 (or, with `verify_content`, whose bytes changed) is decoded again; unchanged files come from the cache.
-Bad files never stop a scan: every valid file around them is still indexed. The index and cache never
-leave the site.
+Bad files never stop a scan: any error while reading, parsing or decoding one file is a rejection of that file
+with its reason (client.file_errors draws the line), and every valid file around it is still indexed; only errors of
+the site itself (site.toml, a missing data root, a full disk) stop it. The index and cache never leave the site.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from client import dicom_io
+from client.file_errors import GuardedScan, quiet_reader_warnings, reason_for
 from client.imaging import ImageReadError, read_raster, resize_square
-from client.site_config import SiteConfig
+from client.site_config import SiteConfig, SiteConfigError
 from client.sources import Note, Record, Rejection, harmonise_view, make_source
 from shared_models.networks import PROJECTIONS
 from shared_models.ontology import load_label_set
@@ -121,6 +123,15 @@ def _connect(cfg: SiteConfig) -> sqlite3.Connection:
     return con
 
 
+def require_roots(cfg: SiteConfig) -> None:
+    """A source whose data root is not a folder is an error of the site (a wrong path, an unmounted share),
+    not a rejection: the scan stops before anything is indexed."""
+    for i, src in enumerate(cfg.sources):
+        if not src.root.is_dir():
+            raise SiteConfigError(f"{cfg.path}: sources[{i}].root {src.root} is not a folder (data root missing or "
+                                  "not mounted?)")
+
+
 def _mapping_report(source, classes: tuple[str, ...]) -> dict:
     annotated = source.smap.annotated
     return {
@@ -148,10 +159,12 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     # 1. scan: tables, labels, fingerprints (cheap, sequential)
     entries: list[tuple[Record, str, str, tuple | None]] = []
     seen_ids: set[str] = set()
+    require_roots(cfg)
     for src_cfg in cfg.sources:
         source = make_source(src_cfg, cfg.label_set)
         listed: set[str] = set()
-        for item in source.scan():
+        scan = GuardedScan(source.scan(), str(src_cfg.root))
+        for item in scan:
             listed.add(os.path.normpath(item.path))
             if isinstance(item, Rejection):
                 report.rejected.append(item)
@@ -162,16 +175,20 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                 continue
             try:
                 fp = fingerprint(item.path, cfg.verify_content)
-            except ImageReadError as exc:
-                report.rejected.append(Rejection(str(item.path), str(exc)))
+            except Exception as exc:
+                report.rejected.append(Rejection(str(item.path), reason_for(exc)))
                 continue
             seen_ids.add(sample_id)
             prev = old.get(sample_id)
             reuse = prev is not None and prev[0] == fp and old_pixels is not None and prev[1] < len(old_pixels)
             entries.append((item, sample_id, fp, prev if reuse else None))
+        if scan.failure:
+            report.rejected.append(Rejection(scan.where, scan.failure))
+        unlisted = (f"image on disk that no {source.kind} table lists (not indexed)" if not scan.failure else
+                    f"not indexed: the scan of its {source.kind} source stopped early (see {scan.where})")
         for path in source.candidates():
             if os.path.normpath(path) not in listed:
-                report.rejected.append(Rejection(str(path), f"image on disk that no {source.kind} table lists (not indexed)"))
+                report.rejected.append(Rejection(str(path), unlisted))
         report.notes += source.notes
         report.label_mapping[f"{source.kind}:{src_cfg.root.name}"] = _mapping_report(source, classes)
 
@@ -182,12 +199,12 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
             return Decoded(np.asarray(old_pixels[prev[1]]), tuple(prev[5:]), [])
         try:
             return decode(item, cfg.image_size, cfg.min_image_size)
-        except ImageReadError as exc:
-            return str(exc)
+        except Exception as exc:  # the per-file guard: any error of this file is its rejection
+            return reason_for(exc)
 
     pixels = np.empty((len(entries), cfg.image_size, cfg.image_size), np.uint8)
     rows = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, quiet_reader_warnings():
         results = map(work, entries) if workers <= 1 else pool.map(work, entries)
         for (item, sample_id, fp, prev), result in zip(entries, results):
             if isinstance(result, str):
@@ -202,8 +219,9 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                     projection = harmonise_view(result.view)
                     method = "metadata" if projection else method
                     if projection is None:
-                        report.notes.append(Note(str(item.path), f"ViewPosition {result.view!r} has no PA/AP/lateral "
-                                                                  "meaning; routed as unknown"))
+                        view = dicom_io.shown(result.view)
+                        report.notes.append(Note(str(item.path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; "
+                                                                  "routed as unknown"))
                 patient = item.patient_key or result.patient or item.key
                 split = item.split or patient_split(salt, patient, cfg.val_fraction, cfg.test_fraction)
                 report.decoded += 1

@@ -89,6 +89,10 @@ def load_site_config(path: str | Path) -> SiteConfig:
         raise SiteConfigError(f"{path}: site config not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise SiteConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise SiteConfigError(f"{path}: not UTF-8 text (expected a TOML file)") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise SiteConfigError(f"{path}: cannot read the site config ({exc.strerror or exc})") from None
     base = path.parent
     site = raw.get("site")
     if not isinstance(site, dict):

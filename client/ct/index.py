@@ -1,6 +1,7 @@
 """A CT site's volumes: every CT source scanned, patient-level splits from the site's salted hash (CT-RATE's
 valid split is kept as test), each volume brought once to the run's grid through the cache. A volume that cannot
-be read is a rejection naming the file and the reason; the others are kept."""
+be read is a rejection naming the file and the reason (any error while reading it: client.file_errors); the others
+are kept."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 
 from client.ct.cache import CTCache, snippet_targets
 from client.ct.sources import CT_SOURCES, CTRecord, make_ct_source
-from client.ct.volume import CTSpec, VolumeError
-from client.index import patient_split
+from client.ct.volume import CTSpec
+from client.file_errors import GuardedScan, quiet_reader_warnings, reason_for
+from client.index import patient_split, require_roots
 from client.privacy import suppress_counts
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources.base import Note, Rejection
@@ -82,22 +84,32 @@ def prepare_ct_site(cfg: SiteConfig, spec: CTSpec | None = None) -> CTIndex:
     cache = CTCache(cfg.work_dir / "ct-cache")
     salt = cfg.secret_salt()
     out = CTIndex(classes=load_label_set(CT_LABEL_SET).classes)
-    for src_cfg in cfg.sources:
-        source = make_ct_source(src_cfg, cfg.label_set)
-        for item in source.scan():
-            if isinstance(item, Rejection):
-                out.rejected.append(item)
-                continue
-            try:
-                x, depth = cache.get(item, spec)
-            except VolumeError as exc:
-                out.rejected.append(Rejection(str(item.paths[0]), str(exc)))
-                continue
-            if not math.isfinite(float(x.mean())):
-                out.rejected.append(Rejection(str(item.paths[0]), "non-finite voxel values after preprocessing"))
-                continue
-            split = item.split or patient_split(salt, item.patient_key, cfg.val_fraction, cfg.test_fraction)
-            out.volumes.append(CTVolume(item, split, x, snippet_targets(item, depth)))
-        out.notes += source.notes
+    require_roots(cfg)
+    with quiet_reader_warnings():
+        for src_cfg in cfg.sources:
+            _index_source(cfg, src_cfg, spec, cache, salt, out)
     out.decoded, out.reused = cache.misses, cache.hits
     return out
+
+
+def _index_source(cfg: SiteConfig, src_cfg, spec: CTSpec, cache: CTCache, salt: bytes, out: CTIndex) -> None:
+    """One source's volumes into ``out``: records read through the cache, rejections with their reasons."""
+    source = make_ct_source(src_cfg, cfg.label_set)
+    scan = GuardedScan(source.scan(), str(src_cfg.root))
+    for item in scan:
+        if isinstance(item, Rejection):
+            out.rejected.append(item)
+            continue
+        try:  # the per-volume guard: any error reading this volume's files is its rejection
+            x, depth = cache.get(item, spec)
+        except Exception as exc:
+            out.rejected.append(Rejection(str(item.paths[0]), reason_for(exc)))
+            continue
+        if not math.isfinite(float(x.mean())):
+            out.rejected.append(Rejection(str(item.paths[0]), "non-finite voxel values after preprocessing"))
+            continue
+        split = item.split or patient_split(salt, item.patient_key, cfg.val_fraction, cfg.test_fraction)
+        out.volumes.append(CTVolume(item, split, x, snippet_targets(item, depth)))
+    if scan.failure:
+        out.rejected.append(Rejection(scan.where, scan.failure))
+    out.notes += source.notes

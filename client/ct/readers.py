@@ -9,6 +9,25 @@ from pathlib import Path
 import numpy as np
 
 from client.ct.volume import Volume, VolumeError, to_hu
+from client.file_errors import reason_for
+
+MAX_VOLUME_BYTES = 4 << 30  # 4 GiB stored: 4096 slices of 512 x 512 int16; more is a corrupt header
+
+
+def _load_nifti(path: Path) -> tuple[np.ndarray, float, float, tuple[float, ...]]:
+    """Stored values, header rescale and zooms; a header claiming more than MAX_VOLUME_BYTES is refused before the
+    data is read."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.header.get_data_shape()
+    claimed = int(np.prod(shape, dtype=np.float64) * img.header.get_data_dtype().itemsize)
+    if claimed > MAX_VOLUME_BYTES:
+        raise VolumeError(f"{path}: header claims a {'x'.join(map(str, shape))} volume ({claimed >> 20} MiB "
+                          f"stored, more than {MAX_VOLUME_BYTES >> 30} GiB): a corrupt header?")
+    raw = np.asarray(img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return raw, float(getattr(img.dataobj, "slope", np.nan)), float(getattr(img.dataobj, "inter", np.nan)), zooms
 
 
 def read_nifti(path: Path, slope: float | None = None, intercept: float | None = None,
@@ -17,18 +36,14 @@ def read_nifti(path: Path, slope: float | None = None, intercept: float | None =
     ``intercept``); without them the header's scl_slope / scl_inter apply. ``spacing`` (z, y, x) from the metadata
     wins over the header's zooms. NIfTI's (i, j, k) array becomes (k, j, i) = (Z, Y, X); slice k of the file is
     Z index k."""
-    import nibabel as nib
-
     try:
-        img = nib.load(str(path))
-        raw = np.asarray(img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj)
-        header_slope = float(getattr(img.dataobj, "slope", np.nan))
-        header_inter = float(getattr(img.dataobj, "inter", np.nan))
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        raw, header_slope, header_inter, zooms = _load_nifti(path)
+    except VolumeError:
+        raise
     except FileNotFoundError:
         raise VolumeError(f"{path}: file not found") from None
     except Exception as exc:  # nibabel raises many kinds for damaged files
-        raise VolumeError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
+        raise VolumeError(f"{path}: not a readable NIfTI volume ({reason_for(exc)})") from None
     if raw.ndim == 4 and raw.shape[3] == 1:
         raw = raw[..., 0]
     if raw.ndim != 3:
@@ -59,12 +74,23 @@ class SliceHeader:
 
 
 def read_slice_header(path: Path) -> SliceHeader:
-    import pydicom
+    """One slice's header; any error reading or converting it is a VolumeError naming the file (identifying
+    values redacted from the message)."""
+    from client.dicom_io import identifying_values, read_dataset
 
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        ds = read_dataset(path, header_only=True)
     except Exception as exc:
-        raise VolumeError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        raise VolumeError(f"{path}: {reason_for(exc)}") from None
+    try:
+        return _slice_header(path, ds)
+    except VolumeError:
+        raise
+    except Exception as exc:  # a header value that does not convert (a damaged or hand-made file)
+        raise VolumeError(f"{path}: unusable DICOM header ({reason_for(exc, identifying_values(ds))})") from None
+
+
+def _slice_header(path: Path, ds) -> SliceHeader:
     missing = [k for k in ("Rows", "Columns", "PixelSpacing") if k not in ds]
     if missing:
         raise VolumeError(f"{path}: DICOM header lacks {missing} (needed for a CT volume)")
@@ -117,15 +143,17 @@ def sort_series(headers: list[SliceHeader]) -> tuple[list[SliceHeader], float]:
 def read_dicom_series(files: list[Path]) -> tuple[Volume, list[SliceHeader]]:
     """A DICOM series (its slice files) to HU, each slice with its own rescale; returns the volume and the
     slices in volume order (Z index i is ``ordered[i]``)."""
-    import pydicom
+    from client.dicom_io import read_dataset, stored_pixels
 
     ordered, dz = sort_series([read_slice_header(p) for p in files])
     planes = []
     for h in ordered:
         try:
-            pixels = pydicom.dcmread(str(h.path)).pixel_array
+            pixels = stored_pixels(read_dataset(h.path), [])
         except Exception as exc:
-            raise VolumeError(f"{h.path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+            raise VolumeError(f"{h.path}: {reason_for(exc)}") from None
+        if pixels.shape != (h.rows, h.cols):
+            raise VolumeError(f"{h.path}: pixel array of shape {pixels.shape}; expected one {h.rows}x{h.cols} slice")
         planes.append(to_hu(pixels, h.slope, h.intercept))
     dy, dx = ordered[0].pixel_spacing
     return Volume(np.stack(planes), (dz, dy, dx)), ordered

@@ -13,8 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from client.file_errors import FileProblem
 
-class VolumeError(ValueError):
+MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 50.0
+
+
+class VolumeError(FileProblem):
     """A volume that cannot be used; the message names the file and what was expected."""
 
 
@@ -49,6 +53,9 @@ class Volume:
             raise VolumeError(f"expected a 3D volume (Z, Y, X), got shape {self.hu.shape}")
         if any(not (s > 0 and np.isfinite(s)) for s in self.spacing):
             raise VolumeError(f"voxel spacing {self.spacing} mm: expected three positive values")
+        if any(not MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in self.spacing):  # resampling would explode
+            raise VolumeError(f"voxel spacing {self.spacing} mm: implausible for a CT (expected {MIN_SPACING_MM:g} to "
+                              f"{MAX_SPACING_MM:g} mm; a damaged header?)")
 
 
 def to_hu(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client.file_errors import FileProblem, reason_for
 from client.site_config import SourceConfig
 from shared_models.ontology import SourceMap, load_source_map
 
@@ -61,7 +62,7 @@ class Note:
     message: str
 
 
-class TableError(ValueError):
+class TableError(FileProblem):
     """A metadata or label table that cannot be used; the message names the file and what was expected."""
 
     def __init__(self, path: Path | str, message: str) -> None:
@@ -85,8 +86,8 @@ def read_table(path: Path, notes: list[Note] | None = None) -> pd.DataFrame:
             continue
         except FileNotFoundError:
             raise TableError(path, "file not found") from None
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise TableError(path, f"cannot read as CSV ({exc})") from None
+        except Exception as exc:  # a parser error, a damaged .gz / .zip, ... (an error of the site re-raises)
+            raise TableError(path, f"cannot read as CSV ({reason_for(exc)})") from None
         if encoding != "utf-8" and notes is not None:
             notes.append(Note(str(path), "not UTF-8; decoded as Latin-1"))
         df.columns = [str(c).strip() for c in df.columns]

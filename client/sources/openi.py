@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.file_errors import FileProblem, reason_for
 from client.sources.base import Record, Rejection, Source, TableError, harmonise_view
 
 SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
@@ -31,7 +32,7 @@ def parse_report(data: bytes, name: str) -> OpenIReport:
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
-        raise ValueError(f"XML report does not parse ({exc})") from None
+        raise FileProblem(f"XML report does not parse ({exc})") from None
     uid = root.find("uId")
     sections = {s: "" for s in SECTIONS}
     for a in root.iter("AbstractText"):
@@ -110,10 +111,10 @@ class OpenISource(Source):
         images = self.root / self.option("images", "images")
         metadata = self._metadata()
         for name, data in iter_reports(location):
-            try:
+            try:  # the per-report guard: any error parsing this XML file is its rejection
                 report = parse_report(data, name)
-            except ValueError as exc:
-                yield Rejection(name, str(exc))
+            except Exception as exc:
+                yield Rejection(name, reason_for(exc))
                 continue
             if not report.images:
                 yield Rejection(name, "report lists no images (parentImage)")
