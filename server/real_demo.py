@@ -107,7 +107,7 @@ def make_real_sites(out: Path, image_size: int, seed: int, images: str = "nih64"
         for (name, _toml, n_patients), text in zip(jobs, pool.map(check, jobs)):
             lines = text.splitlines()
             views = next((line.strip() for line in lines if line.strip().startswith("projection ")), "")
-            print(f"[{name}] {n_patients} patients; " + lines[0].split(": ", 1)[-1] + f"; {views}")
+            print(f"[{name}] {n_patients} patients; " + lines[0].split(": ", 1)[-1] + "; " + " ".join(views.split()))
     stamp.write_text(json.dumps(params))
     return sites_dir
 
