@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", required=True)
     d.add_argument("--real", action="store_true",
                    help="three sites of real NIH ChestX-ray14 radiographs split by patient (FEDCHEST_REAL_DATA, else "
-                        "../shared/data/real) instead of synthetic ones")
+                        "../shared/data/real) instead of synthetic ones (--sites and --images-per-site do not apply)")
     d.add_argument("--sites", type=int, default=3)
     d.add_argument("--rounds", type=int, default=10)
     d.add_argument("--images-per-site", type=int, default=1000)
