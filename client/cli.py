@@ -1,4 +1,4 @@
-"""`fedchest-site`: what a hospital site runs (synthetic data, data checks)."""
+"""`fedchest-site`: what a hospital site runs (synthetic data, data checks, prediction, evaluation)."""
 
 from __future__ import annotations
 
@@ -228,6 +228,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in results) else 2
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from client.site_config import SiteConfigError, load_site_config
+    from client.site_evaluate import EvaluationMismatch, evaluate_site, evaluation_lines, jsonable, write_scores
+
+    try:
+        cfg = load_site_config(args.config)
+        ev = evaluate_site(Path(args.checkpoint), cfg, args.split)
+    except (SiteConfigError, EvaluationMismatch, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.scores:
+        write_scores(ev, Path(args.scores))
+    if args.json:
+        print(json.dumps(jsonable({**ev.result, "scores": args.scores}), indent=1))
+        return 0
+    print("\n".join(evaluation_lines(ev.result)))
+    if args.scores:
+        print(f"per-image scores: {args.scores} ({len(ev.images)} rows; stays at this site)")
+    return 0
+
+
 def _localize(args: argparse.Namespace) -> int:
     from client.localize import draw_overlay, localize
 
@@ -289,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--config", help="with --report: the site.toml whose case index and calibration are used")
     q.add_argument("--cases", type=int, default=3, help="with --report: similar cases shown")
     q.set_defaults(fn=_predict)
+    e = sub.add_parser("evaluate", help="score a consortium checkpoint on this site's indexed images (stays here)")
+    e.add_argument("--checkpoint", required=True, help="a round-NNN.pt checkpoint of the global model")
+    e.add_argument("--config", required=True, help="path to site.toml (indexed by `fedchest-site check`)")
+    e.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                   help="which of the site's patient-level splits (default: every indexed image)")
+    e.add_argument("--scores", help="write a CSV: image (file name), then one probability column per class")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_evaluate)
     z = sub.add_parser("localize", help="boxes for text prompts (e.g. \"left pleural effusion\") and an overlay PNG")
     z.add_argument("image", help="PNG, JPEG or DICOM")
     z.add_argument("prompts", nargs="+", help="one or more text prompts")

@@ -311,3 +311,11 @@ def load_split(cfg: SiteConfig, split: str | None) -> SiteData:
     tg = np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     mk = np.stack([np.frombuffer(r[3], np.float32) for r in rows]) if rows else np.zeros((0, n_classes), np.float32)
     return SiteData(np.ascontiguousarray(all_px[idx]), proj, tg, mk, tuple(r[6] for r in rows), idx)
+
+
+def sample_paths(cfg: SiteConfig, rows: np.ndarray | None) -> list[str]:
+    """The image path of each index row in ``rows`` (as ``SiteData.rows``), in that order; stays at the site."""
+    con = sqlite3.connect(cfg.index_path)
+    paths = dict(con.execute("SELECT row, path FROM samples").fetchall())
+    con.close()
+    return [paths[int(r)] for r in (rows if rows is not None else ())]

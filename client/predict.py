@@ -6,6 +6,7 @@ runs at the site; nothing is sent anywhere.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -28,8 +29,8 @@ def read_checkpoint(checkpoint: Path) -> dict:
     """A round checkpoint's contents (tensors only, never pickled code); ValueError naming the file otherwise."""
     try:
         return torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({exc})") from None
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # missing, truncated, not torch's format
+        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({str(exc).splitlines()[0][:200]})") from None
 
 
 def load_global_model(checkpoint: Path):

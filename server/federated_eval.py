@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared_models.metrics import HistogramSpec, constant_predictor_ap, summarise
+from shared_models.metrics import HistogramSpec, bootstrap_macro, constant_predictor_ap, summarise
 
 SCOPES = ("all", "PA", "AP", "LAT")
 SUMMARY_KEYS = ("mAP", "mAUC", "mF1", "head_mAP", "medium_mAP", "tail_mAP")
@@ -65,8 +65,11 @@ def round_metrics(
     groups: np.ndarray,
     classes: tuple[str, ...],
     spec: HistogramSpec,
+    ci_replicates: int = 0,
+    seed: int = 0,
 ) -> tuple[list[tuple], dict]:
-    """Registry rows and the round's summary: pooled and per site, per projection scope."""
+    """Registry rows and the round's summary: pooled and per site, per projection scope; with ``ci_replicates``,
+    the pooled macro means' 95 % bootstrap intervals from the pooled histograms (``pooled_ci``)."""
     rows: list[tuple] = []
     summary: dict = {"pooled": {}, "pooled_by_projection": {}, "sites": {}, "frontal_lateral_gap": {}}
     for site, scopes in site_evals.items():
@@ -95,6 +98,8 @@ def round_metrics(
             rows.append((None, "all", None, "frontal_lateral_gap", gap, None))
         if scope == "all":
             summary["pooled"] = s
+            if ci_replicates and n:
+                summary["pooled_ci"] = {k: list(v) for k, v in bootstrap_macro(pos, neg, spec, ci_replicates, seed).items()}
             prev_ap = constant_predictor_ap(pc["n_pos"], pc["n_neg"])
             summary["baseline"] = {"prevalence_mAP": float(np.nanmean(prev_ap)) if np.isfinite(prev_ap).any() else float("nan")}
             rows.append((None, scope, None, "prevalence_mAP", summary["baseline"]["prevalence_mAP"], n))

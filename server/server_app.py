@@ -72,6 +72,7 @@ DEFAULTS = {
     "deadline-factor": 3.0, "deadline-floor": 30.0,  # a site's reply deadline: factor x its expected reply time, >= floor
     "quorum": 0,  # nodes a round goes on with after node-wait seconds short of min-nodes (0: half of min-nodes)
     "node-wait": 120.0,  # seconds node sampling waits for min-nodes before going on with the quorum
+    "pooled-ci-replicates": 0,  # bootstrap replicates of the pooled macro means' 95 % interval per round (0: none)
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
@@ -253,6 +254,7 @@ def main(grid: Grid, context: Context) -> None:
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,
         ct_classes=load_label_set(CT_LABEL_SET).classes if ct else (), label_graph=graph,
+        pooled_ci=int(cfg["pooled-ci-replicates"]),
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -301,7 +303,8 @@ def main(grid: Grid, context: Context) -> None:
             "privacy": strategy.privacy,
             "rounds": [{"round": h["round"], "pooled": h["pooled"], "pooled_by_projection": h["pooled_by_projection"],
                         "router_accuracy": h.get("router_accuracy"), "frontal_lateral_gap": h["frontal_lateral_gap"],
-                        "sites": h["sites"], **({"ct": h.get("ct")} if ct else {})} for h in history],
+                        "sites": h["sites"], **({"ct": h.get("ct")} if ct else {}),
+                        **({"pooled_ci": h["pooled_ci"]} if "pooled_ci" in h else {})} for h in history],
             "baseline": history[-1]["baseline"] if history else {"prevalence_mAP": None},
             "class_groups": history[-1]["groups"] if history else {},
             "zeroshot": _zeroshot_summary(strategy, history) if zs else None,

@@ -82,6 +82,7 @@ class FedChestAvg(FedAvg):
         node_wait: float = 120.0,
         ct_classes: tuple[str, ...] = (),
         label_graph: LabelGraph | None = None,
+        pooled_ci: int = 0,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -107,6 +108,7 @@ class FedChestAvg(FedAvg):
         self.privacy: dict[str, dict[str, dict]] = {}  # round -> site -> epsilon spent (cumulative), delta, budget
         self.zeroshot_sets = zeroshot_sets or {}  # server/zeroshot_eval.py: summary family -> classes
         self.bootstrap = bootstrap
+        self.pooled_ci = pooled_ci  # bootstrap replicates of the pooled mAP / mAUC / mF1 interval (0: none)
         self.best_proxy: tuple[int, float] | None = None  # (round, pooled proxy mAUC): zero-shot model selection
         self.robust = robust or RobustRule()  # server/robust.py: per-group robust aggregation ("none": the mean)
         self.norms = NormHistory(norm_bound)  # updates far larger than recent accepted ones are rejected
@@ -423,7 +425,8 @@ class FedChestAvg(FedAvg):
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         if evals:
-            rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec)
+            rows, summary = round_metrics(dict(sorted(evals.items())), groups, self.classes, self.spec,
+                                          self.pooled_ci, seed=server_round)
         else:  # a round in which only CT sites answered
             rows, summary = [], {"pooled": {}, "pooled_by_projection": {}, "sites": {}, "frontal_lateral_gap": {},
                                  "baseline": {"prevalence_mAP": None}}

@@ -72,6 +72,11 @@ def test_round_metrics_per_site_exact_and_pooled_from_histograms(tmp_path):
     reg.add_metrics(run, 1, rows)
     with Session(reg.engine) as s:
         assert s.scalar(select(func.count()).select_from(Metric)) == len(rows)
+    assert "pooled_ci" not in summary  # intervals only when asked (run config pooled-ci-replicates)
+    _, with_ci = round_metrics(sites, groups, classes, spec, ci_replicates=200, seed=1)
+    for key in ("mAP", "mAUC", "mF1"):
+        lo, hi = with_ci["pooled_ci"][key]
+        assert lo < with_ci["pooled"][key] < hi
 
 
 def test_small_counts_never_leave_evaluation():
