@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from client.box_report import DISCLAIMER, report_files
-from client.privacy import PolicyRefusal
 from client.boxlatent import OOD_MAX_IMAGES, box_evaluation, build_site_artefacts
 from client.client_app import run_model, update_statistics
 from client.index import load_split
 from client.local_round import outgoing_state, train_round
+from client.privacy import PolicyRefusal
 from client.site_config import load_site_config
 from server.checkpoints import save_checkpoint
 from shared_models.boxlatent import CaseIndex, box_spec
