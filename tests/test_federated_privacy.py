@@ -50,7 +50,7 @@ def test_declining_and_refusing_sites_do_not_stop_the_run(dp_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     names = [d.name.split("-", 1)[1] for d in sites]
-    errors = {(site, msg) for _, site, kind, msg in _events(out) if kind == "train_error"}
+    errors = [(site, msg) for _, site, kind, msg in _events(out) if kind == "train_error"]
     budget = [m for s, m in errors if "privacy budget" in m]
     noise = [m for s, m in errors if "noise multiplier 1; site policy requires at least 2" in m]
     assert len(budget) == 2 and len(noise) == 2, errors  # both rounds, each with its reason
@@ -117,7 +117,8 @@ def test_dashboard_privacy_page_shows_epsilon_against_budget(dp_run, monkeypatch
     assert not at.exception and at.header[0].value == "Privacy"
     table = at.dataframe[0].value
     site = sites[2].name.split("-", 1)[1]
-    assert list(table.index) == [site] and table.loc[site, "budget"] == 1000.0
+    # the site that trained (with its budget) and the one that only released noised evaluation summaries
+    assert sorted(table.index) == sorted([site, sites[1].name.split("-", 1)[1]]) and table.loc[site, "budget"] == 1000.0
     assert table.loc[site, "epsilon spent"] == pytest.approx(summary["privacy"]["2"][site]["epsilon"], rel=1e-3)
     health = AppTest.from_file(str(REPO / "dashboards" / "app.py"), default_timeout=120)
     health.query_params["page"], health.query_params["run"] = "health", summary["run_id"]
