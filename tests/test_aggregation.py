@@ -88,7 +88,30 @@ def test_fedadam_step_by_hand_and_untouched_groups():
     np.testing.assert_allclose(new["experts.PA.w"], 1.0 + 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-5)
     assert new["experts.PA.n"] == 4  # integer buffers take the aggregate as is
     np.testing.assert_array_equal(new["experts.LAT.w"], [5.0])  # nobody sent LAT: no step
-    yogi = ServerOptimizer("fedyogi", eta=0.1)
-    assert np.isfinite(yogi.step(current, aggregated, {"experts.PA": ["a"]}, groups)["experts.PA.w"]).all()
     with pytest.raises(ValueError):
         ServerOptimizer("sgd")
+
+
+def test_fedyogi_two_steps_by_hand():
+    """Yogi's second moment moves by (1 - beta_2) * delta^2 towards delta^2 with the sign of (delta^2 - v), not by
+    Adam's exponential average: after a large then a small pseudo-gradient the two differ, and Yogi's is exact."""
+    from server.aggregation import ServerOptimizer
+
+    groups = {"experts.PA": ["experts.PA.w"]}
+    who = {"experts.PA": ["a"]}
+    eta, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    yogi, adam = ServerOptimizer("fedyogi", eta, b1, b2, tau), ServerOptimizer("fedadam", eta, b1, b2, tau)
+    cur = {"experts.PA.w": np.array([1.0, 1.0], np.float32)}
+    m, v = np.zeros(2), np.full(2, tau**2)
+    expected = cur["experts.PA.w"].astype(np.float64)
+    for step in ([1.0, -1.0], [0.01, 0.5]):  # coordinate 0: delta^2 falls below v, so v shrinks; 1: v grows
+        agg = {"experts.PA.w": (cur["experts.PA.w"] + np.array(step)).astype(np.float32)}
+        delta = agg["experts.PA.w"].astype(np.float64) - cur["experts.PA.w"].astype(np.float64)
+        m = b1 * m + (1 - b1) * delta
+        v = v + np.where(delta**2 > v, 1, -1) * (1 - b2) * delta**2
+        expected = cur["experts.PA.w"] + eta * m / (np.sqrt(v) + tau)
+        a = adam.step(cur, agg, who, groups)
+        cur = yogi.step(cur, agg, who, groups)
+        np.testing.assert_allclose(cur["experts.PA.w"], expected, rtol=1e-6)
+    np.testing.assert_allclose(v, [0.010001 - 0.01 * 1e-4, 0.010001 + 0.01 * 0.25], rtol=1e-3)
+    assert np.abs(a["experts.PA.w"] - cur["experts.PA.w"]).max() > 1e-4  # Adam's average is not Yogi's step
