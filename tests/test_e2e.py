@@ -48,8 +48,7 @@ def test_demo_summary(demo):
     assert 0 < s["baseline"]["prevalence_mAP"] < 1
     last = s["rounds"][-1]
     # the trained model ranks better than the constant predictor (AP = prevalence; 0.409 here) by a margin: the
-    # measured round-2 pooled mAP was 0.479 (`fedchest demo` with this fixture's arguments); untrained
-    # (--lr 0) it stays at the constant predictor's level
+    # measured round-2 pooled mAP was 0.479 (`fedchest demo` with this fixture's arguments, 2026-12-02)
     assert last["pooled"]["mAP"] >= s["baseline"]["prevalence_mAP"] + 0.03, (last["pooled"], s["baseline"])
     assert 0 <= last["router_accuracy"] <= 1 and "pooled" in last["frontal_lateral_gap"]
     assert len(list((out / "checkpoints").glob("round-*.pt"))) == 2
