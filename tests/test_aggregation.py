@@ -115,3 +115,22 @@ def test_fedyogi_two_steps_by_hand():
         np.testing.assert_allclose(cur["experts.PA.w"], expected, rtol=1e-6)
     np.testing.assert_allclose(v, [0.010001 - 0.01 * 1e-4, 0.010001 + 0.01 * 0.25], rtol=1e-3)
     assert np.abs(a["experts.PA.w"] - cur["experts.PA.w"]).max() > 1e-4  # Adam's average is not Yogi's step
+
+
+def test_add_scaled_adds_arrays_torch_cannot_wrap():
+    """acc += w * x also for a big-endian or strided x (the NumPy path, chunk by chunk)."""
+    from server import aggregation
+
+    x = np.arange(10, dtype=">f4")  # non-native byte order: torch cannot wrap it
+    acc = np.ones(10)
+    aggregation.add_scaled(acc, 0.5, x)
+    np.testing.assert_array_equal(acc, 1 + 0.5 * np.arange(10))
+    strided = np.arange(20, dtype=np.float32)[::2]
+    aggregation.add_scaled(acc, 2.0, strided)
+    np.testing.assert_array_equal(acc, 1 + 0.5 * np.arange(10) + 2 * np.arange(0, 20, 2))
+    n = aggregation.CHUNK + 1000  # more than one chunk on both paths
+    for dtype in (np.float32, ">f4"):
+        big = np.arange(n).astype(dtype)
+        acc = np.full(n, 2.0)
+        aggregation.add_scaled(acc, 3.0, big)
+        np.testing.assert_array_equal(acc, 2.0 + 3.0 * np.arange(n))

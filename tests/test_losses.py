@@ -46,3 +46,12 @@ def test_prevalence_weights():
     wp, wn = prevalence_class_weights(torch.tensor([0.0, 0.5, 1.0]))
     assert torch.allclose(wp, torch.exp(torch.tensor([1.0, 0.5, 0.0])))
     assert torch.allclose(wn, torch.exp(torch.tensor([0.0, 0.5, 1.0])))
+
+
+def test_asl_defaults_are_the_papers_settings():
+    """AsymmetricLoss() is ASL with gamma- = 4, gamma+ = 0 and clip 0.05 (Ridnik et al.'s multi-label setting)."""
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(6, 5)
+    targets = (torch.rand(6, 5) < 0.4).float()
+    expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j])) for i in range(6) for j in range(5)) / 6
+    assert float(AsymmetricLoss()(logits, targets)) == __import__("pytest").approx(expected, rel=1e-5)

@@ -4,6 +4,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from shared_models.metrics import (
     HistogramSpec,
+    bootstrap_macro,
     constant_predictor_ap,
     per_class_metrics,
     prevalence_groups,
@@ -113,3 +114,49 @@ def test_pooled_histograms_are_sums_of_site_histograms():
 def test_histogram_spec_requires_even_bins():
     with pytest.raises(ValueError):
         HistogramSpec(bins=7)
+
+
+def test_a_class_with_one_positive_has_ap_and_auroc():
+    """One positive ranked second of four: AP = precision at its rank = 1/2, AUROC = 2 of 3 negatives below it;
+    the same from the histograms."""
+    y = np.array([[0], [1], [0], [0]], np.float32)
+    s = np.array([[0.9], [0.8], [0.3], [0.1]])
+    exact = per_class_metrics(y, s)
+    assert exact["ap"][0] == pytest.approx(0.5) and exact["auroc"][0] == pytest.approx(2 / 3)
+    spec = HistogramSpec(240, 12.0)
+    binned = spec.metrics(*spec.histograms(y, s))
+    assert binned["ap"][0] == pytest.approx(0.5) and binned["auroc"][0] == pytest.approx(2 / 3)
+    assert binned["f1"][0] == pytest.approx(2 / 3)  # threshold 0.5: tp 1, fp 1, fn 0
+
+
+def test_bootstrap_macro_is_a_stratified_percentile_bootstrap_by_hand():
+    """bootstrap_macro against the same bootstrap written out: per class,
+    positives and negatives redrawn in their numbers from their own histograms (the generator's draws in the same
+    order), AUROC / AP by scikit-learn on the bin indices, F1 at the middle edge, the macro mean per replicate, and
+    the 2.5 / 97.5 percentiles."""
+    spec = HistogramSpec(8, 4.0)
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 2)) < 0.4).astype(np.float32)
+    p = np.clip(0.35 * y + 0.65 * rng.random((60, 2)), 0.01, 0.99)
+    pos, neg = spec.histograms(y, p)
+    reps = 200
+    got = bootstrap_macro(pos, neg, spec, reps, seed=4, level=0.95)
+    draw = np.random.default_rng(4)
+    per = {k: np.zeros((reps, 2)) for k in ("mAP", "mAUC", "mF1")}
+    bins = np.arange(spec.bins)
+    for j in range(2):
+        ps = draw.multinomial(pos[j].sum(), pos[j] / pos[j].sum(), size=reps)
+        ns = draw.multinomial(neg[j].sum(), neg[j] / neg[j].sum(), size=reps)
+        for r in range(reps):
+            scores = np.concatenate([np.repeat(bins, ps[r]), np.repeat(bins, ns[r])])
+            truth = np.concatenate([np.ones(ps[r].sum()), np.zeros(ns[r].sum())])
+            per["mAUC"][r, j] = roc_auc_score(truth, scores)
+            per["mAP"][r, j] = average_precision_score(truth, scores)
+            per["mF1"][r, j] = f1_score(truth, scores >= spec.bins // 2)
+    for k, v in per.items():
+        macro = v.mean(1)
+        assert got[k] == pytest.approx((np.quantile(macro, 0.025), np.quantile(macro, 0.975)), abs=1e-9), k
+    narrow = bootstrap_macro(pos, neg, spec, reps, seed=4, level=0.5)
+    assert got["mAUC"][0] < narrow["mAUC"][0] < narrow["mAUC"][1] < got["mAUC"][1]
+    one = (pos[:1], neg[:1], spec)
+    assert bootstrap_macro(*one) == bootstrap_macro(*one, 1000, seed=0, level=0.95)  # the defaults

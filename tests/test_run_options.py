@@ -77,30 +77,47 @@ def _evaluate(site, config: dict):
     return model, dict(next(iter(reply.content.metric_records.values())))
 
 
-def test_evaluation_reads_eval_split_and_the_histogram_spec(padchest_site):
+@pytest.fixture
+def open_site(tmp_path):
+    """A small PadChest site whose privacy policy lets every count leave (min_count 0), so that the histograms it
+    sends are not all withheld at this size."""
+    from client.index import prepare_site
+    from client.site_config import load_site_config
+    from client.synth import synthesize_site
+
+    toml = synthesize_site(tmp_path / "open", "padchest", "open-site", n_images=80, image_size=32, seed=1)
+    toml.write_text(toml.read_text() + "\n[privacy]\nmin_count = 0\n")
+    cfg = load_site_config(toml)
+    prepare_site(cfg)
+    return cfg
+
+
+def test_evaluation_reads_eval_split_and_the_histogram_spec(open_site):
     """A site evaluates the split the server names (eval-split), and bins its scores with the run's hist-bins /
-    hist-limit: its histograms equal those of the model's scores on that split under that spec."""
+    hist-limit: its histograms equal those of the model's scores on that split under that spec (the untrained
+    model's logits lie within +-0.25, so a limit of 0.2 spreads them where the default 12 would not)."""
     from client.evaluation import scope_summary
     from client.index import load_split
     from client.training import predict
 
+    site = open_site
     base = {"model-preset": "tiny", "label-set": "cxrlt2026", "image-size": 32, "seed": 0, "server-round": 1}
-    sizes = {s: len(load_split(padchest_site, s)) for s in ("val", "test")}
+    sizes = {s: len(load_split(site, s)) for s in ("val", "test")}
     assert sizes["val"] != sizes["test"]
     for split in ("val", "test"):
-        config = {**base, "eval-split": split, "hist-bins": 24, "hist-limit": 3.0}
-        model, summary = _evaluate(padchest_site, config)
-        data = load_split(padchest_site, split)
+        config = {**base, "eval-split": split, "hist-bins": 24, "hist-limit": 0.2}
+        model, summary = _evaluate(site, config)
+        data = load_split(site, split)
         c = model.num_classes
         assert summary["num-examples"] == summary["n.all"] == sizes[split]
         probs, _ = predict(model, data, torch.device("cpu"))
-        want = scope_summary(probs, data.targets[:, :c], data.mask[:, :c], HistogramSpec(24, 3.0),
-                             padchest_site.privacy.min_count)
+        args = (probs, data.targets[:, :c], data.mask[:, :c])
+        want = scope_summary(*args, HistogramSpec(24, 0.2), site.privacy.min_count)
         assert len(summary["hist_pos.all"]) == c * 24
         assert list(summary["hist_pos.all"]) == want["hist_pos.all"]
-        assert list(summary["hist_neg.all"]) == want["hist_neg.all"]
-        coarse = HistogramSpec(24, 12.0).histograms(data.targets[:, :c], probs, data.mask[:, :c])[1]
-        assert coarse.reshape(-1).tolist() != want["hist_neg.all"]  # the limit matters for these scores
+        assert list(summary["hist_neg.all"]) == want["hist_neg.all"] and sum(want["hist_neg.all"]) > 0
+        default = scope_summary(*args, HistogramSpec(24, 12.0), site.privacy.min_count)
+        assert default["hist_neg.all"] != want["hist_neg.all"]  # the limit matters for these scores
 
 
 def test_pretrained_weights_run_config_loads_the_file_into_its_member(tmp_path):
