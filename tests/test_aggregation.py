@@ -130,7 +130,24 @@ def test_add_scaled_adds_arrays_torch_cannot_wrap():
     np.testing.assert_array_equal(acc, 1 + 0.5 * np.arange(10) + 2 * np.arange(0, 20, 2))
     n = aggregation.CHUNK + 1000  # more than one chunk on both paths
     for dtype in (np.float32, ">f4"):
-        big = np.arange(n).astype(dtype)
+        big = np.arange(1, n + 1).astype(dtype)
         acc = np.full(n, 2.0)
         aggregation.add_scaled(acc, 3.0, big)
-        np.testing.assert_array_equal(acc, 2.0 + 3.0 * np.arange(n))
+        np.testing.assert_array_equal(acc, 2.0 + 3.0 * np.arange(1, n + 1))
+
+
+def test_robust_median_over_a_group_of_several_tensors_away_from_zero():
+    """A robust rule combines each group's updates relative to the current global values and writes every tensor
+    of the group back in place: with the coordinate median, the new value is the senders' median per coordinate."""
+    from server.robust import RobustRule
+
+    glob = {"g.a": np.array([10.0, -4.0], np.float32), "g.b": np.array([[3.0]], np.float32),
+            "g.n": np.array(5, np.int64)}
+    groups = {"g": ["g.a", "g.b", "g.n"]}
+    values = [([11.0, -4.0], 1.0, 4), ([13.0, -1.0], 7.0, 8), ([9.0, -2.0], 2.0, 6)]
+    ups = [SiteUpdate(f"s{i}", {"g.a": np.array(a, np.float32), "g.b": np.array([[b]], np.float32),
+                                "g.n": np.array(n)}, {"g": 1}) for i, (a, b, n) in enumerate(values)]
+    new, who = aggregate(glob, ups, groups, mode="projection", robust=RobustRule("median"))
+    np.testing.assert_allclose(new["g.a"], [11.0, -2.0])
+    np.testing.assert_allclose(new["g.b"], [[2.0]])
+    assert new["g.n"] == 6 and who["g"] == ["s0", "s1", "s2"]  # integer buffers: the weighted mean

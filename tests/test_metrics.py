@@ -160,3 +160,10 @@ def test_bootstrap_macro_is_a_stratified_percentile_bootstrap_by_hand():
     assert got["mAUC"][0] < narrow["mAUC"][0] < narrow["mAUC"][1] < got["mAUC"][1]
     one = (pos[:1], neg[:1], spec)
     assert bootstrap_macro(*one) == bootstrap_macro(*one, 1000, seed=0, level=0.95)  # the defaults
+
+
+def test_targets_and_scores_of_other_shapes_are_refused():
+    with pytest.raises(ValueError, match=r"targets \(4, 2\) and scores \(4, 3\) must both be \(N, C\)"):
+        per_class_metrics(np.zeros((4, 2)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="must both be"):
+        per_class_metrics(np.zeros(4), np.zeros(4))
