@@ -151,3 +151,16 @@ def test_robust_median_over_a_group_of_several_tensors_away_from_zero():
     np.testing.assert_allclose(new["g.a"], [11.0, -2.0])
     np.testing.assert_allclose(new["g.b"], [[2.0]])
     assert new["g.n"] == 6 and who["g"] == ["s0", "s1", "s2"]  # integer buffers: the weighted mean
+
+
+def test_server_optimizer_defaults_are_reddi_et_al_s():
+    """eta 1e-2, beta_1 0.9, beta_2 0.99, tau 1e-3 (the run config sets only server-lr = eta)."""
+    from server.aggregation import ServerOptimizer
+
+    groups = {"g": ["g.w"]}
+    cur = {"g.w": np.array([1.0, 2.0], np.float32)}
+    for kind in ("fedadam", "fedyogi"):
+        default, explicit = ServerOptimizer(kind), ServerOptimizer(kind, 1e-2, 0.9, 0.99, 1e-3)
+        for agg in ({"g.w": np.array([1.5, 1.0], np.float32)}, {"g.w": np.array([0.5, 2.5], np.float32)}):
+            a, b = default.step(cur, agg, {"g": ["s"]}, groups), explicit.step(cur, agg, {"g": ["s"]}, groups)
+            np.testing.assert_array_equal(a["g.w"], b["g.w"])

@@ -63,10 +63,12 @@ def test_asl_without_clip_and_with_class_weights():
     negative terms (w+ = exp(1 - prev), w- = exp(prev))."""
     logits = torch.tensor([[2.0, -1.0, 0.3], [-3.0, 0.5, 4.0]])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    loss = AsymmetricLoss(gamma_neg=2, gamma_pos=1, clip=0.0)(logits, targets)
-    expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j]), gn=2, gp=1, clip=0.0)
-                   for i in range(2) for j in range(3)) / 2
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    for gn, gp in ((2, 1), (1, 0), (0, 1)):  # either focusing exponent alone switches focusing on
+        loss = AsymmetricLoss(gamma_neg=gn, gamma_pos=gp, clip=0.0)(logits, targets)
+        expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j]), gn=gn, gp=gp, clip=0.0)
+                       for i in range(2) for j in range(3)) / 2
+        assert float(loss) == pytest.approx(expected, rel=1e-5), (gn, gp)
+    assert float(AsymmetricLoss()(torch.zeros(0, 3), torch.zeros(0, 3))) == 0.0  # an empty batch
     prev = torch.tensor([0.5, 0.1, 0.02])
     weighted = AsymmetricLoss(class_weights=prevalence_class_weights(prev))(logits, targets)
     wp, wn = torch.exp(1 - prev), torch.exp(prev)

@@ -35,7 +35,8 @@ def test_array_view_falls_back_to_a_copy_when_the_bytes_are_not_plain_c_order_np
     header = __import__("io").BytesIO()
     np.lib.format.write_array_header_2_0(header, np.lib.format.header_data_from_array_1_0(v2))
     a2 = Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=header.getvalue() + v2.tobytes())
-    np.testing.assert_array_equal(array_view(a2), v2)  # a version-2 header (4-byte length)
+    np.testing.assert_array_equal(array_view(a2), v2)  # a version-2 header (4-byte length), still a view
+    assert not array_view(a2).flags.owndata
     short = Array(dtype="float64", shape=(5,), stype="numpy.ndarray", data=to_array(v2).data)
     np.testing.assert_array_equal(array_view(short), v2)  # a shape that does not fit the bytes: not viewed
     torch_array = Array.from_torch_tensor(torch.arange(3.0))
