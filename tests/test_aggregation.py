@@ -147,7 +147,9 @@ def test_robust_median_over_a_group_of_several_tensors_away_from_zero():
     values = [([11.0, -4.0], 1.0, 4), ([13.0, -1.0], 7.0, 8), ([9.0, -2.0], 2.0, 6)]
     ups = [SiteUpdate(f"s{i}", {"g.a": np.array(a, np.float32), "g.b": np.array([[b]], np.float32),
                                 "g.n": np.array(n)}, {"g": 1}) for i, (a, b, n) in enumerate(values)]
-    new, who = aggregate(glob, ups, groups, mode="projection", robust=RobustRule("median"))
+    idle = SiteUpdate("idle", {"g.a": np.full(2, 99.0, np.float32), "g.b": np.array([[99.0]], np.float32),
+                               "g.n": np.array(99)}, {"g": 0})  # sent the group with no samples: not a sender
+    new, who = aggregate(glob, [*ups, idle], groups, mode="projection", robust=RobustRule("median"))
     np.testing.assert_allclose(new["g.a"], [11.0, -2.0])
     np.testing.assert_allclose(new["g.b"], [[2.0]])
     assert new["g.n"] == 6 and who["g"] == ["s0", "s1", "s2"]  # integer buffers: the weighted mean
@@ -164,3 +166,23 @@ def test_server_optimizer_defaults_are_reddi_et_al_s():
         for agg in ({"g.w": np.array([1.5, 1.0], np.float32)}, {"g.w": np.array([0.5, 2.5], np.float32)}):
             a, b = default.step(cur, agg, {"g": ["s"]}, groups), explicit.step(cur, agg, {"g": ["s"]}, groups)
             np.testing.assert_array_equal(a["g.w"], b["g.w"])
+
+
+def test_running_mean_counts_edge_cases_and_class_rows_of_a_bias():
+    """A group sent with 0 samples does not contribute; 1 sample does. projection+class weighs a 1-D classifier
+    bias per class too, and falls back to sample weights for the group when one sender gave no class counts."""
+    glob = {"e.fc.weight": np.zeros((2, 1), np.float32), "e.fc.bias": np.zeros(2, np.float32)}
+    groups, heads = {"e": ["e.fc.weight", "e.fc.bias"]}, {"e": ["e.fc.weight", "e.fc.bias"]}
+
+    def site(name, value, count, pos=None):
+        arrays = {"e.fc.weight": np.full((2, 1), value), "e.fc.bias": np.full(2, value)}
+        return SiteUpdate(name, arrays, {"e": count}, {} if pos is None else {"e": np.array(pos)})
+
+    new, who = aggregate(glob, [site("a", 1.0, 0), site("b", 4.0, 1)], groups, heads, "projection")
+    assert who["e"] == ["b"] and np.allclose(new["e.fc.bias"], 4.0)
+    a, b = site("a", 1.0, 3, [1.0, 0.0]), site("b", 5.0, 1, [1.0, 3.0])
+    new, _ = aggregate(glob, [a, b], groups, heads, "projection+class")
+    np.testing.assert_allclose(new["e.fc.bias"], [3.0, 5.0])  # class 0: 1 vs 1 positives; class 1: only b
+    np.testing.assert_allclose(new["e.fc.weight"][:, 0], [3.0, 5.0])
+    new, _ = aggregate(glob, [a, site("b", 5.0, 1)], groups, heads, "projection+class")
+    np.testing.assert_allclose(new["e.fc.bias"], [2.0, 2.0])  # b sent no class counts: 3:1 sample weights

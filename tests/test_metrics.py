@@ -7,6 +7,7 @@ from shared_models.metrics import (
     bootstrap_macro,
     constant_predictor_ap,
     per_class_metrics,
+    prevalence,
     prevalence_groups,
     summarise,
 )
@@ -167,3 +168,19 @@ def test_targets_and_scores_of_other_shapes_are_refused():
         per_class_metrics(np.zeros((4, 2)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="must both be"):
         per_class_metrics(np.zeros(4), np.zeros(4))
+
+
+def test_counts_prevalence_boundaries_and_f1_without_positives():
+    y = np.array([[1, 0], [0, 0], [1, 0]], np.float32)
+    s = np.array([[0.9, 0.7], [0.2, 0.1], [0.4, 0.3]])
+    exact = per_class_metrics(y, s)
+    assert exact["n_pos"].tolist() == [2, 0] and exact["n_neg"].tolist() == [1, 3]
+    assert exact["f1"][0] == pytest.approx(2 / 3) and np.isnan(exact["f1"][1])
+    spec = HistogramSpec()
+    binned = spec.metrics(*spec.histograms(y, s))
+    assert binned["n_neg"].tolist() == [1, 3] and np.isnan(binned["f1"][1])  # no positives: F1 undefined
+    assert prevalence(np.array([1, 0]), np.array([2, 0]), empty=0.0).tolist() == [0.5, 0.0]
+    groups = prevalence_groups(np.array([100, 10, 9]), np.array([1000, 1000, 1000]))  # 0.10 and 0.01: medium
+    assert list(groups) == ["medium", "medium", "tail"]
+    with pytest.raises(ValueError):
+        HistogramSpec(bins=9)
