@@ -137,12 +137,12 @@ def test_fedprox_pulls_local_weights_towards_the_global_model(monkeypatch):
     from client.training import train_local
     from shared_models.networks import build_model
 
-    data = _site(32, (np.random.default_rng(3).random((32, 4)) < 0.3).astype(np.float32))
+    data = _site(16, (np.random.default_rng(3).random((16, 4)) < 0.3).astype(np.float32), size=16)
     distance = {}
     for mu in (0.0, 50.0):
         torch.manual_seed(0)
         model = build_model("tiny", 4)
         start = [p.detach().clone() for p in model.parameters()]
-        train_local(model, data, 3, 0.01, 8, torch.device("cpu"), proximal_mu=mu)
+        train_local(model, data, 3, 0.01, 8, torch.device("cpu"), proximal_mu=mu)  # 6 steps
         distance[mu] = float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(model.parameters(), start)) ** 0.5)
     assert distance[50.0] < 0.5 * distance[0.0], distance
