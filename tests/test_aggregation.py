@@ -149,7 +149,8 @@ def test_robust_median_over_a_group_of_several_tensors_away_from_zero():
                                 "g.n": np.array(n)}, {"g": 1}) for i, (a, b, n) in enumerate(values)]
     idle = SiteUpdate("idle", {"g.a": np.full(2, 99.0, np.float32), "g.b": np.array([[99.0]], np.float32),
                                "g.n": np.array(99)}, {"g": 0})  # sent the group with no samples: not a sender
-    new, who = aggregate(glob, [*ups, idle], groups, mode="projection", robust=RobustRule("median"))
+    uncounted = SiteUpdate("uncounted", idle.arrays, {})
+    new, who = aggregate(glob, [*ups, idle, uncounted], groups, mode="projection", robust=RobustRule("median"))
     np.testing.assert_allclose(new["g.a"], [11.0, -2.0])
     np.testing.assert_allclose(new["g.b"], [[2.0]])
     assert new["g.n"] == 6 and who["g"] == ["s0", "s1", "s2"]  # integer buffers: the weighted mean
@@ -166,6 +167,13 @@ def test_server_optimizer_defaults_are_reddi_et_al_s():
         for agg in ({"g.w": np.array([1.5, 1.0], np.float32)}, {"g.w": np.array([0.5, 2.5], np.float32)}):
             a, b = default.step(cur, agg, {"g": ["s"]}, groups), explicit.step(cur, agg, {"g": ["s"]}, groups)
             np.testing.assert_array_equal(a["g.w"], b["g.w"])
+    adam = ServerOptimizer("fedadam", eta=0.1)  # a pseudo-gradient away from +-1, so delta^2 != |delta|
+    delta = np.array([0.5, -0.25])
+    new = adam.step(cur, {"g.w": (cur["g.w"] + delta).astype(np.float32)}, {"g": ["s"]}, groups)
+    m, v = 0.1 * delta, 0.99 * 1e-6 + 0.01 * delta**2
+    np.testing.assert_allclose(new["g.w"], cur["g.w"] + 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-6)
+    with pytest.raises(ValueError):
+        ServerOptimizer("none")  # "none" means no optimiser object at all
 
 
 def test_running_mean_counts_edge_cases_and_class_rows_of_a_bias():
@@ -178,11 +186,12 @@ def test_running_mean_counts_edge_cases_and_class_rows_of_a_bias():
         arrays = {"e.fc.weight": np.full((2, 1), value), "e.fc.bias": np.full(2, value)}
         return SiteUpdate(name, arrays, {"e": count}, {} if pos is None else {"e": np.array(pos)})
 
-    new, who = aggregate(glob, [site("a", 1.0, 0), site("b", 4.0, 1)], groups, heads, "projection")
+    uncounted = SiteUpdate("c", site("c", 9.0, 1).arrays, {})  # arrays without a count: not averaged in
+    new, who = aggregate(glob, [site("a", 1.0, 0), site("b", 4.0, 1), uncounted], groups, heads, "projection")
     assert who["e"] == ["b"] and np.allclose(new["e.fc.bias"], 4.0)
-    a, b = site("a", 1.0, 3, [1.0, 0.0]), site("b", 5.0, 1, [1.0, 3.0])
+    a, b = site("a", 1.0, 3, [1.0, 0.0]), site("b", 5.0, 1, [1.0, 1.0])
     new, _ = aggregate(glob, [a, b], groups, heads, "projection+class")
-    np.testing.assert_allclose(new["e.fc.bias"], [3.0, 5.0])  # class 0: 1 vs 1 positives; class 1: only b
+    np.testing.assert_allclose(new["e.fc.bias"], [3.0, 5.0])  # class 0: 1 vs 1 positives; class 1: b's one
     np.testing.assert_allclose(new["e.fc.weight"][:, 0], [3.0, 5.0])
     new, _ = aggregate(glob, [a, site("b", 5.0, 1)], groups, heads, "projection+class")
     np.testing.assert_allclose(new["e.fc.bias"], [2.0, 2.0])  # b sent no class counts: 3:1 sample weights

@@ -124,6 +124,11 @@ def test_a_class_with_one_positive_has_ap_and_auroc():
     s = np.array([[0.9], [0.8], [0.3], [0.1]])
     exact = per_class_metrics(y, s)
     assert exact["ap"][0] == pytest.approx(0.5) and exact["auroc"][0] == pytest.approx(2 / 3)
+    assert exact["f1"][0] == pytest.approx(2 / 3)
+    one_negative = per_class_metrics(np.array([[1], [0], [1]]), np.array([[0.9], [0.5], [0.2]]))
+    assert one_negative["auroc"][0] == pytest.approx(0.5)  # 1 of 2 positives above the only negative
+    assert constant_predictor_ap(np.array([1]), np.array([3])).tolist() == [0.25]
+    assert prevalence(np.array([1]), np.array([1])).tolist() == [1.0]
     spec = HistogramSpec(240, 12.0)
     binned = spec.metrics(*spec.histograms(y, s))
     assert binned["ap"][0] == pytest.approx(0.5) and binned["auroc"][0] == pytest.approx(2 / 3)
@@ -159,6 +164,9 @@ def test_bootstrap_macro_is_a_stratified_percentile_bootstrap_by_hand():
         assert got[k] == pytest.approx((np.quantile(macro, 0.025), np.quantile(macro, 0.975)), abs=1e-9), k
     narrow = bootstrap_macro(pos, neg, spec, reps, seed=4, level=0.5)
     assert got["mAUC"][0] < narrow["mAUC"][0] < narrow["mAUC"][1] < got["mAUC"][1]
+    single = np.zeros((1, spec.bins), np.int64)
+    single[0, 6] = 1  # a class with one positive has an interval too
+    assert np.isfinite(bootstrap_macro(single, neg[:1], spec, 50)["mAUC"]).all()
     one = (pos[:1], neg[:1], spec)
     assert bootstrap_macro(*one) == bootstrap_macro(*one, 1000, seed=0, level=0.95)  # the defaults
 
