@@ -118,5 +118,8 @@ def test_norm_history_keeps_a_window_and_compares_with_its_median():
     off = NormHistory(factor=0.0, min_history=1)
     off.record({"g": 1.0})
     assert off.check({"g": 1e9}) is None  # factor 0: the check is off, whatever the history
+    tight = NormHistory(factor=0.5, min_history=1)  # a factor below 1 is a (strict) bound, not "off"
+    tight.record({"g": 4.0})
+    assert tight.check({"g": 2.0}) is None and tight.check({"g": 2.5}) is not None
     default = NormHistory()
     assert (default.factor, default.window, default.min_history) == (10.0, 50, 3)
