@@ -192,3 +192,14 @@ def test_counts_prevalence_boundaries_and_f1_without_positives():
     assert list(groups) == ["medium", "medium", "tail"]
     with pytest.raises(ValueError):
         HistogramSpec(bins=9)
+
+
+def test_histograms_leave_out_masked_entries():
+    y = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    p = np.array([[0.9, 0.2], [0.3, 0.8], [0.6, 0.4]])
+    mask = np.array([[1, 0], [1, 1], [0, 1]], np.float32)
+    spec = HistogramSpec(8, 4.0)
+    pos, neg = spec.histograms(y, p, mask)
+    assert pos.sum(1).tolist() == [1, 2] and neg.sum(1).tolist() == [1, 0]
+    whole = spec.histograms(y, p)
+    assert whole[0].sum(1).tolist() == [2, 2] and whole[1].sum(1).tolist() == [1, 1]
