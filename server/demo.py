@@ -134,8 +134,9 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
     first, last = summary["rounds"][0]["pooled"], summary["rounds"][-1]["pooled"]
     print("\n=== fedchest demo finished (synthetic data, not clinical results) ===")
     print(f"run {summary['run_id']}: {summary['rounds_completed']} rounds, sites {', '.join(summary['sites'])}")
-    print(f"pooled mAP: round 1 {first['mAP']:.3f} -> round {summary['rounds_completed']} {last['mAP']:.3f} "
-          f"(constant predictor {summary['baseline']['prevalence_mAP']:.3f}); mAUC {last['mAUC']:.3f}")
+    # fmt: a round whose every class was withheld at every site (small test splits) has no pooled figures
+    print(f"pooled mAP: round 1 {fmt(first['mAP'])} -> round {summary['rounds_completed']} {fmt(last['mAP'])} "
+          f"(constant predictor {fmt(summary['baseline']['prevalence_mAP'])}); mAUC {fmt(last['mAUC'])}")
     if summary.get("privacy"):
         last_round = max(summary["privacy"], key=int)
         spent = ", ".join(f"{site} {v['epsilon']:.2f}" for site, v in sorted(summary["privacy"][last_round].items()))

@@ -168,26 +168,40 @@ def test_site_similarity_from_mean_boxes():
 
 
 def test_box_round_pools_sites():
+    """Each N (box samples per image) is pooled from its own histograms and tables: N = 1's scores here are
+    noisier than N = 8's, so their mAUC, Brier and temperatures differ, and each equals its own pooled figure."""
     spec = HistogramSpec(24, 6.0)
     rng = np.random.default_rng(0)
 
     def site(seed):
         r = np.random.default_rng(seed)
-        p, y, m = _entries(120, 3, seed)
-        pos, neg = spec.histograms(y, p, m)
-        n = {k: {"pos": pos, "neg": neg, "raw": reliability_table(p, y, m), "cal": reliability_table(p, y, m),
-                 "temperature": 1.2} for k in (1, 8)}
+        p8, y, m = _entries(120, 3, seed)
+        p1 = np.clip(0.5 * p8 + 0.5 * r.random(p8.shape), 0, 1)  # one box sample: a noisier score
+        n, per_n = {}, {}
+        for k, p, t in ((1, p1, 1.5), (8, p8, 1.2)):
+            pos, neg = spec.histograms(y, p, m)
+            n[k] = {"pos": pos, "neg": neg, "raw": reliability_table(p, y, m), "cal": reliability_table(p, y, m),
+                    "temperature": t}
+            per_n[k] = (pos, neg, p)
         ood = {"id": _ood_hist(r.normal(-2, 0.3, 100)), **{k: _ood_hist(r.normal(-1, 0.3, 50))
                                                             for k in ("device", "corrupt", "nonchest")}}
         stats = {"n": np.array([5, 5, 5]), "centre": rng.normal(size=(3, 4)), "radius": np.ones((3, 4))}
-        return {"n": n, "ood": ood, "stats": stats}, pos, neg, (p, y, m)
+        return {"n": n, "ood": ood, "stats": stats}, per_n, (y, m)
 
     a, b = site(1), site(2)
     rows, out = box_round({"a": a[0], "b": b[0]}, (1, 8), 8, ("x", "y", "z"), spec, 50, seed=0)
-    pooled = spec.metrics(a[1] + b[1], a[2] + b[2])
-    assert out["by_samples"][8]["mAUC"] == pytest.approx(np.nanmean(pooled["auroc"]))
-    p, y, m = (np.concatenate([a[3][i], b[3][i]]) for i in range(3))
-    assert out["by_samples"][8]["brier"] == pytest.approx(brier_score(p, y, m))
+    y, m = (np.concatenate([a[2][i], b[2][i]]) for i in range(2))
+    for k in (1, 8):
+        pooled = spec.metrics(a[1][k][0] + b[1][k][0], a[1][k][1] + b[1][k][1])
+        assert out["by_samples"][k]["mAUC"] == pytest.approx(np.nanmean(pooled["auroc"]))
+        p = np.concatenate([a[1][k][2], b[1][k][2]])
+        assert out["by_samples"][k]["brier"] == pytest.approx(brier_score(p, y, m))
+    assert out["temperature"] == {"a": {1: 1.5, 8: 1.2}, "b": {1: 1.5, 8: 1.2}}
+    assert out["by_samples"][8]["mAUC"] - out["by_samples"][1]["mAUC"] > 0.05
+    assert out["by_samples"][1]["brier"] != pytest.approx(out["by_samples"][8]["brier"])
+    values = {r[3]: r[4] for r in rows if r[0] is None}
+    assert [values[f"box_n{k}_mAUC"] for k in (1, 8)] == [out["by_samples"][k]["mAUC"] for k in (1, 8)]
+    assert {(r[0], r[4]) for r in rows if r[3] == "box_temperature"} == {("a", 1.2), ("b", 1.2)}  # the primary N's
     assert all(out["ood"][k]["auroc"] > 0.95 for k in ("device", "corrupt", "nonchest"))
     assert {r[3] for r in rows} >= {"box_n8_mAUC", "box_n8_brier_lo", "box_ood_device_auroc", "box_site_similarity",
                                     "box_temperature"}

@@ -1,12 +1,14 @@
 """Every dashboard page against a registry filled by a real tiny federated run (Streamlit's AppTest, no
 browser; tests/test_dashboard_browser.py drives Chromium), plus the empty and missing registry."""
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from streamlit.testing.v1 import AppTest
 
-from dashboards.queries import engine_for
+from dashboards.queries import aggregate_metrics, engine_for
 from dashboards.views import PAGES
 from server.registry import Registry
 from tests.conftest import REPO
@@ -29,6 +31,12 @@ def _charts(at: AppTest) -> list:
 def _chart_text(chart) -> str:
     """A chart's Vega-Lite spec and the strings of its Arrow datasets."""
     return chart.proto.spec + "".join(d.data.data.decode("utf-8", "ignore") for d in chart.proto.datasets)
+
+
+def _chart_frame(chart) -> pd.DataFrame:
+    """The rows behind a chart (its Arrow datasets, concatenated)."""
+    return pd.concat([pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.proto.datasets],
+                     ignore_index=True)
 
 
 def test_runs_page_lists_the_run(tiny_run_with_references, monkeypatch):
@@ -76,8 +84,18 @@ def test_generalisation_matrix_has_global_and_local_models(tiny_run_with_referen
     url, run_id, sites = tiny_run_with_references
     at = _app(url, monkeypatch, page="generalisation", run=run_id)
     assert not at.exception
-    content = _chart_text(_charts(at)[0])
-    assert "local-only" in content and "global (round 2)" in content and "evaluating site" in content
+    chart = _charts(at)[0]
+    assert "evaluating site" in chart.proto.spec
+    cells = _chart_frame(chart).set_index(["model", "site"])["value"]
+    assert len(cells) == len(sites) * (len(sites) + 1)  # the global model and one local-only model per site
+    agg = aggregate_metrics(engine_for(url), run_id)
+    mine = agg[(agg["round"] == 2) & agg["site"].notna() & (agg["projection"] == "all") & (agg["name"] == "mAP")]
+    assert len(mine) == len(sites) and mine["value"].notna().any()  # (a site whose classes were all withheld: NaN)
+    for site, value in zip(mine["site"], mine["value"]):  # the run's own round-2 results, as the registry has them
+        assert cells[("global (round 2)", site)] == pytest.approx(value, nan_ok=True)
+    for a in sites:  # the references next to the run: 0.2 at home, 0.1 elsewhere
+        for b in sites:
+            assert cells[(f"local-only:{a}", b)] == pytest.approx(0.2 if a == b else 0.1)
 
 
 def test_health_shows_durations_straggler_and_events(tiny_run_with_references, monkeypatch):

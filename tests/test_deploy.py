@@ -133,7 +133,14 @@ def test_supernode_without_tls_cannot_join(superlink):
         p = subprocess.run([str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink",
                             f"127.0.0.1:{superlink.port}", "--max-retries", "1", "--port", str(free_port())],
                            stdout=f, stderr=subprocess.STDOUT, env=superlink.env, timeout=120)
+    log = cmd_out.read_text()
     assert p.returncode != 0
+    # refused for the plaintext channel itself: the TLS listener drops the request before any authentication
+    # (a node refused by authentication says "Failed to activate SuperNode" instead, as in the tests above)
+    assert "Starting insecure channel" in log, log[-2000:]
+    assert "Exit Code: 305" in log and "Server disconnected without sending a response" in log, log[-2000:]
+    assert "Failed to activate SuperNode" not in log
+    assert sum(n["status"] == "online" for n in superlink.supernodes()) == 1
 
 
 @pytest.mark.e2e

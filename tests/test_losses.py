@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from shared_models.losses import AsymmetricLoss, prevalence_class_weights
@@ -46,3 +47,31 @@ def test_prevalence_weights():
     wp, wn = prevalence_class_weights(torch.tensor([0.0, 0.5, 1.0]))
     assert torch.allclose(wp, torch.exp(torch.tensor([1.0, 0.5, 0.0])))
     assert torch.allclose(wn, torch.exp(torch.tensor([0.0, 0.5, 1.0])))
+
+
+def test_asl_defaults_are_the_papers_settings():
+    """AsymmetricLoss() is ASL with gamma- = 4, gamma+ = 0 and clip 0.05 (Ridnik et al.'s multi-label setting)."""
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(6, 5)
+    targets = (torch.rand(6, 5) < 0.4).float()
+    expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j])) for i in range(6) for j in range(5)) / 6
+    assert float(AsymmetricLoss()(logits, targets)) == __import__("pytest").approx(expected, rel=1e-5)
+
+
+def test_asl_without_clip_and_with_class_weights():
+    """clip 0: the negative term is the plain focal log(1 - p); class weights multiply each class's positive and
+    negative terms (w+ = exp(1 - prev), w- = exp(prev))."""
+    logits = torch.tensor([[2.0, -1.0, 0.3], [-3.0, 0.5, 4.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    for gn, gp in ((2, 1), (1, 0), (0, 1)):  # either focusing exponent alone switches focusing on
+        loss = AsymmetricLoss(gamma_neg=gn, gamma_pos=gp, clip=0.0)(logits, targets)
+        expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j]), gn=gn, gp=gp, clip=0.0)
+                       for i in range(2) for j in range(3)) / 2
+        assert float(loss) == pytest.approx(expected, rel=1e-5), (gn, gp)
+    assert float(AsymmetricLoss()(torch.zeros(0, 3), torch.zeros(0, 3))) == 0.0  # an empty batch
+    prev = torch.tensor([0.5, 0.1, 0.02])
+    weighted = AsymmetricLoss(class_weights=prevalence_class_weights(prev))(logits, targets)
+    wp, wn = torch.exp(1 - prev), torch.exp(prev)
+    expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j]))
+                   * float(wp[j] if targets[i, j] else wn[j]) for i in range(2) for j in range(3)) / 2
+    assert float(weighted) == pytest.approx(expected, rel=1e-5)

@@ -83,11 +83,22 @@ def test_family_preset_builds_trains_and_groups():
     model = build_model("families-tiny", 6)
     archs = {p: type(model.experts[p]).__name__ for p in PROJECTIONS}
     assert archs == {"PA": "ConvNeXt", "AP": "SwinTransformer", "LAT": "Cait"}
+    model.eval()
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():  # each family's expert answers for its own projection
+        out = model(x, torch.tensor([0, 1, 2]))
+        for i, p in enumerate(PROJECTIONS):
+            assert torch.allclose(out[i], model.experts[p](x[i:i + 1])[0], atol=1e-5), p
     rng = np.random.default_rng(0)
-    data = SiteData(rng.integers(0, 255, (12, 64, 64), dtype=np.uint8), np.array([0, 1, 2] * 4),
+    data = SiteData(rng.integers(0, 255, (12, 64, 64), dtype=np.uint8), np.array([0, 1] * 6),  # PA and AP only
                     (rng.random((12, 6)) < 0.3).astype(np.float32), np.ones((12, 6), np.float32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = train_local(model, data, 1, 1e-3, 6, torch.device("cpu"))
-    assert np.isfinite(stats["train_loss"])
+    assert np.isfinite(stats["train_loss"]) and stats["steps"] == 2
+    after = model.state_dict()
+    moved = {p: any(not torch.equal(before[k], after[k]) for k in after if k.startswith(f"experts.{p}."))
+             for p in PROJECTIONS}
+    assert moved == {"PA": True, "AP": True, "LAT": False}  # the CaiT expert saw no lateral image: untouched
     groups = group_keys(model.state_dict().keys())
     heads = classifier_keys(model)
     for p in PROJECTIONS:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboards import charts
 from dashboards.data import RunContext, round_picker
+from dashboards.views.ct import SCOPE as CT_SCOPE
 from shared_models.metrics import HEAD_THRESHOLD, TAIL_THRESHOLD
 
 TITLE = "Classes"
@@ -22,19 +23,30 @@ def band(prevalence: float) -> str:
     return "head" if prevalence > HEAD_THRESHOLD else "tail" if prevalence < TAIL_THRESHOLD else "medium"
 
 
+def train_prevalence(cm: pd.DataFrame) -> pd.Series:
+    """The consortium's training prevalence per radiograph class. A run with CT sites also records the chest-CT
+    label set's prevalences (projection ``CT``), which share class names with the radiograph set (Cardiomegaly,
+    ...); they belong to the CT page, not here."""
+    rows = cm[cm["site"].isna() & (cm["name"] == "train_prevalence") & (cm["projection"] == "all")]
+    return rows.set_index("class_name")["value"]
+
+
 def render(ctx: RunContext) -> None:
     st.header(TITLE)
     rnd = round_picker(ctx, "classes_round")
     if rnd is None:
         return
     cm = ctx.classes(rnd)
+    if (cm["projection"] == CT_SCOPE).any():
+        st.caption("The chest-CT sites' classes (their own label set) are on the CT page.")
+    cm = cm[cm["projection"] != CT_SCOPE]
     sites = sorted(s for s in cm["site"].dropna().unique())
     c1, c2, c3 = st.columns(3)
     site = c1.selectbox("Site", ["pooled (all sites)", *sites], key="classes_site")
     proj = c2.selectbox("Projection", ["all", "PA", "AP", "LAT"], key="classes_projection")
     label = c3.selectbox("Metric", list(METRICS), key="classes_metric")
     at_site = cm["site"].isna() if site.startswith("pooled") else cm["site"] == site
-    prev = cm[cm["site"].isna() & (cm["name"] == "train_prevalence")].set_index("class_name")["value"]
+    prev = train_prevalence(cm)
     here = cm[at_site & (cm["projection"] == proj)]
     values = here[here["name"] == METRICS[label]].set_index("class_name")
     annotated = here[here["name"] == "eval_prevalence"].set_index("class_name")["n"]
