@@ -128,6 +128,7 @@ def test_a_node_claiming_another_sites_key_is_refused(superlink):
 
 
 def test_supernode_without_tls_cannot_join(superlink):
+    online = sum(n["status"] == "online" for n in superlink.supernodes())
     cmd_out = superlink.out / "logs" / "insecure-node.log"
     with cmd_out.open("wb") as f:
         p = subprocess.run([str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink",
@@ -140,7 +141,8 @@ def test_supernode_without_tls_cannot_join(superlink):
     assert "Starting insecure channel" in log, log[-2000:]
     assert "Exit Code: 305" in log and "Server disconnected without sending a response" in log, log[-2000:]
     assert "Failed to activate SuperNode" not in log
-    assert sum(n["status"] == "online" for n in superlink.supernodes()) == 1
+    assert sum(n["status"] == "online" for n in superlink.supernodes()) <= online  # no node joined (a stopped
+    # node of an earlier test may still count as online before and have gone offline since)
 
 
 @pytest.mark.e2e
