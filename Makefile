@@ -27,15 +27,15 @@ demo: $(STAMP)
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 test: $(STAMP)
 	@sh scripts/ensure_system_packages.sh
-	$(PY) -m pytest -q -m "not e2e"
-	$(PY) -m pytest -q -m e2e
+	$(PY) -m pytest -q -m "not e2e" --durations=15
+	$(PY) -m pytest -q -m e2e --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e" --durations=15
 
 test-e2e: $(STAMP)
 	@sh scripts/ensure_system_packages.sh
-	$(PY) -m pytest -q -m e2e
+	$(PY) -m pytest -q -m e2e --durations=15
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
