@@ -24,8 +24,8 @@ from client.ct.federated import evaluate_ct_round, train_ct_round
 from client.ct.index import is_ct_site
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
-from client.dp_release import ReleasedCounts, evaluation_release, released_counts
-from client.local_round import check_dp_config, outgoing_state, train_round
+from client.dp_release import ReleasedCounts, evaluation_release
+from client.local_round import outgoing_state, site_release, train_round
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
@@ -216,10 +216,7 @@ def train(msg: Message, context: Context) -> Message:
 
         train_data, synthesis = tail_training_data(config, site, data, c, synth)
     aggregation = str(config.get("aggregation", "projection"))
-    release = None
-    if bool(config.get("dp", False)):  # the only dataset statistics a DP site uses or sends (client/dp_release.py)
-        check_dp_config(config, site)  # refusals first: nothing is charged for a round that cannot run
-        release = released_counts(site, config, data.targets[:, :c], data.mask[:, :c], data.projection)
+    release = site_release(config, site, data, c)  # under DP the only dataset statistics used or sent
     stats, privacy = train_round(config, site, train_data, model, release)
     if release is None:
         metrics, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)

@@ -13,7 +13,7 @@ import torch
 from client.index import SiteData
 from client.training import ZeroShotTraining, _batch, augment, objective
 from shared_models.networks import RoutedExperts
-from shared_models.privacy import DPSettings, clipped_gradient_sum, is_dp_compatible, privatise
+from shared_models.privacy import DPSettings, clipped_gradient_sum, dp_schedule, is_dp_compatible, privatise
 from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
 from shared_models.zeroshot.dp import check_dp_head, clipped_zeroshot_sum
 
@@ -32,10 +32,11 @@ def train_local_dp(
     logit_adjust_tau: float = 0.0,
     zeroshot: ZeroShotTraining | None = None,
     prompts: torch.Tensor | None = None,
-    dataset_size: int | None = None,
+    *,
+    dataset_size: int,
 ) -> dict[str, float]:
     """``epochs`` x ceil(N / batch_size) DP-SGD steps at sample rate batch_size / N, N the released
-    ``dataset_size`` (client/dp_release.py; the exact size only where none is given, in tests). FedProx's proximal
+    ``dataset_size`` (client/dp_release.py), never the exact one. FedProx's proximal
     gradient is added after the noise (it does not touch the data). Re-sampling for the long tail is not
     available under DP (the accountant assumes uniform Poisson sampling).
 
@@ -54,9 +55,7 @@ def train_local_dp(
     if n == 0:
         raise ValueError("no training images at this site")
     loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
-    size = dataset_size or n  # the released (public) size: the coordinator may know it, the exact n it may not
-    sample_rate = min(1.0, batch_size / size)
-    steps = epochs * math.ceil(size / batch_size)
+    sample_rate, steps = dp_schedule(dataset_size, batch_size, epochs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     params = dict(model.named_parameters())
     start = {k: v.detach().clone() for k, v in params.items()} if proximal_mu > 0 else None
@@ -85,7 +84,7 @@ def train_local_dp(
                 clipped += int((norms > dp.max_grad_norm).sum())
             else:  # an empty Poisson batch still takes a (pure-noise) step
                 summed = {k: torch.zeros_like(v) for k, v in params.items() if v.requires_grad}
-            grads = privatise(summed, dp, expected_batch=sample_rate * size, generator=stream.torch)
+            grads = privatise(summed, dp, expected_batch=sample_rate * dataset_size, generator=stream.torch)
             for k, g in grads.items():
                 if start is not None:
                     g = g + proximal_mu * (params[k].detach() - start[k])

@@ -13,7 +13,7 @@ import torch
 
 from client.boxlatent import train_box
 from client.dp_training import train_local_dp
-from client.dp_release import ReleasedCounts
+from client.dp_release import ReleasedCounts, released_counts
 from client.index import SiteData
 from client.privacy import PolicyRefusal, PrivacyLedger
 from client.site_config import SiteConfig
@@ -24,7 +24,7 @@ from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts, parameter_group
 from shared_models.networks.heads import head_spec
 from shared_models.ontology import load_label_set
-from shared_models.privacy import DPSettings
+from shared_models.privacy import DPSettings, dp_schedule
 from shared_models.zeroshot.config import zeroshot_spec
 
 HEAD = "routed-experts"
@@ -62,6 +62,16 @@ def check_dp_config(config: Mapping[str, Any], site: SiteConfig) -> None:
     if spec is not None and spec.label_graph and float(config.get("label-graph-noise", 0.0)) <= 0:
         raise PolicyRefusal("a DP run sends label co-occurrence counts only through the Gaussian mechanism: set "
                             "label-graph-noise > 0 (or label-graph = false)")
+
+
+def site_release(config: Mapping[str, Any], site: SiteConfig, data: SiteData, num_classes: int
+                 ) -> ReleasedCounts | None:
+    """Under DP, the site's released training counts (client/dp_release.py), after the refusals so that nothing is
+    charged for a round that cannot run; None without DP."""
+    if not bool(config.get("dp", False)):
+        return None
+    check_dp_config(config, site)
+    return released_counts(site, config, data.targets[:, :num_classes], data.mask[:, :num_classes], data.projection)
 
 
 def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, model: RoutedExperts,
@@ -113,10 +123,6 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                     lambda: train_local_dp(model, data, dp=DPSettings(sigma, clip), zeroshot=zs, prompts=prompts,
                                            dataset_size=size, **common))
 
-
-def dp_schedule(public_size: int, batch: int, epochs: int) -> tuple[float, int]:
-    """(Poisson sampling rate, steps) of a DP-SGD round from the released dataset size, never the exact one."""
-    return min(1.0, batch / max(public_size, 1)), epochs * math.ceil(max(public_size, 1) / batch)
 
 
 def charged(site: SiteConfig, config: Mapping[str, Any], noise_multiplier: float, rate: float, steps: int, head: str,

@@ -14,8 +14,7 @@ from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
 from client.client_app import resolve_site, run_model, site_data
-from client.dp_release import released_counts
-from client.local_round import check_dp_config, train_round
+from client.local_round import site_release, train_round
 from shared_models.networks import float_state_keys
 
 
@@ -32,11 +31,7 @@ class SiteClient(NumPyClient):
         state.update({k: torch.from_numpy(np.asarray(a)).to(state[k].dtype) for k, a in zip(keys, parameters)})
         model.load_state_dict(state)
         config = {**config, "aggregation": "fedavg"}
-        release = None
-        if bool(config.get("dp", False)):  # weight and sampling rate from the released counts (client/dp_release.py)
-            check_dp_config(config, site)
-            c = model.num_classes
-            release = released_counts(site, config, data.targets[:, :c], data.mask[:, :c], data.projection)
+        release = site_release(config, site, data, model.num_classes)  # under DP: weight and sampling rate
         stats, privacy = train_round(config, site, data, model, release)
         out = model.cpu().state_dict()
         if release is not None:  # no exact loss or count leaves a DP site

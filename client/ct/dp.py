@@ -21,7 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from client.ct.training import CTTrainConfig, SiteTensors
 from shared_models.ct.losses import depth_targets, localisation_logits, pos_weights, prompt_disease_loss
 from shared_models.ct.model import CTVLM, feature_valid, grid_to_feature
-from shared_models.privacy import DPSettings, privatise
+from shared_models.privacy import DPSettings, dp_schedule, privatise
 from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
 
 
@@ -75,8 +75,7 @@ def train_ct_dp(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, dp
     ``public_size``; the disease loss's positive weights from released ``positives`` / ``annotated`` counts (the
     site's exact counts would make every volume's loss depend on every other's labels)."""
     n = int(data.x.shape[0])
-    rate = min(1.0, cfg.batch_size / public_size)
-    steps = cfg.epochs * int(np.ceil(public_size / cfg.batch_size))
+    rate, steps = dp_schedule(public_size, cfg.batch_size, cfg.epochs)
     pos, ann = positives, annotated
     loss_module = _VolumeLoss(model, prompts, pos_weights(pos, ann), cfg)
     params = {k: v for k, v in loss_module.named_parameters() if v.requires_grad}

@@ -25,14 +25,14 @@ from client.ct.training import train_ct
 from client.ct.volume import CTSpec
 from client.dp_release import ReleasedCounts, released_counts
 from client.evaluation import EXACT, WITHHELD
-from client.local_round import dp_round, dp_schedule
+from client.local_round import dp_round
 from client.privacy import PolicyRefusal
 from client.site_config import SiteConfig
 from shared_models.ct.config import CTRunSpec, ct_spec
 from shared_models.ct.metrics import retrieval_hits
 from shared_models.ct.model import CTVLM, ct_parameter_group, prefixed, unprefixed
 from shared_models.metrics import HistogramSpec
-from shared_models.privacy import DPSettings
+from shared_models.privacy import DPSettings, dp_schedule
 
 HEAD = "ct-vlm"  # the privacy ledger's name for this model
 RECALL_KS = (1, 5, 10)

@@ -3,8 +3,8 @@ gradients, and privacy accounting. Framework-free (no flwr): the site's ledger a
 
 from shared_models.privacy.accountant import ACCOUNTANTS, epsilon
 from shared_models.privacy.compat import cross_sample_layers, is_dp_compatible, make_dp_compatible
-from shared_models.privacy.dpsgd import (ENGINES, DPSettings, clipped_gradient_sum, engine_for, poisson_batches,
+from shared_models.privacy.dpsgd import (ENGINES, DPSettings, clipped_gradient_sum, dp_schedule, engine_for,
                                         privatise)
 
 __all__ = ["ACCOUNTANTS", "DPSettings", "ENGINES", "engine_for", "clipped_gradient_sum", "cross_sample_layers", "epsilon",
-           "is_dp_compatible", "make_dp_compatible", "poisson_batches", "privatise"]
+           "dp_schedule", "is_dp_compatible", "make_dp_compatible", "privatise"]

@@ -22,10 +22,10 @@ gradient is one vector over all parameters it touched; that vector is clipped as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -44,11 +44,12 @@ class DPSettings:
             raise ValueError(f"DP settings need noise_multiplier >= 0 and max_grad_norm > 0, got {self}")
 
 
-def poisson_batches(n: int, sample_rate: float, steps: int, rng: np.random.Generator):
-    """``steps`` batches, each image in each batch independently with probability ``sample_rate`` (the
-    sampling the privacy accountant assumes); batches may be empty."""
-    for _ in range(steps):
-        yield np.flatnonzero(rng.random(n) < sample_rate)
+def dp_schedule(public_size: int, batch: int, epochs: int) -> tuple[float, int]:
+    """(Poisson sampling rate, steps) of a DP-SGD round of ``epochs`` over ``public_size`` examples: the released
+    dataset size (client/dp_release.py), never the exact one. The batches themselves come from
+    ``randomness.secure_poisson_batches``."""
+    size = max(int(public_size), 1)
+    return min(1.0, batch / size), epochs * math.ceil(size / batch)
 
 
 def _members(model: RoutedExperts, route: int) -> list[str]:
