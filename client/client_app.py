@@ -276,8 +276,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
         probs, routes, extra = zero_shot_evaluation(model, data, label_set, zs_spec, site,
                                                     site_data(site, "val") if zs_spec.proxy_classes else None)
+    bands = np.asarray(config["class-bands"], np.int64) if "class-bands" in config else None
+    if bands is not None and bands.shape != (c,):
+        raise ValueError(f"run config class-bands: expected {c} band codes (one per class), got {bands.shape}")
     summary = evaluation_summary(probs, data.targets[:, :c], data.mask[:, :c], data.projection, spec,
-                                 site.privacy.min_count)
+                                 site.privacy.min_count, bands)
     summary.update(extra)
     loc = loc_spec(config)
     if loc is not None:

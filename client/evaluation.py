@@ -12,6 +12,13 @@ how many classes were withheld, so the server and the dashboard can tell withhel
 class, no bin holds fewer than k positives or k negatives: adjacent bins are merged (the same boundaries for both
 histograms, never across p = 0.5) and the merged counts sit in the segment's middle bin.
 
+Head / medium / tail bands are summarised here, before that suppression: with the consortium's bands in the
+evaluate config (``class-bands``, from the released training counts), ``band_map.<scope>`` is the site's exact
+mean AP over the band's classes (those with at least one positive), small ones included, released when the band's
+classes hold at least k positives and k negatives in all (NaN otherwise). A tail class with two positives is
+withheld on its own but still counts in the site's tail mAP, so the tail figure is not biased toward the classes
+that happen to be common at the site.
+
 Under DP (``dp = true``) a site's evaluation summary is, by its policy and the run config, one of
 (``dp_evaluation``): ``WITHHELD`` (the default: zeros, nothing about the test split leaves), ``NOISED``
 (``dp-eval-noise-multiplier`` z > 0: a Gaussian-mechanism release of the histograms and image counts, charged to the
@@ -23,15 +30,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared_models.metrics import HistogramSpec, per_class_metrics
+from shared_models.metrics import GROUPS, HistogramSpec, band_means, per_class_metrics
 from shared_models.networks import PROJECTIONS
 
 SCOPES = ("all",) + PROJECTIONS
 
 
+def band_summary(ap: np.ndarray, pos: np.ndarray, neg: np.ndarray, bands: np.ndarray, min_count: int) -> list[float]:
+    """Per band (head, medium, tail): the mean exact AP over its classes with a positive, or NaN where those
+    classes hold fewer than ``min_count`` positives or negatives in all."""
+    bands = np.where(np.isfinite(ap), np.asarray(bands), -1)
+    means = band_means(ap, bands)
+    for i in range(len(GROUPS)):
+        sel = bands == i
+        if pos[sel].sum() < max(min_count, 1) or neg[sel].sum() < max(min_count, 1):
+            means[i] = float("nan")
+    return means
+
+
 def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec: HistogramSpec, min_count: int = 0,
-                  scope: str = "all", prefix: str = "") -> dict[str, list[float] | list[int] | int]:
-    """One scope's keys (``<prefix>ap.<scope>`` ... ``<prefix>withheld.<scope>``) under the small-count rule."""
+                  scope: str = "all", prefix: str = "", bands: np.ndarray | None = None
+                  ) -> dict[str, list[float] | list[int] | int]:
+    """One scope's keys (``<prefix>ap.<scope>`` ... ``<prefix>withheld.<scope>``) under the small-count rule; with
+    ``bands`` (a group code per class), ``<prefix>band_map.<scope>`` computed before it."""
     out: dict = {}
     c, n = probs.shape[1], int(len(probs))
     if n and n >= min_count:
@@ -41,6 +62,8 @@ def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec
         n = 0
         pc = {k: np.full(c, np.nan) for k in ("ap", "auroc", "f1")}
         pos = neg = np.zeros((c, spec.bins), np.int64)
+    if bands is not None:
+        out[f"{prefix}band_map.{scope}"] = band_summary(pc["ap"], pos.sum(1), neg.sum(1), bands, min_count)
     small = ((pos.sum(1) < min_count) | (neg.sum(1) < min_count)) & ((pos.sum(1) + neg.sum(1)) > 0)
     pos, neg = np.where(small[:, None], 0, pos), np.where(small[:, None], 0, neg)
     pos, neg = merge_small_bins(pos, neg, min_count)
@@ -55,12 +78,12 @@ def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec
 
 def evaluation_summary(
     probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, projection: np.ndarray, spec: HistogramSpec,
-    min_count: int = 0,
+    min_count: int = 0, bands: np.ndarray | None = None,
 ) -> dict[str, list[float] | list[int] | int]:
     out: dict[str, list[float] | list[int] | int | float] = {"num-examples": int(len(probs))}
     for scope in SCOPES:
         sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)
-        out.update(scope_summary(probs[sel], targets[sel], mask[sel], spec, min_count, scope))
+        out.update(scope_summary(probs[sel], targets[sel], mask[sel], spec, min_count, scope, bands=bands))
     return out
 
 

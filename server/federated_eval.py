@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared_models.metrics import HistogramSpec, bootstrap_macro, constant_predictor_ap, summarise
+from shared_models.metrics import GROUPS, HistogramSpec, bootstrap_macro, constant_predictor_ap, summarise
 
 SCOPES = ("all", "PA", "AP", "LAT")
 SUMMARY_KEYS = ("mAP", "mAUC", "mF1", "head_mAP", "medium_mAP", "tail_mAP")
@@ -24,6 +24,7 @@ class ScopeEval:
     hist_neg: np.ndarray
     n: int
     withheld: int = 0  # classes the site withheld under its small-count policy (client/evaluation.py)
+    band_map: np.ndarray | None = None  # head/medium/tail mAP the site computed before suppression (or None)
 
 
 def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec, prefix: str = "",
@@ -35,8 +36,13 @@ def parse_site_eval(metrics: Mapping, num_classes: int, spec: HistogramSpec, pre
         neg = np.asarray(metrics[f"{prefix}hist_neg.{scope}"], dtype=np.int64).reshape(num_classes, spec.bins)
         pc = {k: np.asarray(metrics[f"{prefix}{k}.{scope}"], dtype=np.float64) for k in ("ap", "auroc", "f1")}
         pc["n_pos"], pc["n_neg"] = pos.sum(1), neg.sum(1)
+        band = metrics.get(f"{prefix}band_map.{scope}")
+        if band is not None:
+            band = np.asarray(band, dtype=np.float64)
+            if band.shape != (len(GROUPS),) or ((band < 0) | (band > 1)).any():
+                raise ValueError(f"{prefix}band_map.{scope}: expected {len(GROUPS)} values in [0, 1] or NaN")
         out[scope] = ScopeEval(pc, pos, neg, int(metrics[f"{prefix}n.{scope}"]),
-                               int(metrics.get(f"{prefix}withheld.{scope}", 0)))
+                               int(metrics.get(f"{prefix}withheld.{scope}", 0)), band)
     return out
 
 
@@ -76,6 +82,8 @@ def round_metrics(
         summary["sites"][site] = {}
         for scope, ev in scopes.items():
             s = summarise(ev.per_class, groups) if ev.n else {k: float("nan") for k in SUMMARY_KEYS}
+            if ev.band_map is not None and ev.n:  # the site's bands, computed before its small-count rule
+                s.update({f"{g}_mAP": float(v) for g, v in zip(GROUPS, ev.band_map)})
             summary["sites"][site][scope] = s
             rows += _rows(site, scope, ev.per_class, s, classes, ev.n)
             if ev.withheld:

@@ -26,7 +26,7 @@ from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
 from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, to_array,
                                update_norms, validate_update, views)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
-from shared_models.metrics import HistogramSpec, prevalence, prevalence_groups
+from shared_models.metrics import HistogramSpec, group_codes, prevalence, prevalence_groups
 from shared_models.networks import group_keys
 from shared_models.zeroshot.scoring import SCORE_HISTOGRAM
 
@@ -211,6 +211,8 @@ class FedChestAvg(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
+        if self.train_annotated.sum() > 0:  # the bands the sites summarise before their small-count rule
+            config["class-bands"] = group_codes(prevalence_groups(self.train_pos, self.train_annotated))
         messages = self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
         self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages

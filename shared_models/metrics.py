@@ -99,6 +99,18 @@ def prevalence_groups(train_pos: np.ndarray, train_n: np.ndarray) -> np.ndarray:
     return groups
 
 
+def group_codes(groups: np.ndarray) -> list[int]:
+    """Groups as the integers the evaluate config carries (``class-bands``): index in GROUPS, -1 for none."""
+    return [GROUPS.index(g) if g in GROUPS else -1 for g in groups]
+
+
+def band_means(values: np.ndarray, codes: np.ndarray) -> list[float]:
+    """Per group (head, medium, tail), the mean of ``values`` over the classes coded with it (NaN where none is
+    finite)."""
+    values, codes = np.asarray(values, np.float64), np.asarray(codes)
+    return [_nanmean(values[codes == i]) for i in range(len(GROUPS))]
+
+
 def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[~np.isnan(x)]

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from client.client_app import run_model
 from client.dp_release import (HEAD, ReleasedCounts, evaluation_release, gaussian_release, released_counts,
                                sensitivity)
-from client.evaluation import EXACT, NOISED, WITHHELD, merge_small_bins, scope_summary
+from client.evaluation import EXACT, NOISED, WITHHELD, evaluation_summary, merge_small_bins, scope_summary
 from client.index import load_split
 from client.local_round import check_dp_config, ledger_for, train_round
 from client.privacy import PolicyRefusal
@@ -168,6 +168,36 @@ def test_no_released_histogram_bin_holds_fewer_than_min_count():
     single[0, 3] = 1
     p, q = merge_small_bins(single, np.full((1, 24), 3), k)
     assert (p[(p > 0)] >= 1).all() and p.sum() == 1  # a class whose total is under k is left to be withheld
+
+
+def test_bands_are_summarised_before_the_small_count_rule():
+    """Two tail classes with 2 and 3 positives (k = 5) are withheld one by one, yet the site's tail mAP is their
+    exact mean AP; a band with fewer than k positives in all is NaN; the server reports the site's figure."""
+    from server.federated_eval import parse_site_eval, round_metrics
+    from shared_models.metrics import per_class_metrics
+
+    rng = np.random.default_rng(1)
+    n, k = 300, 5
+    targets = np.zeros((n, 4), np.float32)
+    targets[:120, 0] = 1  # head
+    targets[rng.choice(n, 2, replace=False), 1] = 1  # tail, 2 positives
+    targets[rng.choice(n, 3, replace=False), 2] = 1  # tail, 3 positives
+    targets[rng.choice(n, 4, replace=False), 3] = 1  # medium, 4 positives: under k on its own band
+    probs = np.clip(targets * 0.3 + rng.random((n, 4)) * 0.7, 0, 1)
+    mask = np.ones_like(targets)
+    bands = np.array([0, 2, 2, 1])
+    spec = HistogramSpec(24, 6.0)
+    out = scope_summary(probs, targets, mask, spec, k, bands=bands)
+    exact = per_class_metrics(targets, probs, mask)["ap"]
+    assert math.isnan(out["ap.all"][1]) and math.isnan(out["ap.all"][2]) and out["withheld.all"] == 3
+    head, medium, tail = out["band_map.all"]
+    assert head == pytest.approx(exact[0]) and tail == pytest.approx((exact[1] + exact[2]) / 2) and math.isnan(medium)
+    assert "band_map.all" not in scope_summary(probs, targets, mask, spec, k)  # no bands, no band figures
+    summary = evaluation_summary(probs, targets, mask, np.zeros(n, np.int64), spec, k, bands)
+    _, result = round_metrics({"s1": parse_site_eval(summary, 4, spec)}, np.array(["head", "tail", "tail", "medium"],
+                                                                                     object), ("a", "b", "c", "d"), spec)
+    assert result["sites"]["s1"]["all"]["tail_mAP"] == pytest.approx(tail)  # not NaN, as suppressed histograms give
+    assert math.isnan(result["pooled"]["tail_mAP"])  # the pooled figure comes from the released histograms only
 
 
 def test_dp_evaluation_is_withheld_noised_or_exact_by_the_sites_choice(padchest_site):

@@ -120,6 +120,31 @@ def test_evaluation_reads_eval_split_and_the_histogram_spec(open_site):
         assert default["hist_neg.all"] != want["hist_neg.all"]  # the limit matters for these scores
 
 
+def test_evaluation_summarises_the_consortiums_bands(open_site):
+    """With `class-bands` in the evaluate config the site sends its exact head/medium/tail mAP per scope
+    (band_map), computed from its scores before the small-count rule; a band list of the wrong length is refused."""
+    from client.evaluation import band_summary
+    from client.index import load_split
+    from client.training import predict
+    from shared_models.metrics import per_class_metrics
+
+    base = {"model-preset": "tiny", "label-set": "cxrlt2026", "image-size": 32, "seed": 0, "server-round": 1}
+    model, plain = _evaluate(open_site, base)
+    c = model.num_classes
+    bands = [i % 3 for i in range(c)]
+    model, summary = _evaluate(open_site, {**base, "class-bands": bands})
+    assert "band_map.all" not in plain and len(summary["band_map.all"]) == 3
+    data = load_split(open_site, "test")
+    probs, _ = predict(model, data, torch.device("cpu"))
+    t, m = data.targets[:, :c], data.mask[:, :c]
+    pos, neg = (t * m).sum(0), ((1 - t) * m).sum(0)
+    want = band_summary(per_class_metrics(t, probs, m)["ap"], pos, neg, np.array(bands), 0)
+    np.testing.assert_allclose(summary["band_map.all"], want)
+    assert np.isfinite(want).any()
+    with pytest.raises(ValueError, match="class-bands"):
+        _evaluate(open_site, {**base, "class-bands": bands[:-1]})
+
+
 def test_pretrained_weights_run_config_loads_the_file_into_its_member(tmp_path):
     """`pretrained-weights = "PA=FILE"` puts FILE's tensors into the global model's PA expert (the other experts
     keep their random init); a resumed run takes its weights from the checkpoint instead."""
