@@ -38,7 +38,7 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest -q -m e2e --durations=15
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # deploy/requirements.lock: the exact versions this venv was tested with, for the container images (CPU torch:
 # CUDA / NVIDIA / Triton wheels and test-only packages left out).

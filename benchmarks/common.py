@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,18 +21,40 @@ from shared_models.metrics import per_class_metrics, summarise
 from shared_models.networks import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
 
 
-def record(figures: dict, command: str) -> dict:
-    return {
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"benchmarks record the commit they measured: `git {' '.join(args)}` failed in {REPO} "
+                           f"({exc}); run them from a git checkout") from exc
+
+
+def tree_changes() -> list[str]:
+    """Tracked files changed against HEAD, outside benchmarks/results/ (which a benchmark run itself writes)."""
+    lines = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return [x[3:] for x in lines if not x[3:].startswith("benchmarks/results/")]
+
+
+def record(figures: dict, command: str, seeds: list[int] | None = None) -> dict:
+    """A benchmark's record: its figures, the command, date, machine, and the commit it measured (``tree_dirty``
+    when tracked files differed from it: ``make bench`` refuses that unless ``--allow-dirty``)."""
+    out = {
         **figures,
         "command": command,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "synthetic": True,
+        "synthetic": figures.get("synthetic", True),
+        "commit": _git("rev-parse", "HEAD").strip(),
+        "tree_dirty": bool(tree_changes()),
     }
+    if seeds is not None:
+        out["seeds"] = [int(s) for s in seeds]
+    return out
 
 
 def site_configs(sites_dir: Path) -> list:
@@ -70,9 +93,10 @@ def write_results(updates: dict) -> Path:
 def markdown(results: dict) -> str:
     lines = ["# fedchest benchmarks (latest run)", "",
              "Synthetic data: these figures measure the machinery on this machine; they are not clinical results.", "",
-             "| benchmark | figure | value | command | date | cores |", "|---|---|---|---|---|---|"]
+             "| benchmark | figure | value | command | date | cores | commit |", "|---|---|---|---|---|---|---|"]
     for name, res in sorted(results.items()):
+        commit = str(res.get("commit") or "not recorded")[:10] + (" (dirty)" if res.get("tree_dirty") else "")
         for k, v in res.get("headline", {}).items():
             val = f"{v:.4g}" if isinstance(v, float) else str(v)
-            lines.append(f"| {name} | {k} | {val} | `{res['command']}` | {res['date']} | {res['cores']} |")
+            lines.append(f"| {name} | {k} | {val} | `{res['command']}` | {res['date']} | {res['cores']} | {commit} |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import importlib
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import write_results
+from benchmarks.common import tree_changes, write_results
 from server.simulation import quiet_flower_env
 
 BENCHMARKS = {
@@ -36,7 +36,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="measure a tree with uncommitted changes (each record says tree_dirty = true)")
     args = p.parse_args()
+    changed = tree_changes()
+    if changed and not args.allow_dirty:
+        raise SystemExit(f"make bench: {len(changed)} tracked file(s) differ from the commit a record would name "
+                         f"({', '.join(changed[:5])}); commit them, or pass --allow-dirty (recorded as tree_dirty)")
     work = Path(args.work or tempfile.mkdtemp(prefix="fedchest-bench-"))
     for name in args.only or BENCHMARKS:
         results = importlib.import_module(BENCHMARKS[name]).run(work / name)
