@@ -41,7 +41,8 @@ def _synth(args: argparse.Namespace) -> int:
             return 2
     try:
         toml = synthesize_site(Path(args.out), args.format, args.name or Path(args.out).name, args.images,
-                               args.image_size, args.seed, args.label_set, projection_mix=mix)
+                               args.image_size, args.seed, args.label_set, projection_mix=mix,
+                               real_structure=args.real_structure)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -291,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-set", default="cxrlt2026")
     s.add_argument("--projection-mix", help="shares of PA,AP,LAT views (default: the format's hospital profile)")
+    s.add_argument("--real-structure", action="store_true",
+                   help="label sets drawn from NIH ChestX-ray14's real co-occurrence and long tail, and findings that "
+                        "look different on AP and lateral views (the benchmark testbed; still synthetic images)")
     s.set_defaults(fn=_synth)
     c = sub.add_parser("check", help="scan, index and cache the site's data; report what was and was not read")
     c.add_argument("--config", required=True, help="path to site.toml")

@@ -117,3 +117,57 @@ def test_generator_yields_exactly_the_requested_images(fmt, n):
         images = list(generate(load_catalog(), n, 16, site_profile(fmt, seed), np.random.default_rng(seed)))
         assert len(images) == n
         assert {i.projection for i in images} <= {"PA", "AP", "LAT"}
+
+
+def test_nih_label_model_draws_nihs_real_co_occurrence():
+    """Under the nih label model, the NIH classes' joint law is NIH's (a pair's rate matches the table; effusion
+    and atelectasis co-occur well above independence, as in NIH), the other classes keep the copula's marginals,
+    and a site's prevalence scale reweights the sets."""
+    from client.synth.labels import nih_label_sets
+
+    cat = load_catalog()
+    names = [s.name for s in cat.findings]
+    sets, counts, annotated = nih_label_sets("cxrlt2026")
+    n = 40_000
+    pos = draw_findings(cat, n, np.random.default_rng(0), label_model="nih")
+    eff, atel = names.index("pleural effusion"), names.index("atelectasis")
+    p = counts / counts.sum()
+    want_eff = sum(w for s, w in zip(sets, p) if "pleural effusion" in s)
+    want_atel = sum(w for s, w in zip(sets, p) if "atelectasis" in s)
+    want_both = sum(w for s, w in zip(sets, p) if {"pleural effusion", "atelectasis"} <= set(s))
+    assert pos[:, eff].mean() == pytest.approx(want_eff, abs=0.006)
+    assert (pos[:, eff] & pos[:, atel]).mean() == pytest.approx(want_both, abs=0.003)
+    assert want_both > 2 * want_eff * want_atel  # the real lift the copula only approximates
+    copula = draw_findings(cat, n, np.random.default_rng(0))
+    other = [i for i, s in enumerate(cat.findings) if s.name not in annotated and not s.implies]
+    np.testing.assert_allclose(pos[:, other].mean(0), copula[:, other].mean(0), atol=0.01)
+    scaled = draw_findings(cat, n, np.random.default_rng(1), {"pleural effusion": 2.0}, label_model="nih")
+    assert scaled[:, eff].mean() > 1.6 * pos[:, eff].mean()
+    with pytest.raises(ValueError, match="label model"):
+        draw_findings(cat, 10, np.random.default_rng(0), label_model="nihh")
+
+
+def test_view_dependent_appearance_changes_a_lateral_finding_not_a_pa_one():
+    from client.synth.phantom import VIEW_APPEARANCE, DeviceProfile, render
+
+    spec = load_catalog().by_name("Nodule")
+    device = DeviceProfile(noise=0.0)
+
+    def lesion(view: str, dependent: bool) -> float:
+        with_it, _ = render(view, [spec], 64, device, np.random.default_rng(3), dependent)
+        without, _ = render(view, [], 64, device, np.random.default_rng(3), dependent)
+        return float(np.abs(with_it - without).max())
+
+    assert lesion("PA", True) == pytest.approx(lesion("PA", False))
+    assert lesion("LAT", True) < 0.8 * lesion("LAT", False)
+    assert VIEW_APPEARANCE["LAT"][0] < VIEW_APPEARANCE["AP"][0] < VIEW_APPEARANCE["PA"][0]
+
+
+def test_real_structure_site_is_written_and_the_default_generator_is_unchanged(tmp_path):
+    """--real-structure changes the labels a site gets; off (the default) it is the generator as it was: the
+    copula draw consumes the random stream first and the label-set draw only follows it under the nih model."""
+    plain = synthesize_site(tmp_path / "a", "padchest", "s", n_images=60, image_size=32, seed=5)
+    again = synthesize_site(tmp_path / "b", "padchest", "s", n_images=60, image_size=32, seed=5, real_structure=False)
+    real = synthesize_site(tmp_path / "c", "padchest", "s", n_images=60, image_size=32, seed=5, real_structure=True)
+    table = lambda toml: sorted((toml.parent / "data").glob("*.csv"))[0].read_text()  # noqa: E731
+    assert table(plain) == table(again) and table(real) != table(plain)

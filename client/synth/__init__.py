@@ -28,8 +28,9 @@ PROFILES = {
 
 
 def site_profile(fmt: str, seed: int, projection_mix: tuple[float, float, float] | None = None,
-                 prevalence_scale: dict[str, float] | None = None) -> SiteProfile:
-    """The format's default hospital profile, optionally with another projection mix or case mix."""
+                 prevalence_scale: dict[str, float] | None = None, real_structure: bool = False) -> SiteProfile:
+    """The format's default hospital profile, optionally with another projection mix or case mix; with
+    ``real_structure``, NIH's real label co-occurrence and view-dependent appearance."""
     rng = np.random.default_rng([seed, zlib.crc32(fmt.encode())])
     kwargs = dict(PROFILES[fmt])
     if projection_mix is not None:
@@ -38,6 +39,8 @@ def site_profile(fmt: str, seed: int, projection_mix: tuple[float, float, float]
         kwargs["projection_mix"] = tuple(projection_mix)
     if prevalence_scale is not None:
         kwargs["prevalence_scale"] = {**kwargs.get("prevalence_scale", {}), **prevalence_scale}
+    if real_structure:
+        kwargs.update(label_model="nih", view_dependent=True)
     return SiteProfile(device=DeviceProfile.random(rng), **kwargs)
 
 
@@ -51,14 +54,17 @@ def synthesize_site(
     label_set: str = "cxrlt2026",
     projection_mix: tuple[float, float, float] | None = None,
     prevalence_scale: dict[str, float] | None = None,
+    real_structure: bool = False,
 ) -> Path:
-    """Write one site (data in ``fmt`` under ``out_dir/data``) and its ``site.toml``; returns the toml path."""
+    """Write one site (data in ``fmt`` under ``out_dir/data``) and its ``site.toml``; returns the toml path.
+    ``real_structure``: label sets with NIH's real co-occurrence and long tail, findings that look different on
+    AP and lateral views (the benchmark testbed); off, the generator writes what it always has."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    profile = site_profile(fmt, seed + zlib.crc32(name.encode()), projection_mix, prevalence_scale)
+    profile = site_profile(fmt, seed + zlib.crc32(name.encode()), projection_mix, prevalence_scale, real_structure)
     images = generate(load_catalog(label_set), n_images, image_size, profile, rng)
     WRITERS[fmt](images, out_dir / "data", name, rng, label_set)
     return write_site_toml(out_dir, name, fmt, label_set, f"image_size = {image_size}\n")

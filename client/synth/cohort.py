@@ -34,6 +34,8 @@ class SiteProfile:
     device: DeviceProfile = DeviceProfile()
     second_study_rate: float = 0.3
     min_prevalence: float = 0.003
+    label_model: str = "copula"  # or "nih": NIH's real label co-occurrence (client/synth/labels.py)
+    view_dependent: bool = False  # a finding looks different on AP and lateral views (client/synth/phantom.py)
 
 
 def generate(
@@ -44,7 +46,7 @@ def generate(
     lateral_rate = lat / max(1e-6, 1.0 - lat)  # studies carry 1 frontal + Bernoulli(q) lateral: LAT share = q/(1+q)
     frontal_pa = pa / max(1e-6, pa + ap)
     n_studies = n_images  # an upper bound: every study has at least one image
-    pos = draw_findings(catalog, n_studies, rng, profile.prevalence_scale, profile.min_prevalence)
+    pos = draw_findings(catalog, n_studies, rng, profile.prevalence_scale, profile.min_prevalence, profile.label_model)
     made = patient = study = 0
     while made < n_images:
         patient += 1
@@ -60,6 +62,6 @@ def generate(
             for view in views:
                 if made >= n_images:
                     break
-                pixels, boxes = render(view, findings, image_size, profile.device, rng)
+                pixels, boxes = render(view, findings, image_size, profile.device, rng, profile.view_dependent)
                 yield SynthImage(made, patient, study, view, findings, pixels, boxes, report)
                 made += 1

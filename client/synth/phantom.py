@@ -14,6 +14,10 @@ from client.synth.catalog import ClassSpec
 
 SIZE_RADIUS = {"small": 0.05, "medium": 0.075, "large": 0.12}
 DENSITY_DELTA = {"dense": 0.22, "lucent": -0.22, "calcified": 0.42}
+# View-dependent appearance (``render(view_dependent=True)``): (contrast, size) factors of a finding per view. A
+# lateral view superimposes both lungs, so a lesion shows with less contrast and spread over more of the image; a
+# portable AP view magnifies (the source is closer) and is noisier in contrast.
+VIEW_APPEARANCE = {"PA": (1.0, 1.0), "AP": (0.85, 1.12), "LAT": (0.55, 1.3)}
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,12 @@ def render(
     size: int,
     device: DeviceProfile,
     rng: np.random.Generator,
+    view_dependent: bool = False,
 ) -> tuple[np.ndarray, list[tuple[str, float, float, float, float]]]:
     """A float image in [0, 1] (larger = more attenuating, MONOCHROME2 sense) and ground-truth boxes
-    ``(class, x, y, w, h)`` in pixels of the returned image."""
+    ``(class, x, y, w, h)`` in pixels of the returned image; with ``view_dependent``, findings take the view's
+    contrast and size (``VIEW_APPEARANCE``)."""
+    contrast, spread = VIEW_APPEARANCE[projection] if view_dependent else (1.0, 1.0)
     n = max(8, size // device.blur_factor)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) / n
     anatomy = Anatomy(projection, rng)
@@ -169,9 +176,9 @@ def render(
     boxes = []
     for spec in findings:
         cx, cy = anatomy.zone_centre(spec.zone)
-        r = SIZE_RADIUS[spec.size] * float(rng.uniform(0.85, 1.15))
+        r = SIZE_RADIUS[spec.size] * float(rng.uniform(0.85, 1.15)) * spread
         m = _shape_mask(spec.shape, xx, yy, cx, cy, r, rng)
-        img = img + DENSITY_DELTA[spec.density] * m
+        img = img + DENSITY_DELTA[spec.density] * contrast * m
         ys, xs = np.nonzero(m > 0.2)
         if len(xs):
             f = size / n
