@@ -39,9 +39,20 @@ def _synth(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"error: --projection-mix {args.projection_mix!r}: expected three numbers PA,AP,LAT", file=sys.stderr)
             return 2
+    scale = None
+    if args.prevalence_scale:
+        try:
+            scale = {k.strip(): float(v) for k, v in (item.rsplit("=", 1) for item in args.prevalence_scale.split(","))}
+            if min(scale.values()) <= 0:
+                raise ValueError
+        except ValueError:
+            print(f"error: --prevalence-scale {args.prevalence_scale!r}: expected CLASS=FACTOR pairs separated by "
+                  "commas, each factor > 0 (e.g. 'Scoliosis=2,goiter=10')", file=sys.stderr)
+            return 2
     try:
         toml = synthesize_site(Path(args.out), args.format, args.name or Path(args.out).name, args.images,
                                args.image_size, args.seed, args.label_set, projection_mix=mix,
+                               prevalence_scale=scale, held_out_rate=args.held_out_rate,
                                real_structure=args.real_structure)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -292,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-set", default="cxrlt2026")
     s.add_argument("--projection-mix", help="shares of PA,AP,LAT views (default: the format's hospital profile)")
+    s.add_argument("--prevalence-scale", help="CLASS=FACTOR,...: these classes are drawn at FACTOR x their catalogue "
+                   "rate (replacing the hospital profile's factor), e.g. to plant enough held-out findings to score "
+                   "zero-shot prompts")
+    s.add_argument("--held-out-rate", type=float, default=0.0,
+                   help="draw each of the label set's held-out (zero-shot) findings at this rate instead of its "
+                        "real-world 0.2-3 %%, so that a small site's test split holds enough of them to score "
+                        "zero-shot prompts")
     s.add_argument("--real-structure", action="store_true",
                    help="label sets drawn from NIH ChestX-ray14's real co-occurrence and long tail, and findings that "
                         "look different on AP and lateral views (the benchmark testbed; still synthetic images)")

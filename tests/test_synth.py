@@ -171,3 +171,26 @@ def test_real_structure_site_is_written_and_the_default_generator_is_unchanged(t
     real = synthesize_site(tmp_path / "c", "padchest", "s", n_images=60, image_size=32, seed=5, real_structure=True)
     table = lambda toml: sorted((toml.parent / "data").glob("*.csv"))[0].read_text()  # noqa: E731
     assert table(plain) == table(again) and table(real) != table(plain)
+
+
+def test_held_out_rate_plants_the_zero_shot_findings(tmp_path):
+    """--held-out-rate draws each held-out class at that rate (their real-world rates are 0.2-3 %) and nothing
+    else changes its rate; an out-of-range rate or an unknown class name is refused."""
+    from client.index import load_split, prepare_site
+    from client.site_config import load_site_config
+
+    ls = load_label_set()
+    held = [ls.index(c) for c in ls.zeroshot]
+    rates = {}
+    for rate in (0.0, 0.15):
+        cfg = load_site_config(synthesize_site(tmp_path / f"r{rate}", "padchest", "s", n_images=400, image_size=32,
+                                               seed=2, held_out_rate=rate))
+        prepare_site(cfg)
+        data = [load_split(cfg, s) for s in ("train", "val", "test")]
+        targets = np.concatenate([d.targets for d in data])
+        rates[rate] = targets[:, held].mean(0)
+    assert (rates[0.15] > 0.09).all() and (rates[0.0] < 0.06).all(), rates
+    with pytest.raises(ValueError, match="held-out rate"):
+        synthesize_site(tmp_path / "bad", "padchest", "s", n_images=10, image_size=32, held_out_rate=0.7)
+    with pytest.raises(ValueError, match="not findings"):
+        synthesize_site(tmp_path / "bad2", "padchest", "s", n_images=10, image_size=32, prevalence_scale={"nope": 2})

@@ -55,17 +55,31 @@ def synthesize_site(
     projection_mix: tuple[float, float, float] | None = None,
     prevalence_scale: dict[str, float] | None = None,
     real_structure: bool = False,
+    held_out_rate: float = 0.0,
 ) -> Path:
     """Write one site (data in ``fmt`` under ``out_dir/data``) and its ``site.toml``; returns the toml path.
     ``real_structure``: label sets with NIH's real co-occurrence and long tail, findings that look different on
-    AP and lateral views (the benchmark testbed); off, the generator writes what it always has."""
+    AP and lateral views (the benchmark testbed); off, the generator writes what it always has.
+    ``held_out_rate`` > 0: the label set's held-out (zero-shot) findings at that rate instead of their real-world
+    0.2-3 % (a small site's test split then holds enough of them to score zero-shot prompts)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    catalog = load_catalog(label_set)
+    if held_out_rate:
+        if not 0 < held_out_rate < 0.5:
+            raise ValueError(f"held-out rate {held_out_rate:g}: expected a rate between 0 and 0.5")
+        rates = {c.name: c.prevalence for c in catalog.findings}
+        held_out = {c: held_out_rate / rates[c] for c in sorted(catalog.held_out)}
+        prevalence_scale = {**held_out, **(prevalence_scale or {})}
+    unknown = sorted(set(prevalence_scale or {}) - {c.name for c in catalog.findings})
+    if unknown:
+        raise ValueError(f"prevalence scale for {unknown}: not findings of label set {label_set!r} (the names are "
+                         "the label set's, e.g. 'pleural effusion', 'Scoliosis')")
     profile = site_profile(fmt, seed + zlib.crc32(name.encode()), projection_mix, prevalence_scale, real_structure)
-    images = generate(load_catalog(label_set), n_images, image_size, profile, rng)
+    images = generate(catalog, n_images, image_size, profile, rng)
     WRITERS[fmt](images, out_dir / "data", name, rng, label_set)
     return write_site_toml(out_dir, name, fmt, label_set, f"image_size = {image_size}\n")
 
