@@ -27,6 +27,7 @@ from client.index import SiteData, load_split, prepare_site
 from client.dp_release import ReleasedCounts, evaluation_release
 from client.local_round import outgoing_state, site_release, train_round
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
+from client.timeline import mark_ready, timeline_mod
 from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
 from shared_models.boxlatent.config import box_spec
@@ -41,7 +42,7 @@ from shared_models.networks.heads import head_spec
 from shared_models.synthesis.config import synthesis_spec
 from shared_models.zeroshot.config import zeroshot_spec
 
-app = ClientApp(mods=[outbound_guard])
+app = ClientApp(mods=[outbound_guard, timeline_mod])  # the guard sees the timeline stamps it lets out
 _DATA: dict[tuple[str, str], tuple[float, SiteData]] = {}
 
 
@@ -96,6 +97,7 @@ def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
     model = run_model(config, site)
     data = site_data(site, split)
     model.load_state_dict(global_state(msg.content["arrays"]))
+    mark_ready()
     return config, data, model
 
 

@@ -69,3 +69,12 @@ def bars(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colour: s
         enc["color"] = alt.Color(f"{colour}:N", title=colour.replace("_", " "))
         enc["xOffset"] = f"{colour}:N"
     return alt.Chart(df).mark_bar().encode(**enc)
+
+
+def stacked(df: pd.DataFrame, x: str, y: str, colour: str, x_title: str, y_title: str,
+            order: list[str] | None = None) -> alt.Chart:
+    """Bars of ``y`` per ``x`` split into ``colour`` parts (e.g. a round's seconds by phase), in ``order``."""
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:O", title=x_title), y=alt.Y(f"sum({y}):Q", title=y_title, stack="zero"),
+        color=alt.Color(f"{colour}:N", title=colour.replace("_", " "), sort=order),
+        order=alt.Order("order:Q"), tooltip=[x, colour, alt.Tooltip(f"{y}:Q", format=".2f")])

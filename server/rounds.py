@@ -97,6 +97,8 @@ class DeadlineGrid:
     def __init__(self, grid, timer: ReplyTimer, on_late: Callable[[int, str, float, float | None], None],
                  on_reply: Callable[[int, str, float, float, Message], None] | None = None) -> None:
         self._grid, self.timer, self.on_late, self.on_reply = grid, timer, on_late, on_reply
+        self.pushed: tuple[float, float] | None = None  # Unix times the last push started and ended
+        self.last_pull: float | None = None  # Unix time the last reply was pulled
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -123,8 +125,9 @@ class DeadlineGrid:
         """Pushes now; the replies come as they are pulled, one message at a time, so a consumer that folds each
         reply in and lets it go holds one update, not the round's (``FedChestAvg.aggregate_train`` does)."""
         messages = list(messages)
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         ids = self.push_messages(messages) if messages else []
+        self.pushed, self.last_pull = (wall, time.time()), None
         pending, sizes = {}, {}
         for mid, msg in zip(ids, messages):
             node, stage = msg.metadata.dst_node_id, str(msg.metadata.message_type)
@@ -148,7 +151,7 @@ class DeadlineGrid:
                     if reply.metadata.reply_to_message_id != mid or mid not in pending:
                         continue
                     node, stage, limit, size = pending.pop(mid)
-                    took = time.monotonic() - start
+                    took, self.last_pull = time.monotonic() - start, time.time()
                     if not reply.has_error():
                         self.timer.observe(node, stage, took, size, message_bytes(reply), compute_seconds(reply))
                     if self.on_reply:

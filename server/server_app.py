@@ -24,6 +24,7 @@ from server.resume import restore_strategy_state, resume_point, strategy_state
 from server.strategy import FedChestAvg
 from server.label_graph import LabelGraph, class_embeddings
 from server.link_guard import LinkKeeper
+from server.timeline import round_rows
 from server.loc_eval import check_loc_run
 from server.zeroshot_eval import zero_shot_sets
 from shared_models.boxlatent import build_box_model
@@ -272,6 +273,7 @@ def main(grid: Grid, context: Context) -> None:
         if rnd == 0:
             return None
         rnd += offset  # called after the round's federated evaluation: the checkpoint marks a complete round
+        t_ckpt = time.perf_counter()
         path, digest, size = save_checkpoint(ckpt_dir, rnd, arrays.to_torch_state_dict(),
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
@@ -280,6 +282,7 @@ def main(grid: Grid, context: Context) -> None:
                                               "heads": head_config(heads), "localizer": loc_config(loc),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
+        registry.add_metrics(run_id, rnd, round_rows("round", {"checkpoint": time.perf_counter() - t_ckpt}))
         return None
 
     status = "failed"

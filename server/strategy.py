@@ -3,8 +3,10 @@ per-site, per-projection, per-class metrics in the registry."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
@@ -23,6 +25,7 @@ from server.label_graph import LabelGraph
 from server.registry import Registry
 from server.robust import RobustRule
 from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
+from server.timeline import TIMELINE, phase_rows, round_rows, site_phases
 from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, to_array,
                                update_norms, validate_update, views)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
@@ -49,6 +52,19 @@ PRIVACY_KEYS = ("dp_epsilon", "dp_epsilon_budget", "dp_delta", "dp_noise_multipl
                 "dp_steps", "dp_sample_rate")
 DP_EVALUATION_WITHHELD = 0  # client/evaluation.py WITHHELD (the wire value; server/ does not import client/)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _phases(stage: str):
+    """Records the server's own phases of ``stage`` once its aggregation returns (``FedChestAvg._phases_done``)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def timed(self, server_round: int, replies):
+            try:
+                return fn(self, server_round, replies)
+            finally:
+                self._phases_done(stage, server_round + self.round_offset)
+        return timed
+    return wrap
 
 
 def error_line(reason: str | None) -> str:
@@ -116,6 +132,8 @@ class FedChestAvg(FedAvg):
         self.quorum, self.node_wait = quorum, node_wait  # rounds go on with >= quorum nodes after node_wait seconds
         self.late: dict[str, set[int]] = {}  # stage -> nodes past their deadline this round
         self.reply_rows: list[tuple] = []
+        self.phase_rows: list[tuple] = []  # per-site phases of the replies pulled (server/timeline.py)
+        self.link: DeadlineGrid | None = None
         self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
         self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
@@ -143,7 +161,8 @@ class FedChestAvg(FedAvg):
     # -- bounded waiting (server/rounds.py) -----------------------------------------------------------------
     def start(self, *, grid: Grid, **kwargs):
         """Flower's round loop on a grid with per-site reply deadlines."""
-        return super().start(grid=DeadlineGrid(grid, self.timer, self._late, self._replied), **kwargs)
+        self.link = DeadlineGrid(grid, self.timer, self._late, self._replied)
+        return super().start(grid=self.link, **kwargs)
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
                   ) -> list[Message]:
@@ -179,6 +198,20 @@ class FedChestAvg(FedAvg):
         self.reply_node[reply.metadata.reply_to_message_id] = node
         if not reply.has_error():
             self.reply_rows.append((node, f"{stage}_reply_seconds", seconds, limit))
+            stamps = reply.content.config_records.get(TIMELINE)
+            if stamps is not None and self.link is not None and self.link.pushed is not None:
+                self.phase_rows += phase_rows(self._name(node), stage,
+                                              site_phases(stamps, self.link.pushed[1], time.time()))
+
+    def _phases_done(self, stage: str, server_round: int) -> None:
+        """The server's own phases of a stage: its push, and its work after the last reply was pulled."""
+        link = self.link
+        if link is None or link.pushed is None:
+            return
+        phases = {"push": link.pushed[1] - link.pushed[0]}
+        if link.last_pull is not None:
+            phases["aggregate"] = time.time() - link.last_pull
+        self.registry.add_metrics(self.run_id, server_round, round_rows(stage, phases))
 
     def _node_of(self, msg: Message) -> int:
         """The node a reply answers for: the link's own error replies (a node that stopped sending heartbeats)
@@ -191,7 +224,8 @@ class FedChestAvg(FedAvg):
                  for node, name, _, limit in self.reply_rows]
         rows += [(self._name(node), "all", None, "link_seconds_per_MB", self.timer.link[node] * 1e6, None)
                  for node in sorted({r[0] for r in self.reply_rows}) if node in self.timer.link]
-        self.reply_rows = []
+        rows += self.phase_rows
+        self.reply_rows, self.phase_rows = [], []
         return rows
 
     # -- train -------------------------------------------------------------------------------------------
@@ -225,6 +259,7 @@ class FedChestAvg(FedAvg):
             log(WARNING, "round %s: %s did not reply to %s (dropout)", server_round, site, stage)
             self.registry.add_event(self.run_id, "dropout", f"no {stage} reply this round", server_round, site)
 
+    @_phases("train")
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         """Each reply is checked and, with a mean rule, folded into the running aggregate as it is pulled
         (``DeadlineGrid`` yields them one at a time), so the server never holds every site's update; robust rules
@@ -372,6 +407,7 @@ class FedChestAvg(FedAvg):
         return update, norms, m
 
     # -- evaluate ----------------------------------------------------------------------------------------
+    @_phases("evaluate")
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
         evals, zs_evals, box_evals, ct_evals, loc_evals = {}, {}, {}, {}, {}
@@ -421,9 +457,9 @@ class FedChestAvg(FedAvg):
         self._record_dropouts("evaluate", server_round, answered)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))
         if not evals and not ct_evals:
+            timing += self._timing_rows()
             if timing:  # e.g. every site trains under DP and withholds its evaluation
                 self.registry.add_metrics(self.run_id, server_round, timing)
-            self.reply_rows = []
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         if evals:

@@ -104,7 +104,12 @@ def test_health_shows_durations_straggler_and_events(tiny_run_with_references, m
     assert not at.exception
     straggler = at.dataframe[0].value
     assert list(straggler["round"]) == [1, 2] and set(straggler["site"]) <= set(sites)
-    assert len(_charts(at)) == 3  # train time, evaluate time, bytes sent
+    # train time, evaluate time, the slowest site's phases in train and in evaluate, bytes sent
+    assert len(_charts(at)) == 5
+    server = at.dataframe[1].value  # the server's own phases per round
+    assert list(server.index) == [1, 2]
+    assert {"train push", "train aggregate", "evaluate push", "evaluate aggregate", "round checkpoint"} <= set(server)
+    assert (server >= 0).all().all()
 
 
 def test_privacy_says_when_the_run_had_no_dp(tiny_run_with_references, monkeypatch):

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboards import charts
 from dashboards.data import RunContext
+from server.timeline import ROUND_PHASES, SITE_PHASES
 
 TITLE = "Health"
 SLUG = "health"
@@ -35,6 +36,7 @@ def render(ctx: RunContext) -> None:
             median = train.groupby("round")["value"].median()
             strag["x median"] = (strag["train_seconds"] / strag["round"].map(median)).round(2)
             st.dataframe(strag.round(2), hide_index=True, width="stretch")
+    _phases(agg)
     sent = site_rows[site_rows["name"] == "update_bytes"].assign(value=lambda d: d["value"] / 1e6)
     if not sent.empty:
         st.subheader("Update size sent per site")
@@ -49,3 +51,33 @@ def render(ctx: RunContext) -> None:
         counts = bad.groupby(["kind"]).size().rename("events").reset_index()
         st.altair_chart(charts.bars(counts, "kind", "events", "event", "events (count)"), width="stretch")
         st.dataframe(bad[["round", "site", "kind", "message"]], hide_index=True, width="stretch")
+
+
+def _phases(agg) -> None:
+    """Where each round's seconds went (deployments; the ClientApp's timeline stamps and the server's clock)."""
+    rows = agg[agg["name"].str.startswith("phase.") & (agg["projection"] == "all")]
+    if rows.empty:
+        return
+    parts = rows["name"].str.split(".", expand=True)
+    rows = rows.assign(stage=parts[1], phase=parts[2])
+    st.subheader("Where a round's time goes (seconds, by phase)")
+    st.caption("Per stage, the slowest site's reply in each round: from the server's push to its pull of the reply. "
+               "Across hosts the figures include the hosts' clock offset.")
+    for stage in ("train", "evaluate"):
+        part = rows[(rows["stage"] == stage) & rows["site"].notna()]
+        if part.empty:
+            continue
+        total = part.groupby(["round", "site"])["value"].sum().reset_index()
+        slowest = total.loc[total.groupby("round")["value"].idxmax(), ["round", "site"]]
+        part = part.merge(slowest, on=["round", "site"])
+        part = part.assign(order=part["phase"].map({p: i for i, p in enumerate(SITE_PHASES)}))
+        st.altair_chart(charts.stacked(part, "round", "value", "phase", "round", f"{stage}: seconds",
+                                       list(SITE_PHASES)), width="stretch")
+    server = rows[rows["site"].isna()]
+    if not server.empty:
+        st.caption("The server's own seconds: pushing each stage's messages, its work after the last reply "
+                   "(aggregation, pooling, registry rows), and the round's checkpoint.")
+        server = server.assign(part=server["stage"] + " " + server["phase"])
+        table = server.pivot_table(index="round", columns="part", values="value", aggfunc="sum")
+        order = [f"{s} {p}" for s in ("train", "evaluate", "round") for p in ROUND_PHASES]
+        st.dataframe(table[[c for c in order if c in table]].round(3), width="stretch")
