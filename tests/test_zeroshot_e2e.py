@@ -1,10 +1,14 @@
-"""End-to-end: a federated run with the zero-shot branch (the demo CLI, 3 synthetic sites x 3,000 images, 64 px,
-6 rounds, Flower simulation). Held-out classes are never in any training label and never named in any report.
+"""End-to-end: a federated run with the zero-shot branch (the demo CLI with --zeroshot: 3 synthetic sites x 400
+images, 32 px, tiny preset, 2 rounds, Flower simulation). Held-out classes are never in any training label and never
+named in any report.
 
-Why 3,000 images per site and not the demo's 1,000: at 1,000 only one held-out class (Scoliosis) reaches a site's
-min_count of 5 test positives, and with 5-6 positives the pooled mAUC swung from 0.33 to 0.79 between runs whose
-only difference was the sites' random split salt: no interval from that is evidence of anything. At 3,000, two
-classes are scored (about 40 and 14 positives). Marker: e2e."""
+What this checks is the machinery `make demo` shows: with the demo's held-out enrichment (each held-out finding
+planted at 6 % of images, `fedchest demo --zeroshot`) every prompt family (descriptive, template, random) is scored
+on held-out positives at the sites and pooled with a bootstrap interval, and the summary and the printout carry it.
+Whether the branch learns (descriptive prompts above chance and above random ones) takes more data and rounds than
+a test may spend: at this size all three families sit near 0.5 (one run: descriptive 0.517 [0.460, 0.572],
+template 0.484 [0.449, 0.524], random 0.510 [0.472, 0.543]); the `zeroshot` benchmark measures it over seeds.
+Marker: e2e."""
 
 from __future__ import annotations
 
@@ -16,31 +20,46 @@ import pytest
 from tests.test_e2e import BIN, _env
 
 pytestmark = pytest.mark.e2e
+FAMILIES = ("descriptive", "template", "random")
 
 
 @pytest.fixture(scope="module")
 def zs_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zs-demo")
-    r = subprocess.run([str(BIN / "fedchest"), "demo", "--out", str(out), "--rounds", "6", "--zeroshot",
-                        "--images-per-site", "3000"],
+    r = subprocess.run([str(BIN / "fedchest"), "demo", "--out", str(out), "--rounds", "2", "--zeroshot",
+                        "--images-per-site", "400", "--image-size", "32", "--preset", "tiny"],
                        capture_output=True, text=True, env=_env(), timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout + r.stderr
 
 
-def test_zero_shot_mauc_interval_lies_above_chance(zs_demo):
+def test_every_prompt_family_is_scored_with_an_interval(zs_demo):
     out, log = zs_demo
     zs = json.loads((out / "summary.json").read_text())["zeroshot"]
     last = zs["last"]
-    assert set(last) == {"descriptive", "template", "random", "proxy"}
-    d = last["descriptive"]
-    assert sum(d["n_pos"].values()) > 0, "no held-out positives were scored"
-    lo, hi = d["ci"]["mAUC"]
-    assert lo <= d["pooled"]["all"]["mAUC"] <= hi
-    assert lo > 0.5, f"descriptive-prompt mAUC {d['pooled']['all']['mAUC']:.3f} [{lo:.3f}, {hi:.3f}]"
-    assert set(last["random"]["pooled"]["all"]) == {"mAP", "mAUC", "mF1"}  # one seeded random draw: no bound on it
-    assert zs["selected_round"] in range(1, 7)
-    assert "zero-shot, held-out classes never in any training label" in log and "template" in log
+    assert set(last) == {*FAMILIES, "proxy"}
+    scored = None
+    for family in FAMILIES:
+        f = last[family]
+        n_pos = {c: n for c, n in f["n_pos"].items() if n > 0}
+        assert len(n_pos) >= 3, f"{family}: held-out classes with positives: {f['n_pos']}"
+        scored = scored or n_pos
+        assert n_pos == scored  # every family is scored on the same images
+        lo, hi = f["ci"]["mAUC"]
+        assert 0 <= lo <= f["pooled"]["all"]["mAUC"] <= hi <= 1 and hi - lo > 0
+        line = next(ln for ln in log.splitlines() if ln.strip().startswith(family) and "mAUC" in ln)
+        assert f"{f['pooled']['all']['mAUC']:.3f} [{lo:.3f}, {hi:.3f}]" in line
+    assert zs["selected_round"] in (1, 2)
+    assert "zero-shot, held-out classes never in any training label" in log
+    assert "planted at 6%" in log
+
+
+def test_held_out_classes_never_reach_training(zs_demo):
+    out, _ = zs_demo
+    s = json.loads((out / "summary.json").read_text())
+    held_out = set(s["zeroshot"]["last"]["descriptive"]["classes"])
+    trained = set(s["class_groups"])  # the classes the consortium trained on, with their head/medium/tail band
+    assert len(held_out) == 6 and len(trained) == 30 and not held_out & trained
 
 
 def test_checkpoint_with_the_branch_predicts_at_a_site(zs_demo):
