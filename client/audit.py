@@ -19,6 +19,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from client.records import from_record
+from shared_models.wire import INDEX
 
 log = logging.getLogger("fedchest.site")
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;]+){2,}[\\/]?")
@@ -38,9 +39,16 @@ def _describe(reply: Message) -> dict:
     return {
         "metrics": {name: dict(rec) for name, rec in content.metric_records.items()},
         "configs": {name: dict(rec) for name, rec in content.config_records.items()},
-        "arrays": {name: {k: [str(a.dtype), list(a.shape)] for k, a in from_record(rec).items()}
-                   for name, rec in content.array_records.items()},
+        "arrays": {name: _tensors(rec) for name, rec in content.array_records.items()},
     }
+
+
+def _tensors(record) -> dict[str, list]:
+    """Name -> [dtype, shape] of each tensor a record carries: those in its pack (shared_models/wire.py), or the
+    record's own Arrays when it is not a pack (SecAgg+'s legacy messages)."""
+    if INDEX not in record:
+        return {k: [a.dtype, list(a.shape)] for k, a in record.items()}
+    return {k: [str(v.dtype), list(v.shape)] for k, v in from_record(record).items()}
 
 
 def _audit_dir(context: Context) -> Path | None:

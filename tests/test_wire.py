@@ -145,6 +145,17 @@ def test_a_model_message_is_a_handful_of_arrays():
     assert list(out) == list(state) and all(torch.equal(torch.from_numpy(out[k].copy()), v) for k, v in state.items())
 
 
+def test_the_site_audit_log_lists_the_tensors_of_a_pack_and_the_arrays_of_other_records():
+    from flwr.app import ArrayRecord
+
+    from client.audit import _tensors
+
+    packed = client_records.to_record({"router.w": np.zeros((2, 3), np.float32), "router.n": np.array(1, np.int64)})
+    assert _tensors(packed) == {"router.w": ["float32", [2, 3]], "router.n": ["int64", []]}
+    legacy = ArrayRecord([np.zeros(4, np.float32)])  # SecAgg+'s legacy messages are not packs
+    assert _tensors(legacy) == {"0": ["float32", [4]]}
+
+
 # -- .npy bytes (shared_models/npy.py) --------------------------------------------------------------------------
 def _backed_by(v: np.ndarray, data: bytes) -> bool:
     while isinstance(v, np.ndarray):
