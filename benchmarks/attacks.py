@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client import client_app
 from client.audit import outbound_guard
+from client.records import from_record, to_record
 
 ATTACKS = ("sign-flip", "noise")
 
@@ -46,6 +48,10 @@ def corrupt_update(global_state: dict[str, torch.Tensor], local: dict[str, torch
     return out
 
 
+def as_tensors(record) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v)) for k, v in from_record(record).items()}
+
+
 def attack_mod(msg: Message, context: Context, call_next) -> Message:
     reply = call_next(msg, context)
     attack = parse_attack(os.environ.get("FEDCHEST_ATTACK", ""))
@@ -54,9 +60,8 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
     kind, partition, scale = attack
     if int(context.node_config.get("partition-id", -1)) != partition:
         return reply
-    glob = msg.content["arrays"].to_torch_state_dict()
-    local = reply.content["arrays"].to_torch_state_dict()
-    reply.content["arrays"] = ArrayRecord(corrupt_update(glob, local, kind, scale, int(msg.content["config"]["server-round"])))
+    glob, local = (as_tensors(m.content["arrays"]) for m in (msg, reply))
+    reply.content["arrays"] = to_record(corrupt_update(glob, local, kind, scale, int(msg.content["config"]["server-round"])))
     return reply
 
 

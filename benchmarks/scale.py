@@ -125,21 +125,23 @@ def simulate(work: Path, n_sites: int, rounds: int = 2, images: int = 12, preset
     return {"summary": summary, "wall_s": wall, "rounds": per_round, "calls": calls}
 
 
-def _records(arrays: dict[str, np.ndarray], n: int, distinct: bool):
-    """Flower RecordDicts as train replies carry them (count-weighted), made lazily."""
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+def _records(arrays: dict[str, np.ndarray], n: int, distinct: bool, packed: bool = True):
+    """Flower RecordDicts as train replies carry them (count-weighted), made lazily: in fedchest's packed wire
+    format, or (``packed=False``, for Flower's own helper) one Array per tensor."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    from server.validation import to_array
+    from server.records import to_record
+    from shared_models.npy import npy_fields
 
-    base = ArrayRecord()
-    for k, v in arrays.items():
-        base[k] = to_array(v)
+    def record(state: dict[str, np.ndarray]) -> ArrayRecord:
+        return to_record(state) if packed else ArrayRecord({k: Array(**npy_fields(v)) for k, v in state.items()})
+
+    base = record(arrays)
     for i in range(n):
         rec = base
         if distinct:  # its own bytes, as a real reply has
-            rec = ArrayRecord()
-            for k, v in arrays.items():
-                rec[k] = to_array(v + np.asarray(i, v.dtype) if np.issubdtype(v.dtype, np.floating) else v)
+            rec = record({k: v + np.asarray(i, v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+                          for k, v in arrays.items()})
         yield RecordDict({"arrays": rec, "metrics": MetricRecord({"num-examples": 10 + i, "count.all": 10.0 + i,
                                                                   "train_pos": [1], "train_annotated": [10]}),
                           "site": ConfigRecord({"name": f"s{i}"})})
@@ -186,19 +188,18 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
     (validation, norms, the running mean, the new record), the running mean alone, and Flower's helper."""
     import tempfile
 
-    import torch
-    from flwr.app import ArrayRecord, Message, Metadata
+    from flwr.app import Message, Metadata
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     from server.aggregation import RunningMean, SiteUpdate
     from server.registry import Registry
     from server.strategy import FedChestAvg
-    from server.validation import views
+    from server.records import from_record, to_record
     from shared_models.metrics import HistogramSpec
 
     model_bytes = sum(v.nbytes for v in arrays.values())
     arrays = {f"all.{k}": v for k, v in arrays.items()}  # one parameter group, as FedAvg sends the whole model
-    ref = ArrayRecord({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in arrays.items()})
+    ref = to_record(arrays)
     out: dict = {"model_MB": model_bytes / 1e6, "sites": n_sites}
 
     def replies():
@@ -225,7 +226,7 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
     out["fedchest_peak_x_model"] = peak / model_bytes
 
     payload = next(_records(arrays, 1, distinct=False))["arrays"]
-    local = views(payload)
+    local = from_record(payload)
     def fold():
         acc = RunningMean(local, {"all": list(arrays)})
         for i in range(n_sites):
@@ -238,9 +239,9 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
 
     if flower:
         if flower_distinct:  # memory: every reply held at once, as Flower's send_and_receive returns them
-            peak = _traced(lambda: aggregate_arrayrecords(list(_records(arrays, n_sites, True)), "num-examples"))
+            peak = _traced(lambda: aggregate_arrayrecords(list(_records(arrays, n_sites, True, packed=False)), "num-examples"))
             out["flower_peak_x_model"] = peak / model_bytes
-        shared = list(_records(arrays, n_sites, distinct=False))
+        shared = list(_records(arrays, n_sites, distinct=False, packed=False))
         aggregate_arrayrecords(shared, "num-examples")
         took = _timed(lambda: aggregate_arrayrecords(shared, "num-examples"))  # its second call, as ours
         out["flower_s"], out["flower_GBps"] = took, n_sites * model_bytes / took / 1e9

@@ -4,7 +4,7 @@
   local paths replaced by ``<local path>`` (paths can carry patient identifiers, e.g. MIMIC's p10/p10000032/).
 * Audit: with ``FEDCHEST_AUDIT_DIR`` set (or ``audit-dir`` in the SuperNode's node config), every reply is
   appended to ``outbound-<node>.jsonl`` there: message type, metric and config records in full, and for arrays
-  their names, dtypes and shapes (never values). A site's privacy officer can read exactly what left.
+  the names, dtypes and shapes of the tensors in the pack (shared_models/wire.py; never values). A site's privacy officer can read exactly what left.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 from flwr.app import Context, Message
+
+from client.records import from_record
+from shared_models.wire import INDEX
 
 log = logging.getLogger("fedchest.site")
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;]+){2,}[\\/]?")
@@ -36,8 +39,16 @@ def _describe(reply: Message) -> dict:
     return {
         "metrics": {name: dict(rec) for name, rec in content.metric_records.items()},
         "configs": {name: dict(rec) for name, rec in content.config_records.items()},
-        "arrays": {name: {k: [a.dtype, list(a.shape)] for k, a in rec.items()} for name, rec in content.array_records.items()},
+        "arrays": {name: _tensors(rec) for name, rec in content.array_records.items()},
     }
+
+
+def _tensors(record) -> dict[str, list]:
+    """Name -> [dtype, shape] of each tensor a record carries: those in its pack (shared_models/wire.py), or the
+    record's own Arrays when it is not a pack (SecAgg+'s legacy messages)."""
+    if INDEX not in record:
+        return {k: [a.dtype, list(a.shape)] for k, a in record.items()}
+    return {k: [str(v.dtype), list(v.shape)] for k, v in from_record(record).items()}
 
 
 def _audit_dir(context: Context) -> Path | None:

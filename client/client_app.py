@@ -26,6 +26,7 @@ from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
 from client.dp_release import ReleasedCounts, evaluation_release
 from client.local_round import outgoing_state, site_release, train_round
+from client.records import from_record, to_record
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.timeline import mark_ready, timeline_mod
 from client.training import predict
@@ -85,10 +86,11 @@ def site_data(cfg: SiteConfig, split: str) -> SiteData:
 
 def global_state(arrays: ArrayRecord, part: str = "") -> dict[str, torch.Tensor]:
     """The part of the global model a model at this site uses: the radiograph model's (``part`` empty), or a side
-    model's keys, still under their prefix (``CT_PREFIX`` at a CT site, ``LOC_PREFIX`` for the localiser)."""
-    if part:
-        return {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k.startswith(part)}
-    return {k: torch.from_numpy(v.numpy()) for k, v in radiograph_state(arrays).items()}
+    model's keys, still under their prefix (``CT_PREFIX`` at a CT site, ``LOC_PREFIX`` for the localiser). The record
+    is a pack (shared_models/wire.py); each tensor is a copy of its slice, so the site may train it in place."""
+    state = from_record(arrays)
+    state = {k: v for k, v in state.items() if k.startswith(part)} if part else radiograph_state(state)
+    return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
 def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
@@ -207,7 +209,7 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(msg, context)
     if is_ct_site(site):
         state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
-        return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics),
+        return Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics),
                                    "site": _site_record(site)}), reply_to=msg)
     config, data, model = _setup(msg, context, "train", site)
     c = model.num_classes
@@ -245,7 +247,7 @@ def train(msg: Message, context: Context) -> Message:
 
         metrics["cooc"], metrics["cooc_den"] = site_pair_counts(site, data, c, config)
     content = RecordDict({
-        "arrays": ArrayRecord(state),
+        "arrays": to_record(state),  # the packed wire format (shared_models/wire.py)
         "metrics": MetricRecord(metrics),
         "site": _site_record(site),
     })

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.aggregation import MODES, SERVER_OPTIMIZERS, ServerOptimizer
 from server.checkpoints import save_checkpoint
+from server.records import from_record, to_record
 from server.registry import Registry, resolve_db_url
 from server.report import round_table
 from server.robust import RobustRule
@@ -223,7 +224,7 @@ def main(grid: Grid, context: Context) -> None:
              **(loc_prefixed(loc_model.state_dict()) if loc_model else {})}
     if graph is not None and point is None:  # the label embeddings and the identity graph until counts arrive
         state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in graph.apply(state).items()}
-    initial = ArrayRecord(state)
+    initial = to_record(state)  # the packed wire format (shared_models/wire.py)
     num_rounds = int(cfg["num-server-rounds"])
     if point:
         run_id = point.run_id
@@ -274,7 +275,7 @@ def main(grid: Grid, context: Context) -> None:
             return None
         rnd += offset  # called after the round's federated evaluation: the checkpoint marks a complete round
         t_ckpt = time.perf_counter()
-        path, digest, size = save_checkpoint(ckpt_dir, rnd, arrays.to_torch_state_dict(),
+        path, digest, size = save_checkpoint(ckpt_dir, rnd, {k: torch.from_numpy(np.array(v)) for k, v in from_record(arrays).items()},
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),

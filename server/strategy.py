@@ -25,12 +25,14 @@ from server.label_graph import LabelGraph
 from server.registry import Registry
 from server.robust import RobustRule
 from server.rounds import DeadlineGrid, ReplyTimer, sample_nodes_bounded
+from server.records import from_record, to_record
 from server.timeline import TIMELINE, phase_rows, round_rows, site_phases
-from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, to_array,
-                               update_norms, validate_update, views)
+from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, update_norms,
+                               validate_update)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
 from shared_models.metrics import HistogramSpec, group_codes, prevalence, prevalence_groups
 from shared_models.networks import group_keys
+from shared_models.wire import WireError
 from shared_models.zeroshot.scoring import SCORE_HISTOGRAM
 
 
@@ -106,13 +108,13 @@ class FedChestAvg(FedAvg):
         super().__init__(**kwargs)
         self.round_offset = 0  # a resumed run (server/resume.py) continues at round offset + 1
         self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
-        self.reference = reference_of(reference)
-        self.groups = group_keys(reference.keys())
+        self.current: dict[str, np.ndarray] = from_record(reference)  # read-only views on the record's bytes
+        self.reference = reference_of(self.current)
+        self.groups = group_keys(self.current)
         self.classifiers = classifiers or {}
         self.aggregation = aggregation
         self.server_optimizer = server_optimizer
         self.proximal_mu = proximal_mu
-        self.current: dict[str, np.ndarray] = views(reference)  # read-only views on the record's bytes
         self.on_round = on_round
         self.node_site: dict[int, str] = {}
         self.synthetic_sites: set[str] = set()
@@ -232,7 +234,7 @@ class FedChestAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.registry.start_round(self.run_id, server_round)
-        self.current = views(arrays)
+        self.current = from_record(arrays)
         config["aggregation"] = self.aggregation
         if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
             config["proximal-mu"] = self.proximal_mu
@@ -361,10 +363,9 @@ class FedChestAvg(FedAvg):
             rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,
                       None) for u, _ in accepted]
         self.registry.add_metrics(self.run_id, server_round, rows)
-        arrays = ArrayRecord()
-        for k in self.reference:  # one tensor at a time: the new record grows as the aggregate is released
-            arrays[k] = to_array(new.pop(k))
-        return arrays, scalar_mean(kept, self.weighted_by_key)
+        new = {k: new.pop(k) for k in self.reference}  # the global model's key order
+        # one buffer at a time: the new record grows as the aggregate is released
+        return to_record(new, consume=True), scalar_mean(kept, self.weighted_by_key)
 
     def _check_update(self, msg: Message, site: str, server_round: int, rows: list
                       ) -> tuple[SiteUpdate | None, dict[str, float], MetricRecord | None]:
@@ -378,18 +379,21 @@ class FedChestAvg(FedAvg):
         if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
             return reject("expected one ArrayRecord and one MetricRecord")
         arrays = next(iter(msg.content.array_records.values()))
-        if not len(arrays):  # a site whose small-count rule held back every group: nothing to aggregate, no fault
+        try:
+            local = from_record(arrays)  # views on the message bytes (shared_models/wire.py)
+        except WireError as exc:
+            return reject(f"malformed update: {exc}")
+        if not local:  # a site whose small-count rule held back every group: nothing to aggregate, no fault
             text = "the site sent no parameter group (too few training samples under its small-count rule)"
             log(INFO, "round %s: %s: %s", server_round, site, text)
             self.registry.add_event(self.run_id, "nothing_sent", text, server_round, site)
             return None, {}, None
         rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
         m = next(iter(msg.content.metric_records.values()))
-        reason = validate_update(arrays, self.reference, None if self.aggregation == "fedavg" else self.groups,
+        reason = validate_update(local, self.reference, None if self.aggregation == "fedavg" else self.groups,
                                  values=False)
         norms: dict[str, float] = {}
         if not reason:
-            local = views(arrays)
             norms = update_norms(local, self.current, self.groups)  # one pass: norms and finite values
             reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes),
                                                                                          len(self.ct_classes))

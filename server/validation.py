@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-import io
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 
 from shared_models.arrays import as_tensor
 
 
-def array_view(a: Array) -> np.ndarray:
-    """A read-only NumPy view on a Flower ``Array``'s ``.npy`` bytes, without the copy ``Array.numpy()`` makes
-    (the server looks at every update several times; with views it holds each update once). The header is not
-    parsed: the dtype and shape are the Array's own, and the view is used only when the header says C order and the
-    byte count matches them exactly; anything else goes through ``Array.numpy()``."""
-    data = a.data
-    if a.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY":
-        return a.numpy()
-    if data[6] == 1:
-        offset = 10 + int.from_bytes(data[8:10], "little")
-    elif data[6] in (2, 3):
-        offset = 12 + int.from_bytes(data[8:12], "little")
-    else:
-        return a.numpy()
-    try:
-        dtype = np.dtype(a.dtype)
-    except TypeError:
-        return a.numpy()
-    shape = tuple(int(d) for d in a.shape)
-    count = math.prod(shape)
-    if dtype.hasobject or b"'fortran_order': False" not in data[10:offset] or len(data) - offset != count * dtype.itemsize:
-        return a.numpy()
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-def to_array(value: np.ndarray) -> Array:
-    """A Flower ``Array`` with the bytes ``Array.from_numpy_ndarray`` would write (``.npy``), made with one copy of
-    the values instead of two."""
-    value = np.require(value, requirements="C")  # 0-d stays 0-d
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
-    data = b"".join([header.getvalue(), memoryview(value.reshape(-1)).cast("B")])
-    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
-
-
-def views(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: array_view(a) for k, a in arrays.items()}
-
-
-def reference_of(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
+def reference_of(state: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(a.shape), str(a.dtype)) for k, a in state.items()}
 
 
 def validate_update(
-    arrays: ArrayRecord,
+    update: Mapping[str, np.ndarray],
     reference: dict[str, tuple[tuple[int, ...], str]],
     groups: dict[str, list[str]] | None = None,
     values: bool = True,
 ) -> str | None:
-    """None when the update is acceptable, else the reason it is rejected. With ``groups``, an update may
-    carry a subset of the parameter groups, but each group it carries must be complete. ``values=False`` leaves
-    the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass over the values, not two)."""
-    keys = set(arrays.keys())
+    """None when the update (its unpacked views, server/records.py) is acceptable, else the reason it is
+    rejected. With ``groups``, an update may carry a subset of the parameter groups, but each group it carries must
+    be complete. ``values=False`` leaves the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass over the values, not two)."""
+    keys = set(update.keys())
     extra = sorted(keys - set(reference))
     if groups is None and keys != set(reference):
         missing = sorted(set(reference) - keys)
@@ -77,11 +37,11 @@ def validate_update(
             return f"group {group} is incomplete ({len(present)} of {len(members)} tensors)"
     if not keys:
         return "empty update"
-    for k, a in arrays.items():
+    for k, a in update.items():
         shape, dtype = reference[k]
         if tuple(a.shape) != shape or str(a.dtype) != dtype:
             return f"{k}: shape {tuple(a.shape)} dtype {a.dtype}, expected {shape} {dtype}"
-        if values and _nonfinite(array_view(a)):
+        if values and _nonfinite(a):
             return f"{k}: non-finite values"
     return None
 

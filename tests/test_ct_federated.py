@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from client.ct.federated import NotACTRun, evaluate_ct_round, load_ct_site, train_ct_round
 from client.dp_release import ReleasedCounts
@@ -19,6 +19,7 @@ from client.local_round import ledger_for
 from client.site_config import load_site_config
 from client.synth.ct import synthesize_ct_site
 from server.ct_eval import KS, ct_round, parse_ct
+from server.records import from_record, to_record
 from server.registry import Registry
 from server.strategy import FedChestAvg
 from shared_models.ct.config import CTConfigError, ct_spec, spec_config
@@ -161,20 +162,21 @@ def test_ct_evaluation_pools_hits_histograms_and_depth_errors(ct_site, tmp_path)
 def test_a_mixed_round_averages_each_group_over_its_own_senders(tmp_path):
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
-    ref = ArrayRecord({"router.w": torch.zeros(2, 3), "ct.encoder.w": torch.zeros(4), "ct.t": torch.zeros(())})
+    ref = to_record({"router.w": torch.zeros(2, 3), "ct.encoder.w": torch.zeros(4), "ct.t": torch.zeros(())})
     strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(), reference=ref,
                         ct_classes=CT_CLASSES)
-    cxr = [RecordDict({"arrays": ArrayRecord({"router.w": torch.full((2, 3), float(v))}),
+    cxr = [RecordDict({"arrays": to_record({"router.w": torch.full((2, 3), float(v))}),
                        "metrics": MetricRecord({"num-examples": 10, "count.router": 10.0, "train_pos": [1, 0],
                                                 "train_annotated": [10, 10]}),
                        "site": ConfigRecord({"name": f"cxr{v}", "synthetic": True})}) for v in (1, 3)]
-    ct = RecordDict({"arrays": ArrayRecord({"ct.encoder.w": torch.full((4,), 5.0), "ct.t": torch.tensor(2.0)}),
+    ct = RecordDict({"arrays": to_record({"ct.encoder.w": torch.full((4,), 5.0), "ct.t": torch.tensor(2.0)}),
                      "metrics": MetricRecord({"num-examples": 7, "count.ct.encoder": 7.0, "count.ct.head": 7.0,
                                               "ct_train_pos": [1] * 18, "ct_train_annotated": [7] * 18}),
                      "site": ConfigRecord({"name": "ct", "synthetic": True})})
     arrays, _ = strat.aggregate_train(1, [_reply(1, cxr[0]), _reply(2, ct), _reply(3, cxr[1])])
-    assert np.allclose(arrays["router.w"].numpy(), 2.0)  # the radiograph sites' mean, the CT site not in it
-    assert np.allclose(arrays["ct.encoder.w"].numpy(), 5.0) and float(arrays["ct.t"].numpy()) == 2.0
+    arrays = from_record(arrays)
+    assert np.allclose(arrays["router.w"], 2.0)  # the radiograph sites' mean, the CT site not in it
+    assert np.allclose(arrays["ct.encoder.w"], 5.0) and float(arrays["ct.t"]) == 2.0
     assert strat.train_annotated.tolist() == [20, 20] and strat.ct_train_annotated.tolist() == [7] * 18
     bad = RecordDict({**{k: v for k, v in ct.items() if k != "metrics"},
                       "metrics": MetricRecord({"num-examples": 7, "count.ct.encoder": 7.0, "count.ct.head": 7.0})})

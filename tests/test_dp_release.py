@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from client.client_app import run_model
 from client.dp_release import (HEAD, ReleasedCounts, evaluation_release, gaussian_release, released_counts,
@@ -20,6 +20,7 @@ from client.evaluation import EXACT, NOISED, WITHHELD, evaluation_summary, merge
 from client.index import load_split
 from client.local_round import check_dp_config, ledger_for, train_round
 from client.privacy import PolicyRefusal
+from server.records import to_record
 from shared_models.metrics import HistogramSpec
 from shared_models.privacy.accountant import epsilon
 
@@ -53,7 +54,7 @@ def _train_reply(site, config) -> dict:
     from client import client_app
 
     model = run_model(config, site)
-    arrays = ArrayRecord(model.state_dict())
+    arrays = to_record(model.state_dict())
     meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="1",
                     created_at=time.time(), ttl=60.0, message_type="train")
     msg = Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), metadata=meta)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.aggregation import SiteUpdate, aggregate
+from server.records import from_record, to_record
 from server.registry import Event, Registry
 from server.robust import RobustRule, combine, krum_scores
 from server.strategy import FedChestAvg
@@ -24,7 +25,7 @@ REF = {"router.w": torch.zeros(2, 3), "experts.PA.w": torch.zeros(4), "experts.P
 def _content(arrays: dict, metrics: dict | None = None, name: str = "alpha") -> RecordDict:
     m = {"num-examples": 10, "train_pos": [1, 0], "train_annotated": [10, 10],
          **{f"count.{g}": 10.0 for g in {k.rsplit(".", 1)[0] for k in arrays}}}
-    return RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics if metrics is not None else m),
+    return RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics if metrics is not None else m),
                        "site": ConfigRecord({"name": name, "synthetic": True})})
 
 
@@ -32,7 +33,7 @@ def _strategy(tmp_path, **kw) -> tuple[FedChestAvg, Registry, str]:
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
     return FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
-                       reference=ArrayRecord(REF), **kw), registry, run
+                       reference=to_record(REF), **kw), registry, run
 
 
 def _events(registry: Registry) -> list[tuple[str, str, str]]:
@@ -66,7 +67,8 @@ def test_a_bad_update_is_rejected_with_its_reason_and_changes_nothing(tmp_path, 
     arrays, metrics, words = BAD[kind]
     strat, registry, _ = _strategy(tmp_path)
     new, _ = strat.aggregate_train(1, [_reply(1, _content(arrays, metrics, "bad")), _reply(2, _content(_good(2.0), name="ok"))])
-    assert np.allclose(new["router.w"].numpy(), 2.0) and np.allclose(new["experts.PA.w"].numpy(), 2.0)
+    new = from_record(new)
+    assert np.allclose(new["router.w"], 2.0) and np.allclose(new["experts.PA.w"], 2.0)
     (event,) = [e for e in _events(registry) if e[0] == "update_rejected"]
     assert event[1] == "bad" and words in event[2]
 
@@ -76,7 +78,7 @@ def test_extra_metric_keys_are_accepted_and_a_lone_bad_update_keeps_the_global_m
     content = _content(_good(3.0))
     content["metrics"]["something-new"] = 1.5  # another fedchest version's metric
     new, _ = strat.aggregate_train(1, [_reply(1, content)])
-    assert np.allclose(new["router.w"].numpy(), 3.0)
+    assert np.allclose(from_record(new)["router.w"], 3.0)
     (tmp_path / "b").mkdir()
     strat2, registry2, _ = _strategy(tmp_path / "b")
     assert strat2.aggregate_train(1, [_reply(1, _content(BAD["nan"][0]))]) == (None, None)
@@ -88,12 +90,12 @@ def test_an_update_far_above_the_recent_norms_is_rejected(tmp_path):
     for rnd in range(1, 4):  # three rounds of ordinary updates: norms ~ 1 above the global model
         new, _ = strat.aggregate_train(rnd, [_reply(1, _content({k: v + 0.5 if v.is_floating_point() else v
                                                                   for k, v in strat_current(strat).items()}))])
-        strat.current = {k: a.numpy() for k, a in new.items()}
+        strat.current = from_record(new)
     before = strat_current(strat)
     huge = {k: v + 100.0 if v.is_floating_point() else v for k, v in before.items()}
     normal = {k: v + 0.5 if v.is_floating_point() else v for k, v in before.items()}
     new, _ = strat.aggregate_train(4, [_reply(3, _content(huge, name="big")), _reply(4, _content(normal, name="ok"))])
-    assert np.allclose(new["router.w"].numpy(), before["router.w"].numpy() + 0.5)
+    assert np.allclose(from_record(new)["router.w"], before["router.w"].numpy() + 0.5)
     (event,) = [e for e in _events(registry) if e[0] == "update_rejected"]
     assert event[1] == "big" and "exceeds 10 x the median" in event[2]
 

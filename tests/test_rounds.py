@@ -7,10 +7,11 @@ import time
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Message, Metadata, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.records import to_record
 from server.registry import Event, Registry
 from server.rounds import DeadlineGrid, ReplyTimer, TooFewNodes, sample_nodes_bounded
 from server.strategy import FedChestAvg
@@ -126,9 +127,9 @@ def test_strategy_records_stragglers_once_and_missing_nodes(tmp_path, monkeypatc
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
     strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
-                        reference=ArrayRecord({"router.w": torch.zeros(2)}), min_available_nodes=3, quorum=1,
+                        reference=to_record({"router.w": torch.zeros(2)}), min_available_nodes=3, quorum=1,
                         node_wait=0.1)
-    msgs = strat.configure_train(1, ArrayRecord({"router.w": torch.zeros(2)}), ConfigRecord({}), FakeGrid({1: 0, 2: 0}))
+    msgs = strat.configure_train(1, to_record({"router.w": torch.zeros(2)}), ConfigRecord({}), FakeGrid({1: 0, 2: 0}))
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2]
     strat._late(2, "train", 30.0, 10.0)
     strat._record_dropouts("train", 1, {1})

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
+from server.records import to_record
 from server.registry import Registry
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
@@ -30,13 +31,13 @@ def _strategy(tmp_path, **kwargs) -> FedChestAvg:
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
     return FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
-                       reference=ArrayRecord({"router.w": torch.zeros(2)}), min_available_nodes=2, quorum=1,
+                       reference=to_record({"router.w": torch.zeros(2)}), min_available_nodes=2, quorum=1,
                        node_wait=0.1, min_train_nodes=2, min_evaluate_nodes=2, **kwargs)
 
 
 def test_fraction_train_samples_that_share_of_the_nodes_and_fedprox_mu_reaches_them(tmp_path, in_a_run):
     grid = FakeGrid({i: 0.0 for i in range(1, 9)})
-    arrays = ArrayRecord({"router.w": torch.zeros(2)})
+    arrays = to_record({"router.w": torch.zeros(2)})
     strat = _strategy(tmp_path, fraction_train=0.5, fraction_evaluate=1.0, proximal_mu=0.25)
     train = strat.configure_train(1, arrays, ConfigRecord({}), grid)
     assert len(train) == 4 and len({m.metadata.dst_node_id for m in train}) == 4  # half of the 8 nodes
@@ -69,7 +70,7 @@ def _evaluate(site, config: dict):
     model = run_model(config, site)
     meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
                     group_id="1", created_at=time.time(), ttl=600.0, message_type="evaluate")
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)}),
+    msg = Message(content=RecordDict({"arrays": to_record(model.state_dict()), "config": ConfigRecord(config)}),
                   metadata=meta)
     context = Context(run_id=1, node_id=1, node_config={"site-config": str(site.path), "work-dir": str(site.work_dir)},
                       state=RecordDict(), run_config={})

@@ -1,23 +1,26 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.federated_eval import parse_site_eval, round_metrics
+from server.records import from_record, to_record
 from server.registry import Metric, Registry, resolve_db_url
 from server.validation import reference_of, validate_update
 from shared_models.metrics import HistogramSpec, per_class_metrics
 
 
+def _wire(state: dict) -> dict:
+    return from_record(to_record(state))
+
+
 def test_update_validation():
-    ref = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(3)})
-    reference = reference_of(ref)
-    assert validate_update(ArrayRecord({"w": torch.ones(2, 3), "b": torch.ones(3)}), reference) is None
-    assert "non-finite" in validate_update(ArrayRecord({"w": torch.full((2, 3), float("nan")), "b": torch.ones(3)}), reference)
-    assert "shape" in validate_update(ArrayRecord({"w": torch.ones(3, 2), "b": torch.ones(3)}), reference)
-    assert "names" in validate_update(ArrayRecord({"w": torch.ones(2, 3)}), reference)
+    reference = reference_of(_wire({"w": torch.zeros(2, 3), "b": torch.zeros(3)}))
+    assert validate_update(_wire({"w": torch.ones(2, 3), "b": torch.ones(3)}), reference) is None
+    assert "non-finite" in validate_update(_wire({"w": torch.full((2, 3), float("nan")), "b": torch.ones(3)}), reference)
+    assert "shape" in validate_update(_wire({"w": torch.ones(3, 2), "b": torch.ones(3)}), reference)
+    assert "names" in validate_update(_wire({"w": torch.ones(2, 3)}), reference)
 
 
 def test_db_url_override(monkeypatch, tmp_path):

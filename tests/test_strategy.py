@@ -4,10 +4,11 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.records import from_record, to_record
 from server.registry import Event, Metric, Registry
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
@@ -22,22 +23,48 @@ def _reply(node: int, content: RecordDict | None = None, error: Error | None = N
 def test_errors_dropouts_and_bytes_are_recorded(tmp_path):
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
-    ref = ArrayRecord({"router.w": torch.zeros(2, 3)})
+    ref = to_record({"router.w": torch.zeros(2, 3)})
     strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(), reference=ref)
     strat.asked["train"] = {1, 2, 3}
+    update = to_record({"router.w": torch.ones(2, 3)})
     good = RecordDict({
-        "arrays": ArrayRecord({"router.w": torch.ones(2, 3)}),
+        "arrays": update,
         "metrics": MetricRecord({"num-examples": 10, "count.router": 10.0, "train_pos": [1, 0],
                                  "train_annotated": [10, 10], "train_seconds": 2.5}),
         "site": ConfigRecord({"name": "alpha", "synthetic": True}),
     })
     arrays, _ = strat.aggregate_train(1, [_reply(1, good), _reply(2, error=Error(0, "CUDA out of memory"))])
-    assert np.allclose(arrays["router.w"].numpy(), 1.0)
+    assert np.allclose(from_record(arrays)["router.w"], 1.0)
     with Session(registry.engine) as s:
         events = {(e.kind, e.site) for e in s.scalars(select(Event))}
         sent = s.scalar(select(Metric.value).where(Metric.name == "update_bytes", Metric.site == "alpha"))
     assert events == {("train_error", "node-2"), ("dropout", "node-3")}
-    assert 6 * 4 <= sent <= 6 * 4 + 256  # six float32 values plus the serialised array header
+    assert sent == sum(len(a.data) for a in update.values()) > 6 * 4  # six float32 values, headers and the index
+
+
+def test_a_malformed_pack_is_rejected_and_the_round_goes_on(tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
+    strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
+                        reference=to_record({"router.w": torch.zeros(2, 3)}))
+    metrics = {"num-examples": 10, "count.router": 10.0, "train_pos": [1, 0], "train_annotated": [10, 10]}
+
+    def reply(node: int, name: str, arrays) -> Message:
+        return _reply(node, RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
+                                        "site": ConfigRecord({"name": name})}))
+
+    bad = to_record({"router.w": torch.ones(2, 3)})
+    bad["pack/index"] = Array(np.frombuffer(b'{"format": "fedchest-pack", "version": 7}', np.uint8))
+    no_index = to_record({"router.w": torch.ones(2, 3)})
+    del no_index["pack/index"]
+    arrays, _ = strat.aggregate_train(1, [reply(1, "alpha", bad), reply(2, "beta", no_index),
+                                          reply(3, "gamma", to_record({"router.w": torch.full((2, 3), 2.0)}))])
+    assert np.allclose(from_record(arrays)["router.w"], 2.0)  # gamma's update alone
+    with Session(registry.engine) as s:
+        events = sorted((e.kind, e.site, e.message) for e in s.scalars(select(Event)))
+    assert [(k, site) for k, site, _ in events] == [("update_rejected", "alpha"), ("update_rejected", "beta")]
+    assert "malformed update: pack/index: format version 7; this side reads version 1" in events[0][2]
+    assert "malformed update: no pack/index array" in events[1][2]
 
 
 def test_error_line_keeps_what_went_wrong():

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from server.records import from_record, to_record
 from server.registry import Registry
 from server.robust import RobustRule
 from server.strategy import FedChestAvg
@@ -21,7 +22,7 @@ N_SITES, SIZE, PARTS = 12, 1_000_000, 8  # a 4 MB float32 model in eight tensors
 def _strategy(tmp_path, robust: RobustRule | None = None) -> FedChestAvg:
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
-    ref = ArrayRecord({**{f"router.w{j}": torch.zeros(SIZE // PARTS) for j in range(PARTS)},
+    ref = to_record({**{f"router.w{j}": torch.zeros(SIZE // PARTS) for j in range(PARTS)},
                        "router.n": torch.zeros((), dtype=torch.int64)})
     return FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(), reference=ref,
                        robust=robust, norm_bound=1e9)
@@ -45,7 +46,7 @@ def _replies(counts: list[int], payloads: list[ArrayRecord]):
 
 
 def _peak(strat: FedChestAvg, counts: list[int]) -> tuple[ArrayRecord, int]:
-    payloads = [ArrayRecord({**{f"router.w{j}": torch.from_numpy(part) for j, part in enumerate(np.split(x, PARTS))},
+    payloads = [to_record({**{f"router.w{j}": torch.from_numpy(part) for j, part in enumerate(np.split(x, PARTS))},
                              "router.n": torch.tensor(i, dtype=torch.int64)})
                 for i, x in enumerate(_payloads())]
     tracemalloc.start()
@@ -68,9 +69,10 @@ def test_mean_aggregation_allocates_the_same_for_3_or_12_sites(tmp_path):
     assert peak < 2.4 * model and peak < 1.1 * few, f"peak {peak / model:.2f} x the model (3 sites: {few / model:.2f})"
     xs = _payloads()
     want = sum(c * xs[i % 3].astype(np.float64) for i, c in enumerate(counts)) / sum(counts)
-    got = np.concatenate([arrays[f"router.w{j}"].numpy() for j in range(PARTS)])
+    arrays = from_record(arrays)
+    got = np.concatenate([arrays[f"router.w{j}"] for j in range(PARTS)])
     assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))  # float64 sums: exact to float32
-    n = arrays["router.n"].numpy()
+    n = arrays["router.n"]
     assert n.shape == () and int(n) == round(sum(c * (i % 3) for i, c in enumerate(counts)) / sum(counts))
 
 
@@ -78,11 +80,12 @@ def test_the_arrival_order_does_not_change_the_result(tmp_path):
     counts = [5 + 3 * i for i in range(N_SITES)]
     a, _ = _peak(_strategy(tmp_path / "a"), counts)
     strat = _strategy(tmp_path / "b")
-    payloads = [ArrayRecord({**{f"router.w{j}": torch.from_numpy(part) for j, part in enumerate(np.split(x, PARTS))},
+    payloads = [to_record({**{f"router.w{j}": torch.from_numpy(part) for j, part in enumerate(np.split(x, PARTS))},
                              "router.n": torch.tensor(i, dtype=torch.int64)}) for i, x in enumerate(_payloads())]
     order = list(reversed(list(_replies(counts, payloads))))
     b, _ = strat.aggregate_train(1, order)
-    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a.keys())
+    a, b = from_record(a), from_record(b)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_robust_rules_need_every_update_and_say_so_in_memory(tmp_path):

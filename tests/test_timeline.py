@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, Metadata, MetricRecord, RecordDict
 
 from client import timeline
 from server.timeline import phase_rows, site_phases
@@ -82,6 +82,7 @@ def test_the_strategy_records_each_replys_phases_and_its_own(tmp_path):
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    from server.records import to_record
     from server.registry import Metric, Registry
     from server.rounds import DeadlineGrid, ReplyTimer
     from server.strategy import FedChestAvg
@@ -90,7 +91,7 @@ def test_the_strategy_records_each_replys_phases_and_its_own(tmp_path):
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     run = registry.create_run("t", "s", "h", "cxrlt2026", 1, {}, True)
     strat = FedChestAvg(registry=registry, run_id=run, classes=("A", "B"), spec=HistogramSpec(),
-                        reference=ArrayRecord({"router.w": torch.zeros(2)}))
+                        reference=to_record({"router.w": torch.zeros(2)}))
     strat.link = DeadlineGrid(object(), ReplyTimer(), lambda *a: None)
     now = time.time()
     strat.link.pushed, strat.link.last_pull = (now - 10.0, now - 9.0), now - 0.5

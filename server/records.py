@@ -1,0 +1,21 @@
+"""The global model and updates as Flower ArrayRecords in the packed wire format (shared_models/wire.py): a few
+large Arrays per message, read back (``from_record``) as zero-copy, read-only views on the message bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Array, ArrayRecord
+
+from shared_models.networks import group_keys
+from shared_models.wire import read_arrays as from_record  # noqa: F401 - this side's reader
+from shared_models.wire import wire_arrays
+
+
+def to_record(state: Mapping[str, Any], consume: bool = False) -> ArrayRecord:
+    """``state`` packed by parameter group; with ``consume`` each tensor leaves ``state`` once packed."""
+    record = ArrayRecord()
+    for name, fields in wire_arrays(state, group_keys(state), consume):
+        record[name] = Array(**fields)
+    return record

@@ -1,0 +1,191 @@
+"""The packed wire format (shared_models/wire.py), its .npy bytes (shared_models/npy.py) and the ArrayRecord
+adapters on each side (server/records.py, client/records.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array
+
+from client import records as client_records
+from server import records as server_records
+from shared_models.networks import build_model, group_keys
+from shared_models.npy import npy_fields, npy_view
+from shared_models.ontology import load_label_set
+from shared_models.wire import INDEX, WireError, pack, unpack
+
+
+def _mixed_state() -> dict:
+    return {
+        "a.w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "a.h": np.array([1.5, -2.0, np.inf], np.float16),
+        "a.n": np.array(7, np.int64),  # 0-d
+        "b.mask": np.array([[True, False], [False, True]]),
+        "b.w": torch.linspace(-1, 1, 5),
+        "loose": np.array([3, 4], np.int64),
+        "b.empty": np.zeros((0, 3), np.float32),
+    }
+
+
+def test_round_trip_is_exact_in_key_order_and_split_by_group_and_dtype():
+    state = _mixed_state()
+    groups = {"a": ["a.w", "a.h", "a.n"], "b": ["b.mask", "b.w", "b.empty"]}
+    buffers = pack(state, groups)
+    assert sorted(buffers) == ["pack/a/float16", "pack/a/float32", "pack/a/int64", "pack/b/bool", "pack/b/float32",
+                               INDEX, "pack/rest/int64"]  # the key no group names goes to "rest"
+    assert all(b.ndim == 1 and b.flags.c_contiguous for b in buffers.values())
+    assert buffers["pack/b/float32"].size == 5 and buffers["pack/a/float32"].size == 12
+    out = unpack(buffers)
+    assert list(out) == list(state)
+    for k, v in state.items():
+        want = v.numpy() if isinstance(v, torch.Tensor) else v
+        assert out[k].dtype == want.dtype and out[k].shape == want.shape, k
+        np.testing.assert_array_equal(out[k], want)
+    assert list(unpack(pack(state))) == list(state)  # no groups: one buffer per dtype under "rest"
+    assert set(pack(state)) == {INDEX, "pack/rest/float32", "pack/rest/float16", "pack/rest/int64", "pack/rest/bool"}
+    assert unpack(pack({})) == {}
+
+
+def test_unpacked_tensors_are_views_on_the_buffers():
+    buffers = pack(_mixed_state(), {"a": ["a.w", "a.h", "a.n"]})
+    out = unpack(buffers)
+    for k in ("a.w", "a.h", "a.n", "b.w", "b.mask"):
+        name = next(n for n in buffers if n != INDEX and np.shares_memory(out[k], buffers[n]))
+        assert name.endswith("/" + out[k].dtype.name)
+
+
+def test_the_server_reads_a_record_as_views_on_the_message_bytes():
+    state = _mixed_state()
+    record = server_records.to_record(state)
+    out = server_records.from_record(record)
+    for k in state:
+        assert not out[k].flags.writeable
+        base = out[k]
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert any(base is a.data for a in record.values()), k  # no copy of the received bytes
+    np.testing.assert_array_equal(client_records.from_record(record)["a.w"], state["a.w"])
+    back = server_records.to_record({k: np.array(v) for k, v in client_records.from_record(record).items()})
+    assert [a.data for a in back.values()] == [a.data for a in record.values()]  # the same bytes both ways
+
+
+def test_consume_releases_each_tensor_once_packed():
+    state = {"g.a": np.ones(3, np.float32), "h.b": np.zeros(2, np.int64)}
+    record = server_records.to_record(state, consume=True)
+    assert state == {} and list(server_records.from_record(record)) == ["g.a", "h.b"]
+
+
+def _index(buffers: dict) -> dict:
+    return json.loads(buffers[INDEX].tobytes())
+
+
+def _with_index(buffers: dict, index: dict | bytes) -> dict:
+    raw = index if isinstance(index, bytes) else json.dumps(index).encode()
+    return {**buffers, INDEX: np.frombuffer(raw, np.uint8)}
+
+
+def _malformed() -> dict[str, tuple[dict, str]]:
+    good = pack({"g.a": np.arange(4, dtype=np.float32), "g.b": np.arange(2, dtype=np.float32),
+                 "g.n": np.array([1], np.int64)}, {"g": ["g.a", "g.b", "g.n"]})
+    idx = _index(good)
+
+    def entries(i: int, field: int, value) -> dict:
+        e = [list(x) for x in idx["entries"]]
+        e[i][field] = value
+        return _with_index(good, {**idx, "entries": e})
+
+    return {
+        "missing index": ({k: v for k, v in good.items() if k != INDEX}, "no pack/index array"),
+        "bad json": (_with_index(good, b"{not json"), "not valid UTF-8 JSON"),
+        "not utf-8": (_with_index(good, b"\xff\xfe"), "not valid UTF-8 JSON"),
+        "wrong format": (_with_index(good, {**idx, "format": "other"}), "format 'fedchest-pack'"),
+        "unknown version": (_with_index(good, {**idx, "version": 99}), "format version 99"),
+        "entry not a list": (entries(0, 2, "0"), "entry 0: expected [key, buffer, offset >= 0"),
+        "negative dim": (entries(1, 3, [-2]), "entry 1: expected"),
+        "slice outside": (entries(1, 3, [3]), "g.b: slice [4, 7) is outside pack/g/float32 (6 elements)"),
+        "offset gap": (entries(1, 2, 5), "g.b: offset 5 in pack/g/float32, expected 4"),
+        "dtype mismatch": (entries(2, 4, "float32"), "g.n: dtype float32 but its buffer pack/g/int64 holds int64"),
+        "size mismatch": (entries(1, 3, [1]), "pack/g/float32: 6 elements but the index covers 5"),
+        "buffer missing": (entries(2, 1, "pack/g/float64"), "g.n: its buffer pack/g/float64 is not in the pack"),
+        "buffer not indexed": ({**good, "pack/x/float32": np.zeros(1, np.float32)},
+                               "buffer pack/x/float32 is not in the index"),
+        "duplicate key": (entries(1, 0, "g.a"), "key g.a appears twice"),
+        "index dtype": ({**good, INDEX: good[INDEX].astype(np.int16)}, "expected a 1-D uint8 array"),
+        "2-d buffer": ({**good, "pack/g/int64": good["pack/g/int64"].reshape(1, 1)}, "expected a 1-D buffer"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_malformed()))
+def test_a_malformed_pack_is_a_wire_error_saying_what_is_wrong(case):
+    buffers, message = _malformed()[case]
+    with pytest.raises(WireError, match=__import__("re").escape(message)):
+        unpack(buffers)
+    assert issubclass(WireError, ValueError)
+
+
+def test_pack_refuses_what_it_cannot_send():
+    with pytest.raises(WireError, match="in two groups"):
+        pack({"k": np.zeros(1)}, {"a": ["k"], "b": ["k"]})
+    with pytest.raises(WireError, match="cannot be packed"):
+        pack({"k": np.array(["text"])})
+    with pytest.raises(WireError, match="no NumPy equivalent"):
+        pack({"k": torch.zeros(2, dtype=torch.bfloat16)})
+
+
+def test_a_model_message_is_a_handful_of_arrays():
+    state = build_model("tiny", load_label_set("cxrlt2026").num_seen, image_size=64).state_dict()
+    groups = group_keys(state)
+    record = server_records.to_record(state)
+    assert len(state) > 300 and len(record) <= 2 * len(groups) + 1
+    out = server_records.from_record(record)
+    assert list(out) == list(state) and all(torch.equal(torch.from_numpy(out[k].copy()), v) for k, v in state.items())
+
+
+def test_the_site_audit_log_lists_the_tensors_of_a_pack_and_the_arrays_of_other_records():
+    from flwr.app import ArrayRecord
+
+    from client.audit import _tensors
+
+    packed = client_records.to_record({"router.w": np.zeros((2, 3), np.float32), "router.n": np.array(1, np.int64)})
+    assert _tensors(packed) == {"router.w": ["float32", [2, 3]], "router.n": ["int64", []]}
+    legacy = ArrayRecord([np.zeros(4, np.float32)])  # SecAgg+'s legacy messages are not packs
+    assert _tensors(legacy) == {"0": ["float32", [4]]}
+
+
+# -- .npy bytes (shared_models/npy.py) --------------------------------------------------------------------------
+def _backed_by(v: np.ndarray, data: bytes) -> bool:
+    while isinstance(v, np.ndarray):
+        v = v.base
+    return v is data
+
+
+@pytest.mark.parametrize("value", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array(5, np.int64),
+                                   np.linspace(0, 1, 7)])
+def test_npy_view_is_a_read_only_view_on_the_message_bytes(value):
+    a = Array(**npy_fields(value))
+    assert a.data == Array.from_numpy_ndarray(value).data  # the bytes Flower would write
+    v = npy_view(a)
+    np.testing.assert_array_equal(v, value)
+    assert v.dtype == value.dtype and v.shape == value.shape
+    assert not v.flags.writeable and _backed_by(v, a.data)  # no copy of the bytes
+
+
+def test_npy_view_falls_back_to_a_copy_when_the_bytes_are_not_plain_c_order_npy():
+    fortran = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    a = Array.from_numpy_ndarray(fortran)
+    assert b"'fortran_order': True" in a.data[:128]
+    np.testing.assert_array_equal(npy_view(a), fortran)
+    v2 = np.arange(4, dtype=np.float64)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, np.lib.format.header_data_from_array_1_0(v2))
+    a2 = Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=header.getvalue() + v2.tobytes())
+    np.testing.assert_array_equal(npy_view(a2), v2)  # a version-2 header (4-byte length), still a view
+    assert _backed_by(npy_view(a2), a2.data)
+    short = Array(dtype="float64", shape=(5,), stype="numpy.ndarray", data=npy_fields(v2)["data"])
+    np.testing.assert_array_equal(npy_view(short), v2)  # a shape that does not fit the bytes: not viewed
+    torch_array = Array.from_torch_tensor(torch.arange(3.0))
+    np.testing.assert_array_equal(npy_view(torch_array), [0.0, 1.0, 2.0])
