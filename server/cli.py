@@ -126,7 +126,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
     try:
         deploy_local(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.preset,
-                     args.local_epochs, args.seed, insecure=args.insecure)
+                     args.local_epochs, args.seed, insecure=args.insecure,
+                     persistent_state=args.persistent_link_state)
     except DeployError as exc:
         print(f"fedchest deploy local: {exc}", file=sys.stderr)
         return 2
@@ -281,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--seed", type=int, default=0)
     dl.add_argument("--insecure", action="store_true",
                     help="no TLS and no node authentication (testing only; must be asked for explicitly)")
+    dl.add_argument("--persistent-link-state", action="store_true",
+                    help="keep the SuperLink's Flower state in DIR/deployment/superlink.db (SQLite) instead of in "
+                         "memory; slower under load, and only Flower's own records survive in it: fedchest's "
+                         "registry and checkpoints survive either way")
     dl.set_defaults(fn=_deploy)
     pa = sub.add_parser("privacy-audit", help="empirical lower bound on a site's DP-SGD epsilon (canary audit), next "
                                               "to the accountant's upper bound (docs/privacy-audit.md)")

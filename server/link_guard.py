@@ -20,6 +20,7 @@ past 1.41.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from logging import WARNING
@@ -31,6 +32,7 @@ from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
 T = TypeVar("T")
 RETRY_STATUS = frozenset({500, 502, 503, 504})
+PULL_BACKOFF = (0.05, 0.2)  # a reply object's pull tried again after 0.05 s, doubling to 0.2 s (Flower: 1 s to 10 s)
 
 
 def transient(exc: BaseException) -> bool:
@@ -63,6 +65,28 @@ def _short(exc: BaseException) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         return f"HTTP {exc.response.status_code}"
     return type(exc).__name__
+
+
+def prompt_object_pulls() -> None:
+    """The ServerApp's pulls of a reply's objects (``flwr.superlink.grid.http_grid``) back off from 0.05 s to 0.2 s
+    instead of Flower's 1 s to 10 s. The link lists a reply as soon as the SuperNode announces it, before the
+    SuperNode has pushed its objects, so the first pull of an object often finds it missing; with Flower's back-off
+    the reply then waits a second or more for nothing. Flower's time budget for a pull (``PULL_MAX_TIME``) is kept,
+    not its count of tries, which the short back-off would use up in seconds. Patched once per process; a Flower
+    whose grid pulls objects otherwise is refused."""
+    from flwr.supercore.constant import PULL_MAX_TIME
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    current = getattr(http_grid, "pull_objects", None)
+    if isinstance(current, functools.partial) and current.func is inflatable_utils.pull_objects:
+        return
+    if current is not inflatable_utils.pull_objects:
+        raise RuntimeError("flwr.superlink.grid.http_grid does not pull objects with flwr.supercore.inflatable's "
+                           "pull_objects: this Flower is not the 1.41 that fedchest's ServerApp is made for")
+    first, cap = PULL_BACKOFF
+    http_grid.pull_objects = functools.partial(current, initial_backoff=first, backoff_cap=cap,
+                                               max_tries_per_object=None, max_time=PULL_MAX_TIME)
 
 
 class LinkKeeper:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message
 
-from server.link_guard import retrying
+from server.link_guard import prompt_object_pulls, retrying
 
-POLL_FIRST, POLL_MAX = 0.1, 3.0  # poll the link quickly at first, then every 3 s as Flower does (its SQLite state
-# is shared with every SuperNode's pushes; polling it five times a second locked it in a 3-node deployment)
+POLL_FIRST, POLL_MAX = 0.05, 0.2  # a reply is picked up within 0.2 s of reaching the link (Flower's grid: 3 s). A
+# link whose state is an SQLite file locked under this (3 nodes, 2 cores) when each poll was its own transaction
+# next to the nodes' pushes; ``fedchest deploy local`` keeps the link's state in memory, and a busy answer is
+# still tried again (``retrying``)
 
 
 COMPUTE_KEYS = ("train_seconds", "eval_seconds")  # what a site reports of its own compute time
@@ -99,6 +101,8 @@ class DeadlineGrid:
         self._grid, self.timer, self.on_late, self.on_reply = grid, timer, on_late, on_reply
         self.pushed: tuple[float, float] | None = None  # Unix times the last push started and ended
         self.last_pull: float | None = None  # Unix time the last reply was pulled
+        if hasattr(type(grid), "_runtime_client"):  # a deployed run's HTTP grid, not the simulation's
+            prompt_object_pulls()
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)

@@ -5,7 +5,9 @@ same deployment on plain ``flower-superlink`` ended ``finished:failed`` each tim
 SuperNodes exited on a 500 to ``pull-messages``). ``fedchest-superlink`` waits up to 60 s instead
 (server/deploy/superlink.py), and the ServerApp retries its own calls (server/link_guard.py, tested on its own in
 test_link_guard.py). The test holds the link's write lock for 20 s while round 1 runs; the run must complete
-both rounds with both sites training in each, and no request may have failed on the lock. Marker: e2e."""
+both rounds with both sites training in each, and no request may have failed on the lock. ``fedchest deploy
+local`` keeps the link's state in memory; this test asks for the state file, as the coordinator image keeps it.
+Marker: e2e."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def test_a_run_survives_a_superlink_whose_state_is_locked_for_20_seconds(tmp_pat
     sites = sorted(make_sites(tmp_path, 2, 60, 32, 4).glob("*/site.toml"))
     run_dir = tmp_path / "run"
     url = f"sqlite:///{run_dir / 'registry.db'}"
-    with LocalConsortium(tmp_path / "deployment", insecure=True) as c:
+    with LocalConsortium(tmp_path / "deployment", insecure=True, persistent_state=True) as c:
         c.start_superlink()
         c.start_sites(sites)
         config = {"num-server-rounds": 2, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,

@@ -8,6 +8,7 @@ import json
 import ssl
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -79,6 +80,29 @@ def superlink(tmp_path_factory):
         c.start_supernode("site-a", c.out / "site-a.toml")
         c.wait_online(1)
         yield c
+    finally:
+        c.close()
+
+
+def test_a_restarted_in_memory_superlink_knows_the_sites_keys_again(tmp_path):
+    """The link's state is in memory: a restart forgets every registration, and the link registers the keys in
+    the consortium's key folder again as it starts. A site then joins with its key, and is not registered twice."""
+    c = LocalConsortium(tmp_path)
+    try:
+        c.make_certs()
+        for site in ("site-a", "site-b"):
+            c.site_key(site)
+        assert c.state_db == ":flwr-in-memory:"
+        link = c.start_superlink()
+        assert c.registered == {"site-a", "site-b"} and len(c.supernodes()) == 2
+        c.stop(link)
+        c.start_superlink()
+        nodes = c.supernodes()
+        assert c.registered == {"site-a", "site-b"} and [n["status"] for n in nodes] == ["registered"] * 2, nodes
+        (tmp_path / "site-a").mkdir()
+        (tmp_path / "site-a" / "site.toml").write_text("")  # the SuperNode only passes its path on
+        c.start_sites([tmp_path / "site-a" / "site.toml"])  # online, and no second registration of site-a
+        assert len(c.supernodes()) == 2
     finally:
         c.close()
 
@@ -239,7 +263,7 @@ def test_a_supernode_joins_through_the_proxy(superlink, fleet_proxy):
     online = sum(n["status"] == "online" for n in superlink.supernodes())
     superlink.site_key("site-c")
     superlink.register("site-c")
-    cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet_proxy}",
+    cmd = [sys.executable, "-m", "client.deploy.supernode", "--superlink", f"127.0.0.1:{fleet_proxy}",
            "--root-certificates", str(superlink.certs / "ca.crt"), "--auth-supernode-private-key",
            str(superlink.keys / "site-c"), "--port", str(free_port())]
     proc = superlink._start("supernode-site-c-via-proxy", cmd)
@@ -288,6 +312,10 @@ def test_container_files_are_consistent():
         entry = stage[stage.index("ENTRYPOINT"):]
         assert "pip" not in entry and "uv " not in entry  # no run-time installs
     assert "--disable-runtime-dependency-installation" in dockerfile and "--enable-supernode-auth" in dockerfile
+    site_stage = next(stage for stage in stages if stage.startswith("base AS site"))
+    assert 'exec fedchest-supernode --superlink' in site_stage  # the site polls within tenths of a second
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fedchest-supernode"] == "client.deploy.supernode:main"
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:

@@ -183,3 +183,33 @@ def test_fedchest_superlink_sets_a_longer_busy_timeout_on_flowers_state_database
     monkeypatch.setenv("FEDCHEST_LINK_BUSY_MS", "soon")
     with pytest.raises(SystemExit, match="FEDCHEST_LINK_BUSY_MS = 'soon'"):
         busy_ms()
+
+
+def test_a_deployed_grid_pulls_reply_objects_with_a_short_back_off(monkeypatch):
+    """The link lists a reply before its objects are all pushed; the ServerApp's pulls of them back off from
+    0.05 s to 0.2 s (Flower: 1 s to 10 s), within Flower's time budget, once a deployed (HTTP) grid is wrapped."""
+    import functools
+
+    from flwr.supercore.constant import PULL_MAX_TIME
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    from server.link_guard import PULL_BACKOFF, prompt_object_pulls
+
+    monkeypatch.setattr(http_grid, "pull_objects", inflatable_utils.pull_objects)  # restored after the test
+    DeadlineGrid(object(), ReplyTimer(), lambda *a: None)  # the simulation's grid: Flower's pulls untouched
+    assert http_grid.pull_objects is inflatable_utils.pull_objects
+
+    class HttpLike:
+        _runtime_client = None
+
+    DeadlineGrid(HttpLike(), ReplyTimer(), lambda *a: None)
+    pull = http_grid.pull_objects
+    assert isinstance(pull, functools.partial) and pull.func is inflatable_utils.pull_objects
+    assert pull.keywords == {"initial_backoff": PULL_BACKOFF[0], "backoff_cap": PULL_BACKOFF[1],
+                             "max_tries_per_object": None, "max_time": PULL_MAX_TIME}
+    prompt_object_pulls()  # once per process: not wrapped twice
+    assert http_grid.pull_objects is pull
+    monkeypatch.setattr(http_grid, "pull_objects", print)
+    with pytest.raises(RuntimeError, match="does not pull objects with"):
+        prompt_object_pulls()

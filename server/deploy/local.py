@@ -1,10 +1,21 @@
 """``fedchest deploy local``: a real consortium on this machine, one process per party.
 
-A SuperLink (``fedchest-superlink``: Flower's, with a 60 s SQLite busy timeout; TLS with the consortium CA,
-SuperNode authentication, a persistent SQLite state database, runtime dependency installation off, telemetry
-off) and N SuperNodes, each with its own site folder, ``site.toml`` and ECDSA key, connecting over HTTPS on
-loopback. The run is submitted with ``flwr run`` exactly as an admin would, followed to the end, and every process
-started here is stopped afterwards (also on errors and Ctrl-C).
+A SuperLink (``fedchest-superlink``: Flower's, with a 60 s SQLite busy timeout should its state be a file; TLS
+with the consortium CA, SuperNode authentication, runtime dependency installation off, telemetry off) and N
+SuperNodes (``fedchest-supernode``: Flower's, polling every 0.1 s instead of every 3 s), each with its own site
+folder, ``site.toml`` and ECDSA key, connecting over HTTPS on loopback. The run is submitted with ``flwr run``
+exactly as an admin would, followed to the end, and every process started here is stopped afterwards (also on
+errors and Ctrl-C). The SuperExecs poll for tasks every 0.1 s (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``).
+
+The SuperLink keeps its state in memory by default: one SQLite file shared by every party's requests locked under
+load (HTTP 500s, and waits of seconds). What survives a SuperLink restart is fedchest's: the registry, the
+checkpoints and ``fedchest run resume``; the sites' public keys are registered again from the consortium's key
+folder each time the link starts, and the SuperNodes are started again (their node ids belonged to the old
+state). ``persistent_state=True`` (``--persistent-link-state``) keeps Flower's state in ``superlink.db`` instead.
+
+Console scripts are run from this interpreter's folder (``BIN``) and import fedchest from ``PYTHONPATH`` first
+(the environment is passed on), so a source checkout runs its own code; ``fedchest-supernode`` is run as
+``python -m client.deploy.supernode``, which needs no installed script.
 
 The same commands, with other addresses, are what the containers in ``deploy/`` run.
 """
@@ -20,14 +31,17 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from server.deploy.certs import make_ca, make_site_key, make_superlink_cert
+from server.deploy.overhead import describe, median_overhead, round_overheads
+from server.deploy.superlink import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 from server.simulation import QUIET_FLOWER_ENV
 
 CONNECTION = "fedchest-local"
 BIN = Path(sys.executable).parent
+IN_MEMORY = ":flwr-in-memory:"  # Flower 1.41's --database value for its in-memory state (its default)
 
 
 class DeployError(RuntimeError):
@@ -60,6 +74,7 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ)
     env.update({
         **QUIET_FLOWER_ENV, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1",
+        SUPEREXEC_POLL_ENV: env.get(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S),
         # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp and flwr-clientapp by name
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     })
@@ -96,7 +111,9 @@ class LocalConsortium:
     port: int = field(default_factory=free_port)
     insecure: bool = False
     db_url: str | None = None
+    persistent_state: bool = False  # the SuperLink's Flower state in out/superlink.db instead of in memory
     procs: list[Proc] = field(default_factory=list)
+    registered: set[str] = field(default_factory=set)  # sites whose keys the running SuperLink knows
 
     def __post_init__(self) -> None:
         self.out = self.out.resolve()
@@ -106,6 +123,11 @@ class LocalConsortium:
         self.flwr_home = self.out / "flwr-home"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = flower_env(self.flwr_home, {"FEDCHEST_DB_URL": self.db_url} if self.db_url else None)
+
+    @property
+    def state_db(self) -> str:
+        """The SuperLink's ``--database``: Flower's in-memory state, or ``superlink.db`` if persistent."""
+        return str(self.out / "superlink.db") if self.persistent_state else IN_MEMORY
 
     # ------------------------------------------------------------------ keys and certificates
     def make_certs(self) -> None:
@@ -132,10 +154,12 @@ class LocalConsortium:
         self.procs.append(proc)
         return proc
 
-    def start_superlink(self, database: Path | None = None) -> Proc:
+    def start_superlink(self) -> Proc:
+        """The SuperLink, once its port is open; with in-memory state and node authentication, every site key in
+        the key folder is registered again (a restarted link has forgotten them)."""
         write_connection(self.flwr_home, self.port, None if self.insecure else self.certs / "ca.crt")
-        cmd = [str(BIN / "fedchest-superlink"), "--port", str(self.port), "--database",
-               str(database or self.out / "superlink.db"), "--disable-runtime-dependency-installation"]
+        cmd = [str(BIN / "fedchest-superlink"), "--port", str(self.port), "--database", self.state_db,
+               "--disable-runtime-dependency-installation"]
         if self.insecure:
             cmd.append("--insecure")
         else:
@@ -143,6 +167,10 @@ class LocalConsortium:
                     "--ssl-keyfile", str(self.certs / "superlink.key"), "--enable-supernode-auth"]
         proc = self._start("superlink", cmd)
         self._wait_port(proc)
+        self.registered = set()
+        if not self.insecure and not self.persistent_state:
+            for public in sorted(self.keys.glob("*.pub")):
+                self.register(public.stem)
         return proc
 
     def _wait_port(self, proc: Proc, timeout: float = 60.0) -> None:
@@ -166,6 +194,7 @@ class LocalConsortium:
 
     def register(self, site: str) -> None:
         self.flwr("supernode", "register", str(self.keys / f"{site}.pub"), CONNECTION, "--name", site)
+        self.registered.add(site)
 
     def supernodes(self) -> list[dict]:
         r = self.flwr("supernode", "ls", CONNECTION, "--format", "json")
@@ -173,7 +202,8 @@ class LocalConsortium:
 
     def start_supernode(self, site: str, site_config: Path, key: Path | None = None,
                         max_retries: int | None = None) -> Proc:
-        cmd = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+        cmd = [sys.executable, "-m", "client.deploy.supernode", "--superlink", f"127.0.0.1:{self.port}",
+               "--port", str(free_port()),
                "--node-config", f'site-config="{site_config.resolve()}"']
         if self.insecure:
             cmd.append("--insecure")
@@ -192,7 +222,8 @@ class LocalConsortium:
             site = cfg.parent.name
             if not self.insecure:
                 self.site_key(site)
-                self.register(site)
+                if site not in self.registered:
+                    self.register(site)
             procs[site] = self.start_supernode(site, cfg)
         self.wait_online(len(site_configs))
         return procs
@@ -295,7 +326,8 @@ class LocalConsortium:
 
 def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200, image_size: int = 64,
                  preset: str = "tiny", local_epochs: int = 1, seed: int = 0, insecure: bool = False,
-                 db_url: str | None = None, extra_config: dict | None = None) -> dict:
+                 db_url: str | None = None, extra_config: dict | None = None,
+                 persistent_state: bool = False) -> dict:
     """Synthetic sites, certificates and keys, a SuperLink and ``n_sites`` SuperNodes as processes, one
     ``flwr run`` followed to the end; returns the run's summary (every process is stopped on return)."""
     from server.demo import make_sites
@@ -309,10 +341,11 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
     run_dir = out / "run"
     (run_dir / "summary.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with LocalConsortium(out / "deployment", insecure=insecure, db_url=db_url) as c:
+    with LocalConsortium(out / "deployment", insecure=insecure, db_url=db_url, persistent_state=persistent_state) as c:
         c.make_certs()
         c.start_superlink()
-        print(f"SuperLink on 127.0.0.1:{c.port} (state {c.out / 'superlink.db'}, logs {c.logs})")
+        print(f"SuperLink on 127.0.0.1:{c.port} (state {'in memory' if c.state_db == IN_MEMORY else c.state_db}, "
+              f"logs {c.logs})")
         c.start_sites(site_configs)
         print(f"{n_sites} SuperNodes online after {time.perf_counter() - t0:.1f}s; submitting the run with flwr run")
         run_config = {"num-server-rounds": rounds, "local-epochs": local_epochs, "model-preset": preset,
@@ -323,11 +356,16 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
     if not summary_path.exists():
         raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
     summary = json.loads(summary_path.read_text())
+    overheads = round_overheads(summary["db_url"], summary["run_id"])
     summary["deploy"] = {"flower_run_id": run_id, "wall_seconds": time.perf_counter() - t0, "sites": n_sites,
-                         "tls": not insecure, "node_auth": not insecure, "logs": str(c.logs)}
+                         "tls": not insecure, "node_auth": not insecure, "logs": str(c.logs),
+                         "link_state": "persistent" if persistent_state else "in-memory",
+                         "median_overhead_seconds": median_overhead(overheads),
+                         "overhead_per_round": [{**asdict(r), "overhead": r.overhead} for r in overheads]}
     summary_path.write_text(json.dumps(summary, indent=1))
     last = summary["rounds"][-1].get("pooled", {}) if summary.get("rounds") else {}
     print(f"run {summary['run_id']} (Flower run {run_id}) finished: {summary['rounds_completed']} rounds in "
           f"{summary['deploy']['wall_seconds']:.1f}s; pooled mAP {last.get('mAP', float('nan')):.3f} (synthetic)")
+    print(describe(overheads))
     print(f"summary: {summary_path}\nregistry: {summary['db_url']}\nall processes stopped")
     return summary

@@ -6,8 +6,9 @@ The SuperLink serves every party from one process and keeps its state in one SQL
 than that, and in Flower 1.41 one 500 stops a SuperNode (it exits after ``pull-messages`` fails), fails the
 ServerApp's grid call, or ends the ServerApp's heartbeat thread: a run is lost to a moment of load. Here the link
 waits up to ``FEDCHEST_LINK_BUSY_MS`` (default 60 000 ms) instead, so a busy moment costs time, not the run.
-Everything else, options included, is ``flower-superlink``'s; the ServerApp guards its own calls as well
-(``server/link_guard.py``).
+The SuperExec the link starts (which starts the ServerApp) looks for tasks every 0.1 s instead of Flower's 1 s,
+unless ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` is set. Everything else, options included, is ``flower-superlink``'s;
+the ServerApp guards its own calls as well (``server/link_guard.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import sys
 
 DEFAULT_BUSY_MS = 60_000
+SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"  # Flower's default: 1 s
 
 
 def busy_ms() -> int:
@@ -42,6 +44,7 @@ def patch_busy_timeout(ms: int) -> None:
 
 def main() -> None:
     patch_busy_timeout(busy_ms())
+    os.environ.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)  # the SuperExec this link starts inherits it
     from flwr.superlink.cli import flower_superlink
 
     sys.argv[0] = "flower-superlink"

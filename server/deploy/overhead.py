@@ -1,0 +1,71 @@
+"""A deployed run's overhead per round, from the registry: what a round took beyond its slowest site's compute.
+
+A round's interval runs from the end of the round before (for the first round, from its start) to its own end,
+so it holds everything the run spends on it: pushes and pulls, pickup at the sites, ClientApp start-up, the
+server's validation, aggregation, registry and checkpoint writes. Its compute is the slowest site's own train +
+evaluate seconds as the site reports them (``train_seconds``, ``eval_seconds`` metric rows). The difference is
+the overhead a faster link, faster polling or a warm ClientApp can remove; the sites' compute cannot be.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, select
+
+from server.registry.models import Metric, Round
+
+COMPUTE_METRICS = ("train_seconds", "eval_seconds")
+
+
+@dataclass(frozen=True)
+class RoundOverhead:
+    round: int
+    interval: float  # seconds from the previous round's end (or this round's start) to this round's end
+    compute: float  # the slowest site's train + evaluate seconds
+    site: str  # that site
+
+    @property
+    def overhead(self) -> float:
+        return self.interval - self.compute
+
+
+def round_overheads(db_url: str, run_id: str) -> list[RoundOverhead]:
+    """Every finished round of ``run_id`` with the sites' compute recorded, in round order."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            rounds = c.execute(select(Round.round, Round.started_at, Round.finished_at)
+                               .where(Round.run_id == run_id).order_by(Round.round)).all()
+            rows = c.execute(select(Metric.round, Metric.site, Metric.value)
+                             .where(Metric.run_id == run_id, Metric.name.in_(COMPUTE_METRICS),
+                                    Metric.site.is_not(None), Metric.value.is_not(None))).all()
+    finally:
+        engine.dispose()
+    compute: dict[int, dict[str, float]] = {}
+    for rnd, site, value in rows:
+        per_site = compute.setdefault(rnd, {})
+        per_site[site] = per_site.get(site, 0.0) + value
+    out, previous_end = [], None
+    for rnd, started, finished in rounds:
+        if finished is not None and compute.get(rnd):
+            site, seconds = max(compute[rnd].items(), key=lambda kv: kv[1])
+            out.append(RoundOverhead(rnd, (finished - (previous_end or started)).total_seconds(), seconds, site))
+        previous_end = finished
+    return out
+
+
+def median_overhead(rows: list[RoundOverhead]) -> float | None:
+    return statistics.median(r.overhead for r in rows) if rows else None
+
+
+def describe(rows: list[RoundOverhead]) -> str:
+    """The figures ``fedchest deploy local`` prints: the median, then each round."""
+    if not rows:
+        return "overhead per round: no finished round with the sites' compute seconds in the registry"
+    lines = [f"overhead per round (round interval - slowest site's train + evaluate): median "
+             f"{median_overhead(rows):.2f}s over {len(rows)} round(s)"]
+    lines += [f"  round {r.round}: {r.interval:.2f}s interval - {r.compute:.2f}s compute ({r.site}) = "
+              f"{r.overhead:.2f}s" for r in rows]
+    return "\n".join(lines)
