@@ -19,8 +19,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard
-from client.boxlatent import box_evaluation
-from client.ct.federated import evaluate_ct_round, train_ct_round
 from client.ct.index import is_ct_site
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
@@ -207,7 +205,9 @@ def _site_record(site: SiteConfig) -> ConfigRecord:
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     site = _site(msg, context)
-    if is_ct_site(site):
+    if is_ct_site(site):  # the CT and box-latent modules are imported by the runs that use them
+        from client.ct.federated import train_ct_round
+
         state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
         return Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics),
                                    "site": _site_record(site)}), reply_to=msg)
@@ -262,6 +262,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     if is_ct_site(site):
+        from client.ct.federated import evaluate_ct_round
+
         summary = evaluate_ct_round(config, site, global_state(msg.content["arrays"], CT_PREFIX), spec, split)
         return Message(RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)}), reply_to=msg)
     config, data, model = _setup(msg, context, split, site)
@@ -269,6 +271,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     label_set = load_label_set(str(config["label-set"]))
     zs_spec = zeroshot_spec(config, label_set)
     if isinstance(model, BoxLatentNet):
+        from client.boxlatent import box_evaluation
+
         probs, extra = box_evaluation(model, data, site_data(site, "val"), box_spec(config), select_device(), spec,
                                       site.privacy.min_count, seed=int(config.get("seed", 0)))
         routes = None

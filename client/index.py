@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from client import dicom_io
 from client.file_errors import GuardedScan, quiet_reader_warnings, reason_for
 from client.imaging import ImageReadError, read_raster, resize_square
 from client.site_config import SiteConfig, SiteConfigError
@@ -95,6 +94,8 @@ class Decoded:
 def decode(record: Record, size: int, min_size: int = 32) -> Decoded:
     """Decode and resize one image; raises ImageReadError with the reason."""
     if record.reader == "dicom":
+        from client import dicom_io  # pydicom: imported when a site has DICOM to read
+
         px, ds = dicom_io.decode(record.path, min_size)
         view, patient = ds.get("ViewPosition"), str(ds.get("PatientID", "") or "") or None
     else:
@@ -219,7 +220,9 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                     projection = harmonise_view(result.view)
                     method = "metadata" if projection else method
                     if projection is None:
-                        view = dicom_io.shown(result.view)
+                        from client.dicom_io import shown
+
+                        view = shown(result.view)
                         report.notes.append(Note(str(item.path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; "
                                                                   "routed as unknown"))
                 patient = item.patient_key or result.patient or item.key

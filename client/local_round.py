@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from client.boxlatent import train_box
 from client.dp_training import train_local_dp
 from client.dp_release import ReleasedCounts, released_counts
 from client.index import SiteData
@@ -89,6 +88,8 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
     epochs, batch = int(config["local-epochs"]), int(config["batch-size"])
     box = box_spec(config)
     if box is not None:
+        from client.boxlatent import train_box  # the box-latent head's code: imported by its runs only
+
         prevalence = np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None
         return train_box(model, data, box, epochs, float(config["lr"]), batch, select_device(),
                          seed=int(config.get("seed", 0)) * 1000 + int(config["server-round"]), prevalence=prevalence,

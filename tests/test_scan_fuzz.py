@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from client import cli, index
+from client import cli, dicom_io, index
 from client.ct.index import prepare_ct_site
 from client.site_config import load_site_config
 from client.sources.openi import parse_report
@@ -260,7 +260,7 @@ def test_a_full_disk_stops_the_scan_with_a_clear_error(tmp_path, capsys, monkeyp
     assert cli.main(["check", "--config", str(toml)]) == 2
     err = capsys.readouterr().err
     assert "error of the site" in err and "No space left on device" in err
-    monkeypatch.setattr(index.dicom_io, "decode", full)  # and during a decode, it is not turned into a rejection
+    monkeypatch.setattr(dicom_io, "decode", full)  # and during a decode, it is not turned into a rejection
     with pytest.raises(OSError, match="No space"):
         index.prepare_site(load_site_config(toml))
 
@@ -277,7 +277,7 @@ def test_errors_of_the_site_stop_check_with_a_clear_message(tmp_path, capsys, mo
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(index.dicom_io, "decode", fail)  # raised while decoding a file: still the site's error
+    monkeypatch.setattr(dicom_io, "decode", fail)  # raised while decoding a file: still the site's error
     assert cli.main(["check", "--config", str(toml)]) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

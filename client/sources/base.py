@@ -7,13 +7,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from client.file_errors import FileProblem, reason_for
 from client.site_config import SourceConfig
 from shared_models.ontology import SourceMap, load_source_map
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Harmonised projection names from the many spellings sources use (ViewPosition, PadChest Projection, ...).
 VIEW_TO_PROJECTION = {
@@ -79,6 +82,8 @@ def require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> N
 def read_table(path: Path, notes: list[Note] | None = None) -> pd.DataFrame:
     """A CSV (optionally .gz/.zip) with every column as text, blanks kept as ''. Text that is not UTF-8 is
     decoded as Latin-1 and noted; an unreadable or malformed file raises TableError naming it."""
+    import pandas as pd  # imported by the sites that read tables (index preparation), not by every round
+
     for encoding in ("utf-8", "latin-1"):
         try:
             df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding=encoding)

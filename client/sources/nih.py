@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from client.sources.base import Record, Rejection, Source, TableError, harmonise_view, read_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 

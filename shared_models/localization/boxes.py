@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 
@@ -57,6 +56,8 @@ class SetLossWeights:
 def match(boxes: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, w: SetLossWeights = SetLossWeights()
           ) -> tuple[np.ndarray, np.ndarray]:
     """Region indices and target indices of the minimum-cost one-to-one assignment (R regions, G targets)."""
+    from scipy.optimize import linear_sum_assignment  # scipy: imported by runs with the localiser only
+
     with torch.no_grad():
         cost = (w.l1 * torch.cdist(boxes.float(), target.float(), p=1)
                 - w.giou * generalized_box_iou(to_xyxy(boxes.float()), to_xyxy(target.float()))

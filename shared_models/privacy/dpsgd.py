@@ -31,7 +31,6 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from shared_models.networks.experts import PROJECTIONS, RoutedExperts
-from shared_models.privacy.per_layer import clipped_sum_per_layer, unsupported
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,8 @@ ENGINES = ("auto", "vmap", "per-layer")
 
 def engine_for(model: RoutedExperts, route: int, engine: str = "auto") -> str:
     """The per-layer engine where every member of the route is built of layers it handles, else vmap."""
+    from shared_models.privacy.per_layer import unsupported  # opacus: imported by runs that train with DP only
+
     if engine not in ENGINES:
         raise ValueError(f"DP engine must be one of {ENGINES}, got {engine!r}")
     if engine != "auto":
@@ -143,6 +144,8 @@ def clipped_gradient_sum(model: RoutedExperts, x: torch.Tensor, projection: torc
         if not bool(sel.any()):
             continue
         if engine_for(model, route, engine) == "per-layer":
+            from shared_models.privacy.per_layer import clipped_sum_per_layer
+
             run = _route_loss(model, route, loss_fn, offset, lambda prefix, module, x1: module(x1))
             by_param, values, norm = clipped_sum_per_layer(
                 _modules(model, route), x[sel], lambda xs: run(xs, y[sel], m[sel]), max_grad_norm)
