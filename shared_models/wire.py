@@ -163,4 +163,10 @@ def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None
 def read_arrays(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The state in a record of packed Flower Arrays (any mapping of Array-like objects) as views on their bytes
     (read-only: copy before writing); ``WireError`` when the pack is malformed."""
-    return unpack({name: npy_view(a) for name, a in record.items()})
+    buffers = {}
+    for name, a in record.items():
+        try:
+            buffers[name] = npy_view(a)
+        except (TypeError, ValueError, EOFError) as exc:  # another serialisation, or bytes that are not .npy
+            raise WireError(f"{name}: not a NumPy array ({str(exc)[:200]})") from None
+    return unpack(buffers)

@@ -127,6 +127,16 @@ def test_a_malformed_pack_is_a_wire_error_saying_what_is_wrong(case):
     assert issubclass(WireError, ValueError)
 
 
+def test_a_record_whose_arrays_are_not_npy_is_a_wire_error():
+    record = server_records.to_record({"g.a": np.zeros(2, np.float32)})
+    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="torch.Tensor", data=b"\0" * 8)
+    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+        server_records.from_record(record)
+    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"garbage")
+    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+        server_records.from_record(record)
+
+
 def test_pack_refuses_what_it_cannot_send():
     with pytest.raises(WireError, match="in two groups"):
         pack({"k": np.zeros(1)}, {"a": ["k"], "b": ["k"]})
