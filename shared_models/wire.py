@@ -153,7 +153,7 @@ def unpack(buffers: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None, consume: bool = False
+def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None, consume: bool
                 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, Flower ``Array`` fields) of each buffer of the pack, one at a time: a side makes ``Array(**fields)``."""
     for name, buf in iter_pack(state, groups, consume):
