@@ -35,6 +35,8 @@ TARGETS: dict[str, list[str]] = {  # file -> the fast tests that cover it (pytes
     "server/aggregation.py": ["tests/test_aggregation.py", "tests/test_robust.py", "-k", "not laterals"],
     "server/validation.py": ["tests/test_validation.py", "tests/test_robust.py",
                              "tests/test_server_parts.py::test_update_validation"],
+    "shared_models/wire.py": ["tests/test_wire.py", "-k", "not model_message"],
+    "shared_models/npy.py": ["tests/test_wire.py", "-k", "not model_message"],
 }
 PACKAGES = ("shared_models", "server", "client", "tests", "dashboards")  # copied, and dropped between mutants
 
@@ -188,7 +190,7 @@ def copy_repo(dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", help="a target file (repeatable); default: all four")
+    ap.add_argument("--only", action="append", help="a target file (repeatable); default: every TARGETS file")
     ap.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole check")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant's test run")
     ap.add_argument("--out", type=Path, help="write the Markdown report here")

@@ -275,7 +275,8 @@ def main(grid: Grid, context: Context) -> None:
             return None
         rnd += offset  # called after the round's federated evaluation: the checkpoint marks a complete round
         t_ckpt = time.perf_counter()
-        path, digest, size = save_checkpoint(ckpt_dir, rnd, {k: torch.from_numpy(np.array(v)) for k, v in from_record(arrays).items()},
+        saved = {k: torch.from_numpy(np.array(v)) for k, v in from_record(arrays).items()}  # copies of the views
+        path, digest, size = save_checkpoint(ckpt_dir, rnd, saved,
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),

@@ -153,7 +153,7 @@ def unpack(buffers: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None, consume: bool = False
+def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None, consume: bool
                 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, Flower ``Array`` fields) of each buffer of the pack, one at a time: a side makes ``Array(**fields)``."""
     for name, buf in iter_pack(state, groups, consume):
@@ -163,4 +163,10 @@ def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None
 def read_arrays(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The state in a record of packed Flower Arrays (any mapping of Array-like objects) as views on their bytes
     (read-only: copy before writing); ``WireError`` when the pack is malformed."""
-    return unpack({name: npy_view(a) for name, a in record.items()})
+    buffers = {}
+    for name, a in record.items():
+        try:
+            buffers[name] = npy_view(a)
+        except (TypeError, ValueError, EOFError) as exc:  # another serialisation, or bytes that are not .npy
+            raise WireError(f"{name}: not a NumPy array ({str(exc)[:200]})") from None
+    return unpack(buffers)

@@ -58,13 +58,15 @@ def test_a_malformed_pack_is_rejected_and_the_round_goes_on(tmp_path):
     no_index = to_record({"router.w": torch.ones(2, 3)})
     del no_index["pack/index"]
     arrays, _ = strat.aggregate_train(1, [reply(1, "alpha", bad), reply(2, "beta", no_index),
-                                          reply(3, "gamma", to_record({"router.w": torch.full((2, 3), 2.0)}))])
+                                          reply(3, "gamma", to_record({"router.w": torch.full((2, 3), 2.0)})),
+                                          reply(4, "delta", to_record({}))])  # an empty pack: nothing to send
     assert np.allclose(from_record(arrays)["router.w"], 2.0)  # gamma's update alone
     with Session(registry.engine) as s:
         events = sorted((e.kind, e.site, e.message) for e in s.scalars(select(Event)))
-    assert [(k, site) for k, site, _ in events] == [("update_rejected", "alpha"), ("update_rejected", "beta")]
-    assert "malformed update: pack/index: format version 7; this side reads version 1" in events[0][2]
-    assert "malformed update: no pack/index array" in events[1][2]
+    assert [(k, site) for k, site, _ in events] == [("nothing_sent", "delta"), ("update_rejected", "alpha"),
+                                                    ("update_rejected", "beta")]
+    assert "malformed update: pack/index: format version 7; this side reads version 1" in events[1][2]
+    assert "malformed update: no pack/index array" in events[2][2]
 
 
 def test_error_line_keeps_what_went_wrong():

@@ -48,6 +48,8 @@ def test_round_trip_is_exact_in_key_order_and_split_by_group_and_dtype():
     assert list(unpack(pack(state))) == list(state)  # no groups: one buffer per dtype under "rest"
     assert set(pack(state)) == {INDEX, "pack/rest/float32", "pack/rest/float16", "pack/rest/int64", "pack/rest/bool"}
     assert unpack(pack({})) == {}
+    index = json.loads(pack({"k": np.zeros(2)})[INDEX].tobytes())  # the contract both sides read
+    assert index == {"format": "fedchest-pack", "version": 1, "entries": [["k", "pack/rest/float64", 0, [2], "float64"]]}
 
 
 def test_unpacked_tensors_are_views_on_the_buffers():
@@ -106,6 +108,12 @@ def _malformed() -> dict[str, tuple[dict, str]]:
         "unknown version": (_with_index(good, {**idx, "version": 99}), "format version 99"),
         "entry not a list": (entries(0, 2, "0"), "entry 0: expected [key, buffer, offset >= 0"),
         "negative dim": (entries(1, 3, [-2]), "entry 1: expected"),
+        "key not a string": (entries(0, 0, 5), "entry 0: expected"),
+        "buffer not a string": (entries(0, 1, 5), "entry 0: expected"),
+        "shape not a list": (entries(0, 3, 4), "entry 0: expected"),
+        "dtype not a string": (entries(0, 4, 4), "entry 0: expected"),
+        "short entry": (_with_index(good, {**idx, "entries": [idx["entries"][0][:4]]}), "entry 0: expected"),
+        "entries not a list": (_with_index(good, {**idx, "entries": {}}), "'entries' must be a list"),
         "slice outside": (entries(1, 3, [3]), "g.b: slice [4, 7) is outside pack/g/float32 (6 elements)"),
         "offset gap": (entries(1, 2, 5), "g.b: offset 5 in pack/g/float32, expected 4"),
         "dtype mismatch": (entries(2, 4, "float32"), "g.n: dtype float32 but its buffer pack/g/int64 holds int64"),
@@ -125,6 +133,20 @@ def test_a_malformed_pack_is_a_wire_error_saying_what_is_wrong(case):
     with pytest.raises(WireError, match=__import__("re").escape(message)):
         unpack(buffers)
     assert issubclass(WireError, ValueError)
+
+
+def test_a_record_whose_arrays_are_not_npy_is_a_wire_error():
+    record = server_records.to_record({"g.a": np.zeros(2, np.float32)})
+    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="torch.Tensor", data=b"\0" * 8)
+    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+        server_records.from_record(record)
+    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="torch.Tensor",
+                                     data=npy_fields(np.zeros(2, np.float32))["data"])  # .npy bytes, another stype
+    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+        server_records.from_record(record)
+    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"garbage")
+    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+        server_records.from_record(record)
 
 
 def test_pack_refuses_what_it_cannot_send():
@@ -185,6 +207,8 @@ def test_npy_view_falls_back_to_a_copy_when_the_bytes_are_not_plain_c_order_npy(
     a2 = Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=header.getvalue() + v2.tobytes())
     np.testing.assert_array_equal(npy_view(a2), v2)  # a version-2 header (4-byte length), still a view
     assert _backed_by(npy_view(a2), a2.data)
+    a3 = Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=a2.data[:6] + b"\x03" + a2.data[7:])
+    assert _backed_by(npy_view(a3), a3.data) and np.array_equal(npy_view(a3), v2)  # version 3 (UTF-8 header)
     short = Array(dtype="float64", shape=(5,), stype="numpy.ndarray", data=npy_fields(v2)["data"])
     np.testing.assert_array_equal(npy_view(short), v2)  # a shape that does not fit the bytes: not viewed
     torch_array = Array.from_torch_tensor(torch.arange(3.0))
