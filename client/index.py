@@ -26,8 +26,7 @@ from client.file_errors import GuardedScan, quiet_reader_warnings, reason_for
 from client.imaging import ImageReadError, read_raster, resize_square
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources import Note, Record, Rejection, harmonise_view, make_source
-from shared_models.networks import PROJECTIONS
-from shared_models.ontology import load_label_set
+from shared_models.ontology import PROJECTIONS, load_label_set
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (

@@ -2,9 +2,11 @@
 
 A Flower mod stamps every reply with a ``timeline`` ConfigRecord of Unix times taken in this process:
 
-- ``delivered``: when the SuperNode pulled the instruction from the SuperLink (the link's ``delivered_at``; absent
-  in simulation, where no link delivers);
+- ``delivered``: when the SuperNode pulled the instruction from the SuperLink (the link's ``delivered_at``, when
+  the message carries it; Flower 1.41 does not pass it on to the ClientApp process);
 - ``process``: when this ClientApp process started (``/proc/self/stat``; absent off Linux);
+- ``loaded``: when the process began importing fedchest's client code (after Flower's runtime pulled the task and
+  installed the FAB);
 - ``entered``: when the app had loaded (imports done) and the handler was called;
 - ``ready``: when the handler had its model and data (``mark_ready``; absent if the handler never says);
 - ``done``: when the handler returned its reply.
@@ -21,6 +23,8 @@ import time
 from datetime import datetime
 
 from flwr.app import ConfigRecord, Context, Message
+
+from client import LOAD_STARTED
 
 RECORD = "timeline"
 _marks: dict[str, float] = {}
@@ -62,6 +66,7 @@ def timeline_mod(msg: Message, context: Context, call_next) -> Message:
         stamps["delivered"] = delivered
     if PROCESS_START is not None:
         stamps["process"] = PROCESS_START
+    stamps["loaded"] = LOAD_STARTED
     if not reply.has_error():
         reply.content[RECORD] = ConfigRecord(stamps)
     return reply

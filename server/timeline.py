@@ -4,11 +4,14 @@ ConfigRecord, written by the client's timeline mod).
 
 Per site and stage (train / evaluate), in seconds:
 
-- ``to_site``: push done -> the SuperNode pulled the instruction (link queue and the node's polling);
-- ``dispatch``: -> the ClientApp process started (SuperExec polling and process start), when it started after the
-  pull; a process that was already running (simulation, a warm worker) has none;
-- ``imports``: -> the app was loaded and its handler called (Python start-up and imports; with no separate
-  process start, dispatch and imports are one figure, reported as ``imports``);
+- ``to_site``: push done -> the SuperNode pulled the instruction (when the reply carries that time);
+- ``dispatch``: -> the ClientApp process started (the link's queue, the SuperNode's and SuperExec's polling, the
+  process start), when it started after the push; a process that was already running (simulation, a warm worker)
+  has none;
+- ``runtime``: -> the process began importing fedchest's code (Flower's runtime pulling the task and installing
+  the FAB), when that happened after the push;
+- ``imports``: -> the app was loaded and its handler called (the remaining start-up and imports; where the stamps
+  before it are missing or earlier than the push, this phase holds everything from the push to the handler);
 - ``setup``: -> model and data ready (when the handler marks it);
 - ``compute``: -> the handler returned its reply;
 - ``reply``: -> the ServerApp pulled the reply (the reply's way back and the server's polling).
@@ -23,13 +26,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 TIMELINE = "timeline"  # the reply's ConfigRecord of stamps (client/timeline.py writes it)
-SITE_PHASES = ("to_site", "dispatch", "imports", "setup", "compute", "reply")
+SITE_PHASES = ("to_site", "dispatch", "runtime", "imports", "setup", "compute", "reply")
 ROUND_PHASES = ("push", "aggregate", "checkpoint")
 
 
 def site_phases(stamps: Mapping[str, float], pushed: float, pulled: float) -> dict[str, float]:
     """Phase durations for one reply. ``pushed`` and ``pulled`` are the server's Unix times; ``stamps`` the
-    reply's timeline record (``entered`` and ``done`` always; ``delivered``, ``process``, ``ready`` when known).
+    reply's timeline record (``entered`` and ``done`` always; ``delivered``, ``process``, ``loaded``, ``ready`` when known).
     A phase whose ends are not both known is left out."""
     try:
         entered, done = float(stamps["entered"]), float(stamps["done"])
@@ -42,9 +45,10 @@ def site_phases(stamps: Mapping[str, float], pushed: float, pulled: float) -> di
     if delivered is not None:
         out["to_site"] = delivered - pushed
         start = delivered
-    if process is not None and process > start:
-        out["dispatch"] = process - start
-        start = process
+    for name, stamp in (("dispatch", process), ("runtime", _get(stamps, "loaded"))):
+        if stamp is not None and start < stamp <= entered:
+            out[name] = stamp - start
+            start = stamp
     out["imports"] = entered - start
     ready = _get(stamps, "ready")
     if ready is not None and entered <= ready <= done:

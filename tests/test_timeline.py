@@ -39,7 +39,7 @@ def test_the_mod_stamps_the_reply_in_order():
     assert stamps["delivered"] == delivered.timestamp()
     assert stamps["delivered"] <= stamps["entered"] < stamps["ready"] < stamps["done"]
     assert stamps["ready"] - stamps["entered"] >= 0.02 and stamps["done"] - stamps["ready"] >= 0.02
-    assert stamps["process"] <= stamps["entered"]  # this test process started before the call
+    assert stamps["process"] <= stamps["loaded"] <= stamps["entered"]  # this process started, then imported client
     assert dict(reply.content["metrics"]) == {"a": 1.0}
 
 
@@ -58,14 +58,17 @@ def test_no_stamp_on_an_error_reply_and_no_delivery_in_simulation():
 
 def test_phases_of_a_fresh_process_add_up_to_the_round_trip():
     pushed = 1000.0
-    stamps = {"delivered": 1000.5, "process": 1001.0, "entered": 1004.0, "ready": 1004.5, "done": 1010.0}
+    stamps = {"delivered": 1000.5, "process": 1001.0, "loaded": 1002.0, "entered": 1004.0, "ready": 1004.5,
+              "done": 1010.0}
     phases = site_phases(stamps, pushed, pulled=1010.25)
-    assert phases == {"to_site": 0.5, "dispatch": 0.5, "imports": 3.0, "setup": 0.5, "compute": 5.5, "reply": 0.25}
+    assert phases == {"to_site": 0.5, "dispatch": 0.5, "runtime": 1.0, "imports": 2.0, "setup": 0.5, "compute": 5.5,
+                      "reply": 0.25}
     assert sum(phases.values()) == 1010.25 - pushed
 
 
 def test_a_warm_process_has_no_dispatch_and_missing_stamps_leave_phases_out():
-    warm = site_phases({"delivered": 10.0, "process": 1.0, "entered": 10.2, "done": 11.0}, pushed=9.0, pulled=11.5)
+    warm = site_phases({"delivered": 10.0, "process": 1.0, "loaded": 1.5, "entered": 10.2, "done": 11.0}, pushed=9.0,
+                       pulled=11.5)
     assert warm == pytest.approx({"to_site": 1.0, "imports": 0.2, "compute": 0.8, "reply": 0.5})
     simulated = site_phases({"entered": 10.0, "done": 12.0}, pushed=9.5, pulled=12.0)
     assert simulated == {"imports": 0.5, "compute": 2.0, "reply": 0.0}

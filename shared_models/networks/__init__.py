@@ -1,31 +1,18 @@
-"""Model definitions and the one factory that builds them from configuration."""
+"""Model definitions and the one factory that builds them from configuration.
 
-from shared_models.networks.experts import PROJECTIONS, RoutedExperts, projection_index
-from shared_models.networks.factory import (
-    available_presets,
-    WeightsError,
-    build_model,
-    classifier_keys,
-    float_state_keys,
-    group_keys,
-    load_preset,
-    parameter_group,
-    parse_weights,
-    radiograph_state,
-)
+Names load on first use (PEP 562): importing a submodule (e.g. ``shared_models.networks.experts``) does not import
+the factory, timm and every head it builds."""
 
-__all__ = [
-    "PROJECTIONS",
-    "RoutedExperts",
-    "WeightsError",
-    "available_presets",
-    "build_model",
-    "classifier_keys",
-    "float_state_keys",
-    "group_keys",
-    "load_preset",
-    "parameter_group",
-    "parse_weights",
-    "radiograph_state",
-    "projection_index",
-]
+from __future__ import annotations
+
+from shared_models.lazy import lazy_exports
+
+_WHERE = {
+    "PROJECTIONS": "experts", "RoutedExperts": "experts", "projection_index": "experts",
+    **{name: "factory" for name in ("available_presets", "WeightsError", "build_model", "classifier_keys",
+                                    "float_state_keys", "group_keys", "load_preset", "parameter_group",
+                                    "parse_weights", "radiograph_state")},
+}
+__all__ = sorted(_WHERE)
+
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LAT")
+from shared_models.ontology import PROJECTIONS
+
 UNKNOWN_PROJECTION = -1
 ROUTING_MODES = ("soft", "hard")
 

@@ -14,6 +14,8 @@ from importlib import resources
 
 import numpy as np
 
+PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LAT")  # the views a radiograph is routed by (one expert each)
+
 DEFAULT_LABEL_SET = "cxrlt2026"
 _DATA = resources.files("shared_models.ontology") / "data"
 

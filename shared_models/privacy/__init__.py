@@ -1,10 +1,19 @@
 """Differential privacy for the site's training: DP-compatible networks, DP-SGD with exact per-sample
-gradients, and privacy accounting. Framework-free (no flwr): the site's ledger and policy live in client/."""
+gradients, and privacy accounting. Framework-free (no flwr): the site's ledger and policy live in client/.
 
-from shared_models.privacy.accountant import ACCOUNTANTS, epsilon
-from shared_models.privacy.compat import cross_sample_layers, is_dp_compatible, make_dp_compatible
-from shared_models.privacy.dpsgd import (ENGINES, DPSettings, clipped_gradient_sum, dp_schedule, engine_for,
-                                        privatise)
+Names load on first use (PEP 562), so a caller that needs only the accountant (the site CLI's `check`, the
+privacy ledger) does not import torch and the networks."""
 
-__all__ = ["ACCOUNTANTS", "DPSettings", "ENGINES", "engine_for", "clipped_gradient_sum", "cross_sample_layers", "epsilon",
-           "dp_schedule", "is_dp_compatible", "make_dp_compatible", "privatise"]
+from __future__ import annotations
+
+from shared_models.lazy import lazy_exports
+
+_WHERE = {
+    "ACCOUNTANTS": "accountant", "epsilon": "accountant",
+    "cross_sample_layers": "compat", "is_dp_compatible": "compat", "make_dp_compatible": "compat",
+    "ENGINES": "dpsgd", "DPSettings": "dpsgd", "clipped_gradient_sum": "dpsgd", "dp_schedule": "dpsgd",
+    "engine_for": "dpsgd", "privatise": "dpsgd",
+}
+__all__ = sorted(_WHERE)
+
+__getattr__ = lazy_exports(__name__, _WHERE)
