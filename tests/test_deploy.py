@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -161,6 +162,13 @@ def test_deploy_local_runs_a_tls_consortium_end_to_end(tmp_path):
     assert "https://127.0.0.1" in log
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps  # nothing left running
+    if os.environ.get("FEDCHEST_WARM", "1") != "0":  # warm ClientApp (client/warm): every task forked by a worker
+        logs = tmp_path / "deployment" / "logs"
+        served = sum(p.read_text().count("exited with code 0") for p in logs.glob("warm-*.log"))
+        assert served >= 2 * 2 * 2  # a train and an evaluate task per site and round
+        nodes = "".join(p.read_text() for p in logs.glob("supernode-*.log"))
+        assert "matches the preloaded code" in nodes and "cold start" not in nodes
+        assert "fedchest-warm-" not in ps
 
 
 def render_proxy(out: Path, listen: int, upstream: str, cert_dir: Path) -> Path:
