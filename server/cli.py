@@ -127,7 +127,7 @@ def _deploy(args: argparse.Namespace) -> int:
     try:
         deploy_local(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.preset,
                      args.local_epochs, args.seed, insecure=args.insecure,
-                     persistent_state=args.persistent_link_state)
+                     persistent_state=args.persistent_link_state, warm=False if args.cold else None)
     except DeployError as exc:
         print(f"fedchest deploy local: {exc}", file=sys.stderr)
         return 2
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the SuperLink's Flower state in DIR/deployment/superlink.db (SQLite) instead of in "
                          "memory; slower under load, and only Flower's own records survive in it: fedchest's "
                          "registry and checkpoints survive either way")
+    dl.add_argument("--cold", action="store_true",
+                    help="no warm ClientApp workers: Flower's fresh flwr-clientapp process per message (for comparison; "
+                         "FEDCHEST_WARM=0 does the same)")
     dl.set_defaults(fn=_deploy)
     pa = sub.add_parser("privacy-audit", help="empirical lower bound on a site's DP-SGD epsilon (canary audit), next "
                                               "to the accountant's upper bound (docs/privacy-audit.md)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -185,6 +186,13 @@ def test_deploy_local_runs_a_tls_consortium_end_to_end(tmp_path):
     assert "https://127.0.0.1" in log
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps  # nothing left running
+    if os.environ.get("FEDCHEST_WARM", "1") != "0":  # warm ClientApp (client/warm): every task forked by a worker
+        logs = tmp_path / "deployment" / "logs"
+        served = sum(p.read_text().count("exited with code 0") for p in logs.glob("warm-*.log"))
+        assert served >= 2 * 2 * 2  # a train and an evaluate task per site and round
+        nodes = "".join(p.read_text() for p in logs.glob("supernode-*.log"))
+        assert "matches the preloaded code" in nodes and "cold start" not in nodes
+        assert "fedchest-warm-" not in ps
 
 
 def render_proxy(out: Path, listen: int, upstream: str, cert_dir: Path) -> Path:
@@ -313,7 +321,8 @@ def test_container_files_are_consistent():
         assert "pip" not in entry and "uv " not in entry  # no run-time installs
     assert "--disable-runtime-dependency-installation" in dockerfile and "--enable-supernode-auth" in dockerfile
     site_stage = next(stage for stage in stages if stage.startswith("base AS site"))
-    assert 'exec fedchest-supernode --superlink' in site_stage  # the site polls within tenths of a second
+    assert 'exec $warm fedchest-supernode --superlink' in site_stage  # polls within tenths of a second, warm ClientApp
+    assert "warm='python -m client.warm.site --'" in site_stage and "FEDCHEST_WARM_SOCKET=" in site_stage
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["fedchest-supernode"] == "client.deploy.supernode:main"
     for line in dockerfile.splitlines():

@@ -28,6 +28,10 @@ class ProtocolError(RuntimeError):
     """The other end broke the shim/worker protocol or went away mid-message."""
 
 
+class ConnectionClosed(ProtocolError):
+    """The other end closed the connection before a message began (a readiness probe, or a peer that left)."""
+
+
 class GoCold(RuntimeError):
     """The worker declined the task before starting it (the reason is the message): the shim runs it cold."""
 
@@ -43,7 +47,7 @@ def send_message(sock: socket.socket, payload: dict, fds: list[int] | None = Non
         sock.sendall(frame)
 
 
-def _read_exact(sock: socket.socket, n: int, fds: list[int], want_fds: int) -> bytes:
+def _read_exact(sock: socket.socket, n: int, fds: list[int], want_fds: int, first: bool = False) -> bytes:
     buf = b""
     while len(buf) < n:
         if want_fds and not fds:
@@ -52,6 +56,8 @@ def _read_exact(sock: socket.socket, n: int, fds: list[int], want_fds: int) -> b
         else:
             chunk = sock.recv(n - len(buf))
         if not chunk:
+            if first and not buf:
+                raise ConnectionClosed("connection closed")
             raise ProtocolError(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
     return buf
@@ -60,7 +66,7 @@ def _read_exact(sock: socket.socket, n: int, fds: list[int], want_fds: int) -> b
 def recv_message(sock: socket.socket, want_fds: int = 0) -> tuple[dict, list[int]]:
     """The next message and the file descriptors that came with it; ProtocolError on EOF or a malformed frame."""
     fds: list[int] = []
-    (size,) = _HEADER.unpack(_read_exact(sock, _HEADER.size, fds, want_fds))
+    (size,) = _HEADER.unpack(_read_exact(sock, _HEADER.size, fds, want_fds, first=True))
     if size > MAX_MESSAGE:
         raise ProtocolError(f"message of {size} bytes announced; at most {MAX_MESSAGE}")
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.warm import SOCKET_ENV
-from client.warm.shim import ProtocolError, recv_message, send_message
+from client.warm.shim import ConnectionClosed, ProtocolError, recv_message, send_message
 
 DEFAULT_PRELOAD = ("torch", "timm", "flwr.supernode.cli.flwr_clientapp", "client.client_app")
 DEFAULT_PACKAGES = ("client", "shared_models")
@@ -154,6 +154,9 @@ class Worker:
     def _request(self, task: Task) -> None:
         try:
             request, fds = recv_message(task.conn, want_fds=3)
+        except ConnectionClosed:  # a readiness probe (fedchest deploy local, client.warm.site)
+            self._drop(task)
+            return
         except (ProtocolError, OSError) as exc:
             log(f"bad request from a shim ({exc}); connection dropped")
             self._drop(task)

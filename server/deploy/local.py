@@ -26,10 +26,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +56,16 @@ def _plain(text: str) -> str:
     both forms: the SuperLink's own log has only the coloured one."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
     return "\n".join(line for line in lines if not re.match(r"(INFO|WARNING|DEBUG) +:", line))
+
+
+def _accepts(sock: Path) -> bool:
+    """A Unix socket with a process accepting on it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+            return True
+        except OSError:
+            return False
 
 
 def free_port() -> int:
@@ -114,6 +126,10 @@ class LocalConsortium:
     persistent_state: bool = False  # the SuperLink's Flower state in out/superlink.db instead of in memory
     procs: list[Proc] = field(default_factory=list)
     registered: set[str] = field(default_factory=set)  # sites whose keys the running SuperLink knows
+    # warm ClientApp (client/warm): a worker per SuperNode forks each task from preloaded code; FEDCHEST_WARM=0 or
+    # `fedchest deploy local --cold` keeps Flower's fresh flwr-clientapp process per message
+    warm: bool = field(default_factory=lambda: os.environ.get("FEDCHEST_WARM", "1") != "0")
+    workers: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = self.out.resolve()
@@ -144,10 +160,10 @@ class LocalConsortium:
         return self.keys / site
 
     # ------------------------------------------------------------------ processes
-    def _start(self, name: str, cmd: list[str]) -> Proc:
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.logs / f"{name}.log"
         f = log.open("ab")
-        popen = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.out,
+        popen = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.out,
                                  start_new_session=True)
         f.close()
         proc = Proc(name, popen, log)
@@ -212,18 +228,57 @@ class LocalConsortium:
                     "--auth-supernode-private-key", str(key or self.keys / site)]
         if max_retries is not None:
             cmd += ["--max-retries", str(max_retries)]
-        return self._start(f"supernode-{site}", cmd)
+        return self._start(f"supernode-{site}", cmd, env=self.supernode_env(site))
+
+    # ------------------------------------------------------------------ warm ClientApp workers
+    def start_worker(self, site: str) -> Proc:
+        """The site's warm ClientApp worker (``python -m client.warm.worker``), which writes the flwr-clientapp
+        shim its SuperNode finds first on PATH. Sockets live in a short temporary folder (a Unix socket path has
+        at most 107 bytes)."""
+        if not self.workers:
+            self.warm_dir = Path(tempfile.mkdtemp(prefix="fedchest-warm-"))
+        sock = self.warm_dir / f"{site}.sock"
+        proc = self._start(f"warm-{site}", [sys.executable, "-m", "client.warm.worker", "--socket", str(sock),
+                                            "--shim-dir", str(self.warm_dir / "bin")])
+        self.workers[site] = sock
+        return proc
+
+    def wait_workers(self, timeout: float = 600.0) -> None:
+        end = time.monotonic() + timeout
+        for site, sock in self.workers.items():
+            proc = next(p for p in self.procs if p.name == f"warm-{site}")
+            while not _accepts(sock):
+                if proc.popen.poll() is not None:
+                    raise DeployError(f"the warm ClientApp worker of {site} exited with code "
+                                      f"{proc.popen.returncode}; see {proc.log}:\n{proc.tail()}")
+                if time.monotonic() > end:
+                    raise DeployError(f"the warm ClientApp worker of {site} was not ready within {timeout:.0f} s; "
+                                      f"see {proc.log}")
+                time.sleep(0.3)
+
+    def supernode_env(self, site: str) -> dict[str, str]:
+        """The SuperNode's environment: with a warm worker, the shim first on PATH and the worker's socket."""
+        if site not in self.workers:
+            return self.env
+        return {**self.env, "PATH": f"{self.warm_dir / 'bin'}{os.pathsep}{self.env['PATH']}",
+                "FEDCHEST_WARM_SOCKET": str(self.workers[site])}
 
     def start_sites(self, site_configs: list[Path]) -> dict[str, Proc]:
         """A SuperNode for each ``site.toml`` (named after its folder; with TLS, its key made and registered
         first), returned once all of them are online."""
         procs = {}
+        if self.warm:
+            for cfg in site_configs:
+                self.start_worker(cfg.parent.name)
         for cfg in site_configs:
             site = cfg.parent.name
             if not self.insecure:
                 self.site_key(site)
                 if site not in self.registered:
                     self.register(site)
+        self.wait_workers()
+        for cfg in site_configs:
+            site = cfg.parent.name
             procs[site] = self.start_supernode(site, cfg)
         self.wait_online(len(site_configs))
         return procs
@@ -314,8 +369,10 @@ class LocalConsortium:
             self.procs.remove(proc)
 
     def close(self) -> None:
-        for proc in reversed(list(self.procs)):  # SuperNodes first, the SuperLink last
+        for proc in reversed(list(self.procs)):  # SuperNodes first, then the warm workers, the SuperLink last
             self.stop(proc)
+        if self.workers:
+            shutil.rmtree(self.warm_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalConsortium:
         return self
@@ -327,7 +384,7 @@ class LocalConsortium:
 def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200, image_size: int = 64,
                  preset: str = "tiny", local_epochs: int = 1, seed: int = 0, insecure: bool = False,
                  db_url: str | None = None, extra_config: dict | None = None,
-                 persistent_state: bool = False) -> dict:
+                 persistent_state: bool = False, warm: bool | None = None) -> dict:
     """Synthetic sites, certificates and keys, a SuperLink and ``n_sites`` SuperNodes as processes, one
     ``flwr run`` followed to the end; returns the run's summary (every process is stopped on return)."""
     from server.demo import make_sites
@@ -342,6 +399,10 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
     (run_dir / "summary.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     with LocalConsortium(out / "deployment", insecure=insecure, db_url=db_url, persistent_state=persistent_state) as c:
+        if warm is not None:
+            c.warm = warm
+        print("ClientApp: " + ("warm (a worker per SuperNode forks each task; --cold for a process per message)"
+                               if c.warm else "cold (a new flwr-clientapp process per message)"))
         c.make_certs()
         c.start_superlink()
         print(f"SuperLink on 127.0.0.1:{c.port} (state {'in memory' if c.state_db == IN_MEMORY else c.state_db}, "
