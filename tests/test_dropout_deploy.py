@@ -3,8 +3,8 @@ killed (SIGKILL) after round 1 and started again after round 3. The run does not
 rounds their contribution only (the link's "node unavailable" error or its reply deadline, then a missing node once
 the SuperLink drops it), every absence is an event naming the site, the site rejoins, and the run completes.
 
-Each message starts a ClientApp process at the SuperNode (Flower's subprocess isolation), so on 2 loaded cores a
-round takes minutes and a reply's time varies widely: after rejoining, the site may still miss a round's deadline
+Each message starts a ClientApp task at the SuperNode (forked from the warm worker, or a fresh process with
+--cold), so on 2 loaded cores a reply's time varies widely: after rejoining, the site may still miss a round's deadline
 (CI once saw it train in round 4 and 5 and miss round 6). That is the deadline working, so the test asks that it
 trained again after rejoining and that every round it missed names it in an event. CI also saw the run fail in
 round 1 on a busy SuperLink (HTTP 500 on its locked state); that is what test_busy_link.py covers. Marker: e2e."""
@@ -66,7 +66,10 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
     named = {(k, r) for k, s, r, _ in events if s == name and k in ("straggler", "dropout", "train_error")}
     assert {r for _, r in named} & {2, 3}, events
     assert not any(k in ("straggler", "dropout", "train_error") and s and s.startswith("node-") for k, s, _, _ in events)
-    assert any(k == "nodes_missing" for k, _, _, _ in events)
+    # every round it was down is accounted for: an event naming it, or (once the link has dropped it) the round's
+    # nodes_missing event; with rounds of seconds the link may still list the dead node for both
+    missing = {r for k, _, r, _ in events if k == "nodes_missing"}
+    assert {2, 3} <= {r for _, r in named} | missing, events
     trained = {r for (r,) in _rows(url, "SELECT round FROM metrics WHERE name = 'train_loss' AND site = :s", s=name)}
     assert 1 in trained and not {2, 3} <= trained and trained & {4, 5}, (trained, events)  # it left and came back
     absent = {r for k, s, r, _ in events if s == name and k in ("straggler", "dropout", "train_error")}

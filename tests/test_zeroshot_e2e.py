@@ -49,7 +49,10 @@ def test_every_prompt_family_is_scored_with_an_interval(zs_demo):
         assert 0 <= lo <= f["pooled"]["all"]["mAUC"] <= hi <= 1 and hi - lo > 0
         line = next(ln for ln in log.splitlines() if ln.strip().startswith(family) and "mAUC" in ln)
         assert f"{f['pooled']['all']['mAUC']:.3f} [{lo:.3f}, {hi:.3f}]" in line
-    assert zs["selected_round"] in (1, 2)
+    if sum(last["proxy"]["n_pos"].values()):  # proxy classes scored: the round they select is reported
+        assert zs["selected_round"] in (1, 2) and "model selection on the proxy classes" in log
+    else:  # (the sites' random split salts decide whether a proxy class has test positives at this size)
+        assert zs["selected_round"] is None and "model selection on the proxy classes" not in log
     assert "zero-shot, held-out classes never in any training label" in log
     assert "planted at 6%" in log
 
