@@ -25,10 +25,28 @@ def planted_phi(root: Path) -> set[str]:
 
 def leaked(values: set[str], blobs: list[bytes]) -> list[str]:
     """Planted values found in any blob as whole tokens: a numeric identifier must not sit inside a longer run
-    of digits (a float's mantissa or torch's 40-digit serialization id can contain any 8 digits by chance)."""
-    hits = []
-    for v in sorted(values):
-        pattern = re.compile(rb"(?<![0-9])" + re.escape(v.encode()) + rb"(?![0-9])")
-        if any(pattern.search(b) for b in blobs):
-            hits.append(v)
-    return hits
+    of digits (a float's mantissa or torch's 40-digit serialization id can contain any 8 digits by chance).
+
+    A numeric value is found exactly when it is one of the blobs' maximal digit runs (one pass per blob); the
+    others by bytes.find with the digit check at each occurrence."""
+    numeric = {v for v in values if v.isdigit()}
+    lengths = {len(v) for v in numeric}
+    runs: set[bytes] = set()
+    for b in blobs:
+        runs.update(r for r in re.findall(rb"[0-9]+", b) if len(r) in lengths)
+    hits = {v for v in numeric if v.encode() in runs}
+    for v in values - numeric:
+        if v and any(_whole(v.encode(), b) for b in blobs):
+            hits.add(v)
+    return sorted(hits)
+
+
+def _whole(needle: bytes, blob: bytes) -> bool:
+    """``needle`` occurs in ``blob`` with no digit right before or after it."""
+    at = blob.find(needle)
+    while at != -1:
+        end = at + len(needle)
+        if not (at and blob[at - 1:at].isdigit()) and not blob[end:end + 1].isdigit():
+            return True
+        at = blob.find(needle, at + 1)
+    return False
