@@ -256,6 +256,14 @@ class LocalConsortium:
                                       f"see {proc.log}")
                 time.sleep(0.3)
 
+    def share_cores(self, n_sites: int) -> None:
+        """Sites on one host share its cores: each ClientApp gets cores // sites torch threads (FEDCHEST_THREADS,
+        OMP_NUM_THREADS; a value already set wins). A hospital's own machine keeps all of them; here, threads of
+        several sites spinning on the same cores made a 0.45 s training step take over 20 s."""
+        share = str(max(1, (os.cpu_count() or 1) // max(1, n_sites)))
+        self.env = {**self.env, "FEDCHEST_THREADS": os.environ.get("FEDCHEST_THREADS", share),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", share)}
+
     def supernode_env(self, site: str) -> dict[str, str]:
         """The SuperNode's environment: with a warm worker, the shim first on PATH and the worker's socket."""
         if site not in self.workers:
@@ -267,6 +275,7 @@ class LocalConsortium:
         """A SuperNode for each ``site.toml`` (named after its folder; with TLS, its key made and registered
         first), returned once all of them are online."""
         procs = {}
+        self.share_cores(len(site_configs))
         if self.warm:
             for cfg in site_configs:
                 self.start_worker(cfg.parent.name)
