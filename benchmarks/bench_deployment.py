@@ -9,7 +9,6 @@ the ServerApp's and lost rounds."""
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import time
 from datetime import timezone
@@ -21,8 +20,6 @@ from benchmarks.common import record
 
 SITES, ROUNDS, IMAGES, SIZE, PRESET = 3, 5, 120, 32, "tiny"
 SOAK_SITES, SOAK_ROUNDS, SOAK_IMAGES = 10, 20, 60
-HTTP_5XX = re.compile(r'" 5\d\d\b')
-RETRY = "trying again"
 
 
 def _phases(db_url: str, run_id: str) -> dict[str, dict[str, float]]:
@@ -75,14 +72,6 @@ def _median(rows: list[dict], key: str) -> float:
     return round(statistics.median(r[key] for r in use), 3)
 
 
-def _log_counts(logs: Path) -> dict[str, int]:
-    link = (logs / "superlink.log").read_text(errors="replace") if (logs / "superlink.log").exists() else ""
-    run = (logs / "flwr-run.log").read_text(errors="replace") if (logs / "flwr-run.log").exists() else ""
-    nodes = "".join(p.read_text(errors="replace") for p in logs.glob("supernode-*.log"))
-    return {"http_5xx_answers": len(HTTP_5XX.findall(link)), "serverapp_retries": run.count(RETRY),
-            "supernode_errors": nodes.count("ERROR")}
-
-
 def _deployed(out: Path, sites: int, rounds: int, images: int) -> tuple[dict, float, float]:
     from server.deploy.local import deploy_local
 
@@ -108,18 +97,12 @@ def run(out: Path) -> dict:
     simulated = _rounds(sim_summary)
 
     soak, soak_wall, _ = _deployed(out / "soak", SOAK_SITES, SOAK_ROUNDS, SOAK_IMAGES)
-    soak_logs = _log_counts(Path(soak["deploy"]["logs"]))
-    engine = create_engine(soak["db_url"])
-    with engine.connect() as c:
-        dropouts = c.execute(text("SELECT count(*) FROM events WHERE run_id = :r AND kind IN "
-                                  "('dropout', 'straggler', 'train_error', 'evaluate_error', 'round_skipped')"),
-                             {"r": soak["run_id"]}).scalar()
-    engine.dispose()
+    faults = soak["deploy"]["faults"]
     soak_fig = {"sites": SOAK_SITES, "rounds": SOAK_ROUNDS, "images_per_site": SOAK_IMAGES,
                 "rounds_completed": soak["rounds_completed"], "lost_rounds": SOAK_ROUNDS - soak["rounds_completed"],
-                "site_misses (dropout, straggler, error or skipped-round events)": dropouts,
+                "site_misses (dropout, straggler, error or skipped-round events)": faults["site_misses"],
                 "median_overhead_s": soak["deploy"]["median_overhead_seconds"], "wall_s": round(soak_wall, 1),
-                **soak_logs}
+                **{k: v for k, v in faults.items() if k != "site_misses"}}
 
     headline = {
         "deployment: median overhead per round beyond the slowest site's compute (s, rounds 2+)": _median(deployed, "overhead_s"),
@@ -136,7 +119,7 @@ def run(out: Path) -> dict:
         {"headline": headline, "deployed_rounds": deployed, "simulated_rounds": simulated,
          "deployed_phases_median_s": _phases(summary["db_url"], summary["run_id"]),
          "simulated_phases_median_s": _phases(sim_summary["db_url"], sim_summary["run_id"]),
-         "deployed_logs": _log_counts(Path(summary["deploy"]["logs"])), "soak": soak_fig,
+         "deployed_logs": summary["deploy"]["faults"], "soak": soak_fig,
          "sites": SITES, "rounds": ROUNDS, "images_per_site": IMAGES, "image_size": SIZE, "preset": PRESET},
         f"python -m benchmarks.run --only deployment ({SITES} sites x {IMAGES} images, {ROUNDS} rounds, preset "
         f"{PRESET}, {SIZE} px; TLS + SuperNode auth on loopback vs in-process simulation; soak {SOAK_SITES} "

@@ -8,14 +8,15 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord
 
-from shared_models.networks import group_keys
 from shared_models.wire import read_arrays as from_record  # noqa: F401 - this side's reader
 from shared_models.wire import wire_arrays
 
 
 def to_record(state: Mapping[str, Any], consume: bool = False) -> ArrayRecord:
-    """``state`` packed by parameter group; with ``consume`` each tensor leaves ``state`` once packed."""
+    """``state`` packed one buffer per dtype (the fewest Flower objects: a tiny-preset train message is 10, against
+    16 with a buffer per parameter group and 622 with an Array per tensor, and each object is a request at each of
+    the link's hops); with ``consume`` each tensor leaves ``state`` once packed."""
     record = ArrayRecord()
-    for name, fields in wire_arrays(state, group_keys(state), consume):
+    for name, fields in wire_arrays(state, None, consume):
         record[name] = Array(**fields)
     return record

@@ -46,6 +46,7 @@ from shared_models.localization.model import unprefixed as loc_unprefixed
 from shared_models.ct.config import CT_LABEL_SET, ct_spec
 from shared_models.ct.config import spec_config as ct_config
 from shared_models.ct.model import CTVLM, prefixed, unprefixed
+from shared_models.device import server_threads
 from shared_models.metrics import HistogramSpec
 from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
 from shared_models.networks.heads import head_spec, label_graph_release
@@ -180,6 +181,11 @@ def _build(cfg: dict, classes: tuple[str, ...], zs, box, resumed: bool):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    with server_threads():  # FEDCHEST_SERVER_THREADS, default 1 (shared_models.device says why)
+        run_rounds(grid, context)
+
+
+def run_rounds(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
     if cfg["aggregation"] not in MODES:
         raise ValueError(f"run config aggregation = {cfg['aggregation']!r}; expected one of {', '.join(MODES)}")

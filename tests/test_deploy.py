@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.deploy.certs import CertError, make_ca, make_site_key, make_superlink_cert
 from server.deploy.local import LocalConsortium, free_port
+from tests.test_resume import _rows
 
 
 def test_certificates_and_keys(tmp_path):
@@ -170,16 +171,27 @@ def test_supernode_without_tls_cannot_join(superlink):
     # node of an earlier test may still count as online before and have gone offline since)
 
 
+SOAK_SITES, SOAK_ROUNDS = 4, 4
+
+
 @pytest.mark.e2e
-def test_deploy_local_runs_a_tls_consortium_end_to_end(tmp_path):
-    """`fedchest deploy local`: SuperLink + 2 SuperNodes as processes, TLS and node auth on, `flwr run`,
-    rounds recorded, every process stopped."""
-    r = subprocess.run([sys.executable, "-m", "server.cli", "deploy", "local", "--sites", "2", "--rounds", "2",
-                        "--images-per-site", "120", "--out", str(tmp_path)], capture_output=True, text=True,
-                       timeout=900)
+def test_deploy_local_soak_every_round_of_every_site_without_a_fault(tmp_path):
+    """`fedchest deploy local` as a short soak (the benchmark's is 10 SuperNodes x 20 rounds): SuperLink + 4
+    SuperNodes as processes, TLS and node auth on, `flwr run`; every site trains in every round, and the link shows
+    no HTTP 5xx answer, the ServerApp no retry, the SuperNodes no error; every process stopped; every task forked
+    by a warm worker."""
+    r = subprocess.run([sys.executable, "-m", "server.cli", "deploy", "local", "--sites", str(SOAK_SITES),
+                        "--rounds", str(SOAK_ROUNDS), "--images-per-site", "40", "--image-size", "32",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["rounds_completed"] == 2 and len(summary["sites"]) == 2
+    assert summary["rounds_completed"] == SOAK_ROUNDS and len(summary["sites"]) == SOAK_SITES
+    faults = summary["deploy"]["faults"]
+    assert faults == {"http_5xx_answers": 0, "serverapp_retries": 0, "supernode_errors": 0, "site_misses": 0}, faults
+    assert "link faults: 0 http 5xx answers, 0 serverapp retries, 0 supernode errors, 0 site misses (none)" in r.stdout
+    trained = _rows(summary["db_url"], "SELECT round, count(DISTINCT site) FROM metrics WHERE name = 'train_seconds' "
+                    "GROUP BY round")
+    assert sorted(map(tuple, trained)) == [(rnd, SOAK_SITES) for rnd in range(1, SOAK_ROUNDS + 1)]
     assert summary["deploy"]["tls"] and summary["deploy"]["node_auth"]
     assert "TLS + SuperNode authentication" in r.stdout and "all processes stopped" in r.stdout
     log = (tmp_path / "deployment" / "logs" / "superlink.log").read_text()
@@ -189,7 +201,7 @@ def test_deploy_local_runs_a_tls_consortium_end_to_end(tmp_path):
     if os.environ.get("FEDCHEST_WARM", "1") != "0":  # warm ClientApp (client/warm): every task forked by a worker
         logs = tmp_path / "deployment" / "logs"
         served = sum(p.read_text().count("exited with code 0") for p in logs.glob("warm-*.log"))
-        assert served >= 2 * 2 * 2  # a train and an evaluate task per site and round
+        assert served >= SOAK_SITES * SOAK_ROUNDS * 2  # a train and an evaluate task per site and round
         nodes = "".join(p.read_text() for p in logs.glob("supernode-*.log"))
         assert "matches the preloaded code" in nodes and "cold start" not in nodes
         assert "fedchest-warm-" not in ps

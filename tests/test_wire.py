@@ -13,7 +13,7 @@ from flwr.app import Array
 
 from client import records as client_records
 from server import records as server_records
-from shared_models.networks import build_model, group_keys
+from shared_models.networks import build_model
 from shared_models.npy import npy_fields, npy_view
 from shared_models.ontology import load_label_set
 from shared_models.wire import INDEX, WireError, pack, unpack
@@ -158,11 +158,12 @@ def test_pack_refuses_what_it_cannot_send():
         pack({"k": torch.zeros(2, dtype=torch.bfloat16)})
 
 
-def test_a_model_message_is_a_handful_of_arrays():
+def test_a_model_message_is_one_array_per_dtype_plus_the_index():
     state = build_model("tiny", load_label_set("cxrlt2026").num_seen, image_size=64).state_dict()
-    groups = group_keys(state)
     record = server_records.to_record(state)
-    assert len(state) > 300 and len(record) <= 2 * len(groups) + 1
+    dtypes = {str(v.dtype).removeprefix("torch.") for v in state.values()}
+    assert len(state) > 300 and sorted(record) == sorted([INDEX, *(f"pack/rest/{d}" for d in dtypes)])
+    assert sorted(client_records.to_record(state)) == sorted(record)  # both sides send the same shape
     out = server_records.from_record(record)
     assert list(out) == list(state) and all(torch.equal(torch.from_numpy(out[k].copy()), v) for k, v in state.items())
 

@@ -3,7 +3,7 @@ images, 32 px, tiny preset, 2 rounds, Flower simulation). Held-out classes are n
 named in any report.
 
 What this checks is the machinery `make demo` shows: with the demo's held-out enrichment (each held-out finding
-planted at 6 % of images, `fedchest demo --zeroshot`) every prompt family (descriptive, template, random) is scored
+planted at 10 % of images, `fedchest demo --zeroshot`) every prompt family (descriptive, template, random) is scored
 on held-out positives at the sites and pooled with a bootstrap interval, and the summary and the printout carry it.
 Whether the branch learns (descriptive prompts above chance and above random ones) takes more data and rounds than
 a test may spend: at this size all three families sit near 0.5 (one run: descriptive 0.517 [0.460, 0.572],
@@ -54,7 +54,7 @@ def test_every_prompt_family_is_scored_with_an_interval(zs_demo):
     else:  # (the sites' random split salts decide whether a proxy class has test positives at this size)
         assert zs["selected_round"] is None and "model selection on the proxy classes" not in log
     assert "zero-shot, held-out classes never in any training label" in log
-    assert "planted at 6%" in log
+    assert "planted at 10%" in log
 
 
 def test_held_out_classes_never_reach_training(zs_demo):

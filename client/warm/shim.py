@@ -95,6 +95,9 @@ def run_cold(reason: str) -> int:
     real = real_clientapp()
     if real is not None:
         os.execv(real, [real, *sys.argv[1:]])
+    import site
+
+    site.main()  # the shim runs with -S (no site-packages): Flower needs them
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp  # what the real console script runs
 
     flwr_clientapp()

@@ -33,7 +33,7 @@ def install_shim(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     source = Path(shim.__file__).read_text(encoding="utf-8").split("\n", 1)[1]  # without its generic shebang
     target = folder / SHIM_NAME
-    target.write_text(f"#!{sys.executable}\n{source}", encoding="utf-8")
+    target.write_text(f"#!{sys.executable} -S\n{source}", encoding="utf-8")  # -S: stdlib only, no site scan
     target.chmod(0o755)
     return target
 

@@ -82,6 +82,9 @@ class Worker:
         t0 = time.perf_counter()
         for name in (*self.preload_modules, self.entry.partition(":")[0]):
             importlib.import_module(name)
+        from client.warm.runtime import prepare
+
+        prepare()  # prompt object pulls, installed FABs reused: inherited by every task
         if self.check_fab:
             from client.warm.fabcheck import Preloaded
 
@@ -314,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         install_shim(Path(args.shim_dir))
     worker = Worker(Path(args.socket), tuple(args.preload), tuple(args.packages), check_fab=not args.no_fab_check,
                     entry=args.entry)
-    seconds = worker.preload()
+    try:
+        seconds = worker.preload()
+    except RuntimeError as exc:  # FlowerShapeError: another Flower's ClientApp runtime
+        log(f"cannot start: {exc}; this worker is made for Flower 1.41's ClientApp runtime")
+        return 2
     worker.bind()
     log(f"ready on {worker.socket_path}: preloaded {', '.join(worker.preload_modules)} in {seconds:.1f}s "
         f"({worker.baseline_threads} native threads)")

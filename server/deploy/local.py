@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from server.deploy.certs import make_ca, make_site_key, make_superlink_cert
-from server.deploy.overhead import describe, median_overhead, round_overheads
+from server.deploy.overhead import describe, describe_faults, link_faults, median_overhead, round_overheads
 from server.deploy.superlink import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 from server.simulation import QUIET_FLOWER_ENV
 
@@ -427,15 +427,17 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
         raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
     summary = json.loads(summary_path.read_text())
     overheads = round_overheads(summary["db_url"], summary["run_id"])
+    faults = link_faults(c.logs, summary["db_url"], summary["run_id"])
     summary["deploy"] = {"flower_run_id": run_id, "wall_seconds": time.perf_counter() - t0, "sites": n_sites,
                          "tls": not insecure, "node_auth": not insecure, "logs": str(c.logs),
                          "link_state": "persistent" if persistent_state else "in-memory",
-                         "median_overhead_seconds": median_overhead(overheads),
+                         "median_overhead_seconds": median_overhead(overheads), "faults": faults,
                          "overhead_per_round": [{**asdict(r), "overhead": r.overhead} for r in overheads]}
     summary_path.write_text(json.dumps(summary, indent=1))
     last = summary["rounds"][-1].get("pooled", {}) if summary.get("rounds") else {}
     print(f"run {summary['run_id']} (Flower run {run_id}) finished: {summary['rounds_completed']} rounds in "
           f"{summary['deploy']['wall_seconds']:.1f}s; pooled mAP {last.get('mAP', float('nan')):.3f} (synthetic)")
     print(describe(overheads))
+    print(describe_faults(faults))
     print(f"summary: {summary_path}\nregistry: {summary['db_url']}\nall processes stopped")
     return summary

@@ -5,18 +5,27 @@ so it holds everything the run spends on it: pushes and pulls, pickup at the sit
 server's validation, aggregation, registry and checkpoint writes. Its compute is the slowest site's own train +
 evaluate seconds as the site reports them (``train_seconds``, ``eval_seconds`` metric rows). The difference is
 the overhead a faster link, faster polling or a warm ClientApp can remove; the sites' compute cannot be.
+
+``link_faults`` counts what a healthy deployment never shows: HTTP 5xx answers in the SuperLink's log, retries the
+ServerApp needed (server/link_guard.py), ERROR lines of the SuperNodes, and site misses in the registry (dropout,
+straggler, error or skipped-round events).
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
-from server.registry.models import Metric, Round
+from server.registry.models import Event, Metric, Round
 
 COMPUTE_METRICS = ("train_seconds", "eval_seconds")
+HTTP_5XX = re.compile(r'" 5\d\d\b')  # uvicorn's access line: "POST /... HTTP/1.1" 500
+RETRY = "trying again"  # server/link_guard.py's line for a call it retries
+MISS_EVENTS = ("dropout", "straggler", "train_error", "evaluate_error", "round_skipped")
 
 
 @dataclass(frozen=True)
@@ -69,3 +78,28 @@ def describe(rows: list[RoundOverhead]) -> str:
     lines += [f"  round {r.round}: {r.interval:.2f}s interval - {r.compute:.2f}s compute ({r.site}) = "
               f"{r.overhead:.2f}s" for r in rows]
     return "\n".join(lines)
+
+
+def link_faults(logs: Path, db_url: str, run_id: str) -> dict[str, int]:
+    """Counts of what a healthy deployment never shows (see the module docstring), from a deployment's log folder
+    (``superlink.log``, ``flwr-run.log``, ``supernode-*.log``) and the run's registry events."""
+    def read(name: str) -> str:
+        path = logs / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    nodes = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("supernode-*.log")))
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            misses = c.execute(select(func.count()).select_from(Event)
+                               .where(Event.run_id == run_id, Event.kind.in_(MISS_EVENTS))).scalar()
+    finally:
+        engine.dispose()
+    return {"http_5xx_answers": len(HTTP_5XX.findall(read("superlink.log"))),
+            "serverapp_retries": read("flwr-run.log").count(RETRY), "supernode_errors": nodes.count("ERROR"),
+            "site_misses": int(misses or 0)}
+
+
+def describe_faults(faults: dict[str, int]) -> str:
+    return ("link faults: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in faults.items())
+            + ("" if any(faults.values()) else " (none)"))
