@@ -23,6 +23,9 @@ QUIET_FLOWER_ENV = {  # no telemetry, no update checks, no runtime installs, off
     "TRANSFORMERS_OFFLINE": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    # Ray's driver gives its GCS 60 s to answer and then ends the process; on a 2-core machine running two test
+    # workers (or a demo beside other jobs) its start took longer once ("Failed to connect to GCS within 60 s")
+    "RAY_gcs_rpc_server_reconnect_timeout_s": "300",
 }
 
 

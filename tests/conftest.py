@@ -15,6 +15,22 @@ REAL_DATA = Path(os.environ.get("FEDCHEST_REAL_DATA", REPO.parent / "shared" / "
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one torch thread each (and
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # in the processes a test starts), not two spinning against two
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# `make test` runs on two xdist workers with --dist loadgroup: each test file is one group, so a module's fixtures
+# (a demo run, a deployment) are made once; files that read the same session run share a group.
+SHARED_SESSION_RUN = {"test_dashboard.py": "tiny_run", "test_dashboard_browser.py": "tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SHARED_SESSION_RUN.get(name, name)))
 
 
 @pytest.fixture(scope="session")
