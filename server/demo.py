@@ -30,6 +30,17 @@ HELD_OUT_RATE = 0.10  # zero-shot demo: each held-out finding at 10 %, ~20 per 2
 # 400-image site's test split often held fewer than min_count = 5 of a class, so the site withheld it)
 
 
+def site_plan(n_sites: int) -> list[tuple[str, str, str]]:
+    """(format, site name, folder name) of each of ``make_sites``' sites, known before they are made (``fedchest
+    deploy local`` starts each site's warm worker, named by its folder, while the sites are synthesised)."""
+    plan = []
+    for i in range(n_sites):
+        fmt = FORMATS[i % len(FORMATS)]
+        name = SITE_NAMES[fmt] + (f"-{i // len(FORMATS) + 1}" if i >= len(FORMATS) else "")
+        plan.append((fmt, name, f"{i:02d}-{name}"))
+    return plan
+
+
 def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
                held_out_rate: float = 0.0, real_structure: bool = False) -> Path:
     """``n_sites`` synthetic sites made and checked by the site CLI; ``held_out_rate`` and ``real_structure`` as
@@ -49,11 +60,7 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
         return sites_dir
     shutil.rmtree(sites_dir, ignore_errors=True)
     sites_dir.mkdir(parents=True)
-    jobs = []
-    for i in range(n_sites):
-        fmt = FORMATS[i % len(FORMATS)]
-        name = SITE_NAMES[fmt] + (f"-{i // len(FORMATS) + 1}" if i >= len(FORMATS) else "")
-        jobs.append((fmt, name, sites_dir / f"{i:02d}-{name}"))
+    jobs = [(fmt, name, sites_dir / folder) for fmt, name, folder in site_plan(n_sites)]
     t0 = time.perf_counter()
 
     def synth_and_check(job):

@@ -172,7 +172,7 @@ class TooFewNodes(RuntimeError):
 
 
 def sample_nodes_bounded(grid, min_available: int, fraction: float, minimum: int, quorum: int, wait: float,
-                         on_short: Callable[[int, int, float], None], sleep: float = 1.0) -> list[int]:
+                         on_short: Callable[[int, int, float], None], sleep: float = 0.25) -> list[int]:
     """Node ids for a round: a ``fraction`` of the connected nodes (at least ``minimum``). Waits up to ``wait``
     seconds for ``min_available`` nodes; after that a round goes on with the connected ones if there are at least
     ``quorum`` (``on_short(connected, wanted, waited)`` is told), and stops the run with a clear error if not."""

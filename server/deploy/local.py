@@ -271,14 +271,20 @@ class LocalConsortium:
         return {**self.env, "PATH": f"{self.warm_dir / 'bin'}{os.pathsep}{self.env['PATH']}",
                 "FEDCHEST_WARM_SOCKET": str(self.workers[site])}
 
+    def start_workers(self, sites: list[str]) -> None:
+        """Share the host's cores among ``sites`` and, when warm, start each site's worker not started yet (they
+        preload in the background; ``start_sites`` waits for them)."""
+        self.share_cores(len(sites))
+        if self.warm:
+            for site in sites:
+                if site not in self.workers:
+                    self.start_worker(site)
+
     def start_sites(self, site_configs: list[Path]) -> dict[str, Proc]:
         """A SuperNode for each ``site.toml`` (named after its folder; with TLS, its key made and registered
         first), returned once all of them are online."""
         procs = {}
-        self.share_cores(len(site_configs))
-        if self.warm:
-            for cfg in site_configs:
-                self.start_worker(cfg.parent.name)
+        self.start_workers([cfg.parent.name for cfg in site_configs])
         for cfg in site_configs:
             site = cfg.parent.name
             if not self.insecure:
@@ -302,7 +308,7 @@ class LocalConsortium:
             nodes = self.supernodes()
             if sum(1 for x in nodes if str(x.get("status", "")).lower() == "online") >= n:
                 return nodes
-            time.sleep(1.0)
+            time.sleep(0.25)
         raise DeployError(f"only {sum(1 for x in nodes if x.get('status') == 'online')} of {n} SuperNodes came "
                           f"online within {timeout:.0f} s; see {self.logs}")
 
@@ -396,14 +402,12 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
                  persistent_state: bool = False, warm: bool | None = None) -> dict:
     """Synthetic sites, certificates and keys, a SuperLink and ``n_sites`` SuperNodes as processes, one
     ``flwr run`` followed to the end; returns the run's summary (every process is stopped on return)."""
-    from server.demo import make_sites
+    from server.demo import make_sites, site_plan
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"fedchest deploy local: {n_sites} sites, {'INSECURE (no TLS, no node authentication)' if insecure else 'TLS + SuperNode authentication'}; "
           "SYNTHETIC data")
-    sites_dir = make_sites(out, n_sites, images, image_size, seed)
-    site_configs = sorted(sites_dir.glob("*/site.toml"))
     run_dir = out / "run"
     (run_dir / "summary.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -416,8 +420,12 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
         c.start_superlink()
         print(f"SuperLink on 127.0.0.1:{c.port} (state {'in memory' if c.state_db == IN_MEMORY else c.state_db}, "
               f"logs {c.logs})")
+        c.start_workers([folder for _, _, folder in site_plan(n_sites)])  # they preload while the sites are made
+        sites_dir = make_sites(out, n_sites, images, image_size, seed)
+        site_configs = sorted(sites_dir.glob("*/site.toml"))
         c.start_sites(site_configs)
-        print(f"{n_sites} SuperNodes online after {time.perf_counter() - t0:.1f}s; submitting the run with flwr run")
+        print(f"{n_sites} SuperNodes online {time.perf_counter() - t0:.1f}s after start (site synthesis included); "
+              "submitting the run with flwr run")
         run_config = {"num-server-rounds": rounds, "local-epochs": local_epochs, "model-preset": preset,
                       "image-size": image_size, "min-nodes": n_sites, "out-dir": str(run_dir), "seed": seed,
                       "run-name": f"deploy-local-{n_sites}sites", "round-timeout": 1800.0, **(extra_config or {})}
