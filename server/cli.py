@@ -91,7 +91,8 @@ def _dashboard(args: argparse.Namespace) -> int:
     print(f"fedchest dashboard: http://{'localhost' if args.address in ('127.0.0.1', '0.0.0.0') else args.address}"
           f":{args.port} (registry {env.get('FEDCHEST_DB_URL', 'sqlite:///demo-out/registry.db')}, read-only)",
           flush=True)
-    return subprocess.call(cmd, env=env)
+    os.execve(sys.executable, cmd, env)  # streamlit takes this process's place: a SIGTERM to it stops the dashboard
+    return 1  # not reached                (with subprocess.call the streamlit server outlived a terminated CLI)
 
 
 def _certs(args: argparse.Namespace) -> int:
