@@ -21,7 +21,6 @@ data (688 images at 64 px): wide intervals, far from published NIH figures.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
