@@ -34,6 +34,7 @@ def train_local_dp(
     prompts: torch.Tensor | None = None,
     weight_decay: float = 1e-4,
     loss: str = "asl",
+    augmentation: str = "shift",
     *,
     dataset_size: int,
 ) -> dict[str, float]:
@@ -67,7 +68,7 @@ def train_local_dp(
         for idx in secure_poisson_batches(n, sample_rate, steps, stream):
             if len(idx):
                 x, p, y, m = _batch(data, idx, device, model.num_classes)
-                x = augment(x, stream.torch)
+                x = augment(x, stream.torch, augmentation)
                 if zeroshot is None:
                     summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
                 else:

@@ -100,7 +100,8 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                   prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
                   asl_class_weights=bool(config.get("asl-class-weights", False)),
                   logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)),
-                  weight_decay=float(config.get("weight-decay", 1e-4)), loss=str(config.get("loss", "asl")))
+                  weight_decay=float(config.get("weight-decay", 1e-4)), loss=str(config.get("loss", "asl")),
+                  augmentation=str(config.get("augment", "shift")))
     zs = prompts = None
     if bool(config.get("zeroshot", False)):
         from client.zeroshot import seen_prompt_features, training_text_features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 
 from client.index import SiteData
 from shared_models.longtail import logit_adjustment, sampling_weights
-from shared_models.losses import LOSSES, AsymmetricLoss, prevalence_class_weights
+from shared_models.losses import AUGMENTATIONS, LOSSES, AsymmetricLoss, prevalence_class_weights
 from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts
 from shared_models.progress import Progress, track
@@ -41,9 +42,24 @@ def _batch(data: SiteData, idx: np.ndarray, device: torch.device, num_classes: i
     return x, p, y, m
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Radiograph-safe augmentation: small translations and a brightness/contrast jitter (no flips)."""
+def augment(x: torch.Tensor, generator: torch.Generator, kind: str = "shift") -> torch.Tensor:
+    """Radiograph-safe augmentation (no flips: the heart is on the left). ``shift``: one small translation per
+    batch and a brightness/contrast jitter of +-5 %. ``affine``: per image a rotation of +-5 degrees, a scale of
+    0.9-1.1, a translation of +-6 % (border pixels repeated, nothing wraps round) and a contrast of +-20 %,
+    brightness +-10 %."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augment {kind!r}; expected one of {AUGMENTATIONS}")
     b = x.shape[0]
+    if kind == "affine":
+        def u() -> torch.Tensor:
+            return torch.rand(b, generator=generator) * 2 - 1
+
+        angle, scale, tx, ty = u() * (5 * math.pi / 180), 1 + 0.1 * u(), 0.06 * u(), 0.06 * u()
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        return x * (1 + 0.2 * u()).view(b, 1, 1, 1).to(x) + (0.1 * u()).view(b, 1, 1, 1).to(x)
     shift = torch.randint(-3, 4, (2,), generator=generator).tolist()
     x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
     gain = 1.0 + 0.1 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
@@ -85,6 +101,7 @@ def train_local(
     weight_decay: float = 1e-4,
     loss: str = "asl",
     progress_round: int = 0,
+    augmentation: str = "shift",
 ) -> dict[str, float]:
     """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0; with ``zeroshot`` (a
     ``DualBranch`` model) the weighted contrastive term on image / text pairs, proxy classes masked out of ASL.
@@ -117,9 +134,9 @@ def train_local(
                 continue
             x, p, y, m = _batch(data, idx, device, num_classes)
             if zeroshot is None:
-                logits, router_logits = model.forward_with_router(augment(x, gen), p)
+                logits, router_logits = model.forward_with_router(augment(x, gen, augmentation), p)
             else:
-                logits, router_logits, emb = model.forward_dual(augment(x, gen), p)
+                logits, router_logits, emb = model.forward_dual(augment(x, gen, augmentation), p)
                 zeroshot.hide(m)
             loss = loss_fn(logits if offset is None else logits + offset, y, m)
             if zeroshot is not None:

@@ -35,7 +35,7 @@ from client.index import SiteData, load_split, sample_paths  # noqa: E402
 from client.site_config import load_site_config  # noqa: E402
 from client import training  # noqa: E402
 from client.training import predict, train_local
-from shared_models.losses import LOSSES  # noqa: E402
+from shared_models.losses import AUGMENTATIONS, LOSSES  # noqa: E402
 from server.demo import _site_cli  # noqa: E402
 from server.real_demo import NIH_TABLE, find_real_data, write_site  # noqa: E402
 from shared_models.networks import build_model  # noqa: E402
@@ -116,19 +116,6 @@ def per_image_batch(data: SiteData, idx: np.ndarray, device: torch.device, num_c
     return (x - mu) / sd, p, y, m
 
 
-def affine_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per image: rotation +-5 degrees, scale 0.9-1.1, translation +-6 %, gamma-like contrast +-20 % (no flips)."""
-    b = x.shape[0]
-    u = lambda: torch.rand(b, generator=generator) * 2 - 1  # noqa: E731
-    angle, scale, tx, ty = u() * 5 * np.pi / 180, 1 + 0.1 * u(), 0.06 * u(), 0.06 * u()
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    gain = (1 + 0.2 * u()).view(b, 1, 1, 1).to(x)
-    return x * gain + (0.1 * u()).view(b, 1, 1, 1).to(x)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="tiny")
@@ -147,13 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/fedchest-real-cv"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="append the result as one JSON line here")
-    ap.add_argument("--norm", choices=["global", "image"], default="global")
-    ap.add_argument("--aug", choices=["default", "none", "affine"], default="default")
+    ap.add_argument("--norm", choices=["global", "image"], default="global",
+                    help="image: standardise each image (an experiment; the platform normalises globally)")
+    ap.add_argument("--aug", choices=AUGMENTATIONS, default="shift", help="the run config `augment`")
     args = ap.parse_args(argv)
     if args.norm == "image":
         training._batch = per_image_batch
-    if args.aug != "default":
-        training.augment = affine_augment if args.aug == "affine" else (lambda x, _g: x)
     torch.set_num_threads(args.threads)
     data, patients = indexed_site(args.work, args.image_size)
     n_classes = load_label_set(LABEL_SET).num_seen
@@ -169,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch.manual_seed(seed * 100 + k)
                 model = build_model(args.preset, n_classes, routing=args.routing, image_size=args.image_size)
                 train_local(model, train, args.epochs, args.lr, args.batch_size, torch.device("cpu"), seed=seed * 100 + k,
-                            asl_class_weights=args.class_weights, weight_decay=args.weight_decay, loss=args.loss)
+                            asl_class_weights=args.class_weights, weight_decay=args.weight_decay, loss=args.loss,
+                            augmentation=args.aug)
                 scores, _ = predict(model, test, torch.device("cpu"))
             auc, n = mean_auroc(test.targets[:, :n_classes], test.mask[:, :n_classes], scores, args.min_pos)
             results.append(auc)

@@ -51,7 +51,7 @@ from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
 from shared_models.networks.heads import head_spec, label_graph_release
 from shared_models.networks.heads import spec_config as head_config
 from shared_models.networks import build_model, classifier_keys, parse_weights, radiograph_state
-from shared_models.losses import LOSSES
+from shared_models.losses import AUGMENTATIONS, LOSSES
 from shared_models.progress import Progress
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import DEFAULTS as ZEROSHOT_DEFAULTS
@@ -66,6 +66,7 @@ DEFAULTS = {
     "out-dir": "", "db-url": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "weight-decay": 1e-4, "loss": "asl",  # the sites' AdamW weight decay; loss asl | bce (client/training.py)
+    "augment": "shift",  # shift | affine: the sites' training augmentation (client/training.py)
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     # under DP: the sites' one counts release and their evaluation releases (docs/privacy.md)
@@ -191,6 +192,8 @@ def main(grid: Grid, context: Context) -> None:
                          f"expected one of {', '.join(SERVER_OPTIMIZERS)}")
     if cfg["loss"] not in LOSSES:
         raise ValueError(f"run config loss = {cfg['loss']!r}; expected one of {', '.join(LOSSES)}")
+    if cfg["augment"] not in AUGMENTATIONS:
+        raise ValueError(f"run config augment = {cfg['augment']!r}; expected one of {', '.join(AUGMENTATIONS)}")
     if float(cfg["weight-decay"]) < 0:
         raise ValueError(f"run config weight-decay = {cfg['weight-decay']!r}; expected a number >= 0")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
@@ -275,7 +278,8 @@ def main(grid: Grid, context: Context) -> None:
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
                                  "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
                                  "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"]),
-                                 "weight-decay": float(cfg["weight-decay"]), "loss": str(cfg["loss"])})
+                                 "weight-decay": float(cfg["weight-decay"]), "loss": str(cfg["loss"]),
+                                 "augment": str(cfg["augment"])})
     ckpt_dir = out_dir / "checkpoints"
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -96,3 +96,16 @@ def test_the_bce_loss_option_is_masked_binary_cross_entropy():
     assert float(loss_fn(logits, targets, mask)) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ValueError, match="loss 'focal'"):
         objective(model, data, None, False, 0.0, torch.device("cpu"), "focal")
+
+
+def test_affine_augmentation_keeps_the_anatomy_side_and_refuses_unknown_kinds():
+    from client.training import augment
+
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 8:24, 2:10] = 1.0  # a bright block on the image's left
+    out = augment(x, torch.Generator().manual_seed(0), "affine")
+    assert out.shape == x.shape and not torch.equal(out, x)
+    left, right = out[:, :, :, :16].mean((1, 2, 3)), out[:, :, :, 16:].mean((1, 2, 3))
+    assert bool((left > right).all())  # no flips: the block stays on the left
+    with pytest.raises(ValueError, match="augment 'flip'"):
+        augment(x, torch.Generator(), "flip")
