@@ -75,7 +75,7 @@ class Progress:
         elapsed = now - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
         count = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
-        timing = f"{rate:.1f} {self.unit}/s"
+        timing = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 else f"{rate * 60:.2g} {self.unit}/min"
         if done:
             timing += f", {_duration(elapsed)}"
         elif self.total is not None and rate > 0:
