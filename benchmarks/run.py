@@ -28,6 +28,7 @@ BENCHMARKS = {
     "ct": "benchmarks.bench_ct",
     "trcgl": "benchmarks.bench_trcgl",
     "privacy_audit": "benchmarks.bench_privacy_audit",
+    "real_accuracy": "benchmarks.bench_real_accuracy",
 }
 
 

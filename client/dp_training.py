@@ -32,6 +32,9 @@ def train_local_dp(
     logit_adjust_tau: float = 0.0,
     zeroshot: ZeroShotTraining | None = None,
     prompts: torch.Tensor | None = None,
+    weight_decay: float = 1e-4,
+    loss: str = "asl",
+    augmentation: str = "shift",
     *,
     dataset_size: int,
 ) -> dict[str, float]:
@@ -54,9 +57,9 @@ def train_local_dp(
     n = len(data)
     if n == 0:
         raise ValueError("no training images at this site")
-    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
+    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device, loss)
     sample_rate, steps = dp_schedule(dataset_size, batch_size, epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     params = dict(model.named_parameters())
     start = {k: v.detach().clone() for k, v in params.items()} if proximal_mu > 0 else None
     stream = SecureStream()  # noise, sampling, augmentation, dropout: OS CSPRNG re-seeded every step, never ``seed``
@@ -65,7 +68,7 @@ def train_local_dp(
         for idx in secure_poisson_batches(n, sample_rate, steps, stream):
             if len(idx):
                 x, p, y, m = _batch(data, idx, device, model.num_classes)
-                x = augment(x, stream.torch)
+                x = augment(x, stream.torch, augmentation)
                 if zeroshot is None:
                     summed, losses, norms = clipped_gradient_sum(model, x, p, y, m, loss_fn, dp.max_grad_norm, offset)
                 else:

@@ -27,6 +27,7 @@ from client.imaging import ImageReadError, read_raster, resize_square
 from client.site_config import SiteConfig, SiteConfigError
 from client.sources import Note, Record, Rejection, harmonise_view, make_source
 from shared_models.ontology import PROJECTIONS, load_label_set
+from shared_models.progress import Progress
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -160,11 +161,13 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     entries: list[tuple[Record, str, str, tuple | None]] = []
     seen_ids: set[str] = set()
     require_roots(cfg)
+    scanning = Progress(f"check {cfg.name}: scan", None, "files")  # local stderr only (shared_models/progress.py)
     for src_cfg in cfg.sources:
         source = make_source(src_cfg, cfg.label_set)
         listed: set[str] = set()
         scan = GuardedScan(source.scan(), str(src_cfg.root))
         for item in scan:
+            scanning.update(1, rejected=len(report.rejected))
             listed.add(os.path.normpath(item.path))
             if isinstance(item, Rejection):
                 report.rejected.append(item)
@@ -191,6 +194,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                 report.rejected.append(Rejection(str(path), unlisted))
         report.notes += source.notes
         report.label_mapping[f"{source.kind}:{src_cfg.root.name}"] = _mapping_report(source, classes)
+    scanning.close()
 
     # 2. decode what is new or changed, in threads (Pillow and the JPEG decoders release the GIL)
     def work(entry) -> Decoded | str:
@@ -206,7 +210,9 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     rows = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, quiet_reader_warnings():
         results = map(work, entries) if workers <= 1 else pool.map(work, entries)
+        decoding = Progress(f"check {cfg.name}: decode", len(entries), "files")
         for (item, sample_id, fp, prev), result in zip(entries, results):
+            decoding.update(1, rejected=len(report.rejected) + isinstance(result, str))
             if isinstance(result, str):
                 report.rejected.append(Rejection(str(item.path), result))
                 continue
@@ -230,6 +236,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                 report.notes += [Note(str(item.path), n) for n in result.notes]
             pixels[len(rows)] = result.pixels
             rows.append((item, sample_id, fp, projection, method, split, result.meta))
+        decoding.close()
 
     # 3. write the index and the cache
     with con:

@@ -99,7 +99,9 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
                   proximal_mu=float(config.get("proximal-mu", 0.0)),
                   prevalence=np.asarray(config["class-prevalence"]) if "class-prevalence" in config else None,
                   asl_class_weights=bool(config.get("asl-class-weights", False)),
-                  logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)))
+                  logit_adjust_tau=float(config.get("logit-adjust-tau", 0.0)),
+                  weight_decay=float(config.get("weight-decay", 1e-4)), loss=str(config.get("loss", "asl")),
+                  augmentation=str(config.get("augment", "shift")))
     zs = prompts = None
     if bool(config.get("zeroshot", False)):
         from client.zeroshot import seen_prompt_features, training_text_features
@@ -111,7 +113,8 @@ def train_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, mod
         zs = ZeroShotTraining(texts, spec.weight, hidden)
         prompts = seen_prompt_features(label_set, site.work_dir) if dp else None
     if not dp:
-        return train_local(model, data, sampling=str(config.get("sampling", "none")), zeroshot=zs, **common), {}
+        return train_local(model, data, sampling=str(config.get("sampling", "none")), zeroshot=zs,
+                           progress_round=int(config["server-round"]), **common), {}
     if release is None:
         raise ValueError("DP-SGD needs the site's released counts (client/dp_release.py) for its sampling rate")
     size = release.public_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,9 +11,10 @@ import torch
 
 from client.index import SiteData
 from shared_models.longtail import logit_adjustment, sampling_weights
-from shared_models.losses import AsymmetricLoss, prevalence_class_weights
+from shared_models.losses import AUGMENTATIONS, LOSSES, AsymmetricLoss, prevalence_class_weights
 from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts
+from shared_models.progress import Progress, track
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
@@ -40,9 +42,24 @@ def _batch(data: SiteData, idx: np.ndarray, device: torch.device, num_classes: i
     return x, p, y, m
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Radiograph-safe augmentation: small translations and a brightness/contrast jitter (no flips)."""
+def augment(x: torch.Tensor, generator: torch.Generator, kind: str = "shift") -> torch.Tensor:
+    """Radiograph-safe augmentation (no flips: the heart is on the left). ``shift``: one small translation per
+    batch and a brightness/contrast jitter of +-5 %. ``affine``: per image a rotation of +-5 degrees, a scale of
+    0.9-1.1, a translation of +-6 % (border pixels repeated, nothing wraps round) and a contrast of +-20 %,
+    brightness +-10 %."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augment {kind!r}; expected one of {AUGMENTATIONS}")
     b = x.shape[0]
+    if kind == "affine":
+        def u() -> torch.Tensor:
+            return torch.rand(b, generator=generator) * 2 - 1
+
+        angle, scale, tx, ty = u() * (5 * math.pi / 180), 1 + 0.1 * u(), 0.06 * u(), 0.06 * u()
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        return x * (1 + 0.2 * u()).view(b, 1, 1, 1).to(x) + (0.1 * u()).view(b, 1, 1, 1).to(x)
     shift = torch.randint(-3, 4, (2,), generator=generator).tolist()
     x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
     gain = 1.0 + 0.1 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
@@ -51,14 +68,19 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def objective(model: RoutedExperts, data: SiteData, prevalence: np.ndarray | None, asl_class_weights: bool,
-              logit_adjust_tau: float, device: torch.device) -> tuple[AsymmetricLoss, torch.Tensor | None]:
-    """The ASL loss (optionally class-weighted) and the logit-adjustment offset, from the consortium's
-    prevalence when the server sent it, else the site's own."""
+              logit_adjust_tau: float, device: torch.device, loss: str = "asl"
+              ) -> tuple[AsymmetricLoss, torch.Tensor | None]:
+    """The loss (ASL, or ``loss="bce"``: ASL without focusing or clipping, i.e. masked binary cross-entropy;
+    optionally class-weighted) and the logit-adjustment offset, from the consortium's prevalence when the server
+    sent it, else the site's own."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r}; expected one of {LOSSES}")
     if prevalence is None:
         prevalence = class_prevalence(*data.class_counts(model.num_classes), empty=0.0)
     prior = torch.as_tensor(np.asarray(prevalence, dtype=np.float32), device=device)
     weights = prevalence_class_weights(prior) if asl_class_weights else None
-    loss_fn = AsymmetricLoss(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, class_weights=weights).to(device)
+    focus = dict(gamma_neg=4.0, gamma_pos=0.0, clip=0.05) if loss == "asl" else dict(gamma_neg=0.0, clip=0.0)
+    loss_fn = AsymmetricLoss(class_weights=weights, **focus).to(device)
     return loss_fn, (logit_adjustment(prior, logit_adjust_tau) if logit_adjust_tau else None)
 
 
@@ -76,6 +98,10 @@ def train_local(
     sampling: str = "none",
     logit_adjust_tau: float = 0.0,
     zeroshot: ZeroShotTraining | None = None,
+    weight_decay: float = 1e-4,
+    loss: str = "asl",
+    progress_round: int = 0,
+    augmentation: str = "shift",
 ) -> dict[str, float]:
     """AdamW + ASL with the label mask; FedProx's proximal term when ``proximal_mu`` > 0; with ``zeroshot`` (a
     ``DualBranch`` model) the weighted contrastive term on image / text pairs, proxy classes masked out of ASL.
@@ -83,12 +109,13 @@ def train_local(
     Long-tail options (shared_models.longtail): ASL per-class weights from ``prevalence`` (the CXR-LT
     variant), class-balanced or square-root re-sampling, and logit adjustment by tau * logit(prevalence).
     ``prevalence`` is the consortium's (sums of counts over sites) when the server sent it, else local.
+    Progress (round, epoch, batches, running loss) goes to the local stderr only (shared_models/progress.py).
     """
     model.to(device).train()
     num_classes = model.num_classes
-    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device)
+    loss_fn, offset = objective(model, data, prevalence, asl_class_weights, logit_adjust_tau, device, loss)
     draw = sampling_weights(data.targets[:, :num_classes], data.mask[:, :num_classes], sampling)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -97,7 +124,9 @@ def train_local(
     contrastive_total = 0.0
     if zeroshot is not None:
         from client.zeroshot import contrastive_term
-    for _ in range(epochs):
+    progress = Progress(f"local training{f' round {progress_round}' if progress_round else ''}",
+                        epochs * sum(1 for s in range(0, n, batch_size) if n - s >= 2), "batches")
+    for epoch in range(epochs):
         order = rng.permutation(n) if draw is None else rng.choice(n, size=n, replace=True, p=draw)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
@@ -105,9 +134,9 @@ def train_local(
                 continue
             x, p, y, m = _batch(data, idx, device, num_classes)
             if zeroshot is None:
-                logits, router_logits = model.forward_with_router(augment(x, gen), p)
+                logits, router_logits = model.forward_with_router(augment(x, gen, augmentation), p)
             else:
-                logits, router_logits, emb = model.forward_dual(augment(x, gen), p)
+                logits, router_logits, emb = model.forward_dual(augment(x, gen, augmentation), p)
                 zeroshot.hide(m)
             loss = loss_fn(logits if offset is None else logits + offset, y, m)
             if zeroshot is not None:
@@ -126,6 +155,8 @@ def train_local(
             opt.step()
             total += float(loss.detach())
             steps += 1
+            progress.update(1, epoch=f"{epoch + 1}/{epochs}", loss=total / steps)  # local stream only
+    progress.close()
     out = {"train_loss": total / max(steps, 1), "steps": steps, "train_seconds": time.perf_counter() - t0}
     if zeroshot is not None:
         out["contrastive_loss"] = contrastive_total / max(steps, 1)
@@ -137,7 +168,7 @@ def _predict_batches(model, data: SiteData, device: torch.device, batch_size: in
     """Probabilities, router guesses and (``dual``) image-text embeddings, batch by batch."""
     model.to(device).eval()
     out, routes, embs = [], [], []
-    for start in range(0, len(data), batch_size):
+    for start in track(range(0, len(data), batch_size), "predict", unit="batches"):
         idx = np.arange(start, min(start + batch_size, len(data)))
         x, p, _, _ = _batch(data, idx, device, model.num_classes)
         if dual:

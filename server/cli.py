@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 from server.simulation import quiet_flower_env
+from shared_models.losses import LOSSES
+
+SYNTHETIC_DEMO = {"rounds": 10, "preset": "small", "local_epochs": 2, "lr": 0.001}
 
 
 def _real_demo(args: argparse.Namespace) -> int:
-    from server.real_demo import RealDataMissing, run_real_demo
+    from server.real_demo import REAL_RECIPE, RealDataMissing, run_real_demo
 
     other = [flag for flag, on in (("--dp", args.dp), ("--secagg", args.secagg), ("--zeroshot", args.zeroshot),
                                    ("--box-latent", args.box_latent), ("--ct-sites", args.ct_sites),
@@ -23,9 +26,13 @@ def _real_demo(args: argparse.Namespace) -> int:
               "yet (NIH has no reports for the zero-shot branch, no CT and no lesion boxes for most images)",
               file=sys.stderr)
         return 2
+    chosen = {"rounds": args.rounds, "preset": args.preset, "local-epochs": args.local_epochs, "lr": args.lr,
+              "weight-decay": args.weight_decay, "loss": args.loss}
+    recipe = {**REAL_RECIPE, **{k: v for k, v in chosen.items() if v is not None}}  # the flags given win
     try:
-        run_real_demo(Path(args.out), args.rounds, args.seed, args.preset, args.image_size, args.local_epochs, args.lr,
-                      args.verbose)
+        run_real_demo(Path(args.out), recipe["rounds"], args.seed, recipe["preset"], args.image_size,
+                      recipe["local-epochs"], recipe["lr"], args.verbose,
+                      weight_decay=recipe["weight-decay"], loss=recipe["loss"])
     except RealDataMissing as exc:
         print(f"fedchest demo: {exc}", file=sys.stderr)
         return 2
@@ -37,6 +44,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.real:
         return _real_demo(args)
+    if args.weight_decay is not None or args.loss is not None:
+        print("fedchest demo: --weight-decay and --loss apply to --real (the synthetic demo keeps the run config's "
+              "defaults)", file=sys.stderr)
+        return 2
+    for key, value in SYNTHETIC_DEMO.items():  # flags not given: the synthetic demo's defaults
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     extra = {}
     if args.box_latent and (args.secagg or args.dp):
         print("fedchest demo: --box-latent follows a plain run (its head has no DP-SGD or SecAgg+ path yet)",
@@ -209,13 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="three sites of real NIH ChestX-ray14 radiographs split by patient (FEDCHEST_REAL_DATA, else "
                         "../shared/data/real) instead of synthetic ones (--sites and --images-per-site do not apply)")
     d.add_argument("--sites", type=int, default=3)
-    d.add_argument("--rounds", type=int, default=10)
+    d.add_argument("--rounds", type=int, default=None, help="default 10 (--real: the real recipe's)")
     d.add_argument("--images-per-site", type=int, default=1000)
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="small")
-    d.add_argument("--local-epochs", type=int, default=2)
-    d.add_argument("--lr", type=float, default=0.001)
+    d.add_argument("--preset", default=None, help="default small (--real: the real recipe's)")
+    d.add_argument("--local-epochs", type=int, default=None, help="default 2 (--real: the real recipe's)")
+    d.add_argument("--lr", type=float, default=None, help="default 0.001 (--real: the real recipe's)")
+    d.add_argument("--weight-decay", type=float, default=None, help="--real only (default: the real recipe's)")
+    d.add_argument("--loss", choices=LOSSES, default=None, help="--real only: asl | bce (default: the real recipe's)")
     d.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
     d.add_argument("--dp", action="store_true", help="train under DP-SGD at every site (each keeps a privacy ledger)")
     d.add_argument("--dp-noise-multiplier", type=float, default=1.0)

@@ -52,6 +52,8 @@ from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
 from shared_models.networks.heads import head_spec, label_graph_release
 from shared_models.networks.heads import spec_config as head_config
 from shared_models.networks import build_model, classifier_keys, parse_weights, radiograph_state
+from shared_models.losses import AUGMENTATIONS, LOSSES
+from shared_models.progress import Progress
 from shared_models.ontology import load_label_set
 from shared_models.zeroshot.config import DEFAULTS as ZEROSHOT_DEFAULTS
 from shared_models.zeroshot.config import spec_config, zeroshot_spec
@@ -64,6 +66,8 @@ DEFAULTS = {
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
     "out-dir": "", "db-url": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
+    "weight-decay": 1e-4, "loss": "asl",  # the sites' AdamW weight decay; loss asl | bce (client/training.py)
+    "augment": "shift",  # shift | affine: the sites' training augmentation (client/training.py)
     "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     # under DP: the sites' one counts release and their evaluation releases (docs/privacy.md)
@@ -192,6 +196,12 @@ def run_rounds(grid: Grid, context: Context) -> None:
     if cfg["server-optimizer"] not in SERVER_OPTIMIZERS:
         raise ValueError(f"run config server-optimizer = {cfg['server-optimizer']!r}; "
                          f"expected one of {', '.join(SERVER_OPTIMIZERS)}")
+    if cfg["loss"] not in LOSSES:
+        raise ValueError(f"run config loss = {cfg['loss']!r}; expected one of {', '.join(LOSSES)}")
+    if cfg["augment"] not in AUGMENTATIONS:
+        raise ValueError(f"run config augment = {cfg['augment']!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    if float(cfg["weight-decay"]) < 0:
+        raise ValueError(f"run config weight-decay = {cfg['weight-decay']!r}; expected a number >= 0")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = resolve_db_url(str(cfg["db-url"]) or str(out_dir / "registry.db"))  # FEDCHEST_DB_URL wins
@@ -273,7 +283,9 @@ def run_rounds(grid: Grid, context: Context) -> None:
     shared = {**run_for_sites(cfg, label_set.name, run_id), "hist-bins": spec.bins, "hist-limit": spec.limit}
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
                                  "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
-                                 "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"])})
+                                 "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"]),
+                                 "weight-decay": float(cfg["weight-decay"]), "loss": str(cfg["loss"]),
+                                 "augment": str(cfg["augment"])})
     ckpt_dir = out_dir / "checkpoints"
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -291,9 +303,12 @@ def run_rounds(grid: Grid, context: Context) -> None:
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)
         registry.add_metrics(run_id, rnd, round_rows("round", {"checkpoint": time.perf_counter() - t_ckpt}))
+        pooled = (strategy.history[-1].get("pooled") or {}) if strategy.history else {}
+        rounds_progress.update(1, round=rnd, **({"pooled mAUC": pooled["mAUC"]} if "mAUC" in pooled else {}))
         return None
 
     status = "failed"
+    rounds_progress = Progress(f"run {cfg['run-name']}: rounds", num_rounds - offset, "rounds")  # stderr only
     keeper = LinkKeeper(grid).start()  # the run's lease on the SuperLink survives a busy link (server/link_guard.py)
     try:
         strategy.start(
@@ -303,6 +318,7 @@ def run_rounds(grid: Grid, context: Context) -> None:
         status = "completed"
     finally:
         keeper.stop()
+        rounds_progress.close()
         registry.finish_run(run_id, status, synthetic=bool(strategy.synthetic_sites))
         history = strategy.history
         summary = {

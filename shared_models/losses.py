@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+AUGMENTATIONS = ("shift", "affine")  # the run config `augment` (client/training.py)
+LOSSES = ("asl", "bce")  # the run config `loss`: asymmetric loss, or masked binary cross-entropy (ASL, no focusing)
+
 
 class AsymmetricLoss(nn.Module):
     """Asymmetric Loss (Ridnik et al., ICCV 2021) with a label mask.

@@ -75,3 +75,37 @@ def test_asl_without_clip_and_with_class_weights():
     expected = sum(_asl_by_hand(float(logits[i, j]), int(targets[i, j]))
                    * float(wp[j] if targets[i, j] else wn[j]) for i in range(2) for j in range(3)) / 2
     assert float(weighted) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_bce_loss_option_is_masked_binary_cross_entropy():
+    import numpy as np
+
+    from client.index import SiteData
+    from client.training import objective
+    from shared_models.networks import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 4)
+    data = SiteData(np.zeros((3, 8, 8), np.uint8), np.zeros(3, np.int64), np.eye(3, 4, dtype=np.float32),
+                    np.ones((3, 4), np.float32))
+    loss_fn, _ = objective(model, data, None, False, 0.0, torch.device("cpu"), "bce")
+    logits, targets = torch.randn(5, 4), (torch.rand(5, 4) < 0.4).float()
+    mask = (torch.rand(5, 4) < 0.7).float()
+    expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+                * mask).sum() / 5
+    assert float(loss_fn(logits, targets, mask)) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="loss 'focal'"):
+        objective(model, data, None, False, 0.0, torch.device("cpu"), "focal")
+
+
+def test_affine_augmentation_keeps_the_anatomy_side_and_refuses_unknown_kinds():
+    from client.training import augment
+
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 8:24, 2:10] = 1.0  # a bright block on the image's left
+    out = augment(x, torch.Generator().manual_seed(0), "affine")
+    assert out.shape == x.shape and not torch.equal(out, x)
+    left, right = out[:, :, :, :16].mean((1, 2, 3)), out[:, :, :, 16:].mean((1, 2, 3))
+    assert bool((left > right).all())  # no flips: the block stays on the left
+    with pytest.raises(ValueError, match="augment 'flip'"):
+        augment(x, torch.Generator(), "flip")

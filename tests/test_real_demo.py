@@ -72,6 +72,28 @@ def test_demo_real_without_the_data_names_both_places(tmp_path, monkeypatch, cap
     assert str(tmp_path / "nowhere") in err and REAL_ENV in err and str(Path("shared") / "data" / "real") in err
 
 
+def test_real_accuracy_benchmark_skips_without_the_data(tmp_path, monkeypatch, capsys):
+    from benchmarks.bench_real_accuracy import run
+
+    monkeypatch.setenv(REAL_ENV, str(tmp_path / "nowhere"))
+    assert run(tmp_path / "bench") == {}
+    out = capsys.readouterr().out
+    assert "real_accuracy: skipped" in out and str(tmp_path / "nowhere") in out
+
+
+def test_demo_real_takes_the_real_recipe_and_the_flags_given(tmp_path, monkeypatch):
+    import server.real_demo as real_demo
+
+    seen = {}
+    monkeypatch.setattr(real_demo, "run_real_demo", lambda out, *a, **kw: seen.update(args=a, kw=kw))
+    assert admin_main(["demo", "--real", "--out", str(tmp_path), "--lr", "0.003"]) == 0
+    rounds, _seed, preset, _size, epochs, lr, _verbose = seen["args"]
+    recipe = real_demo.REAL_RECIPE
+    assert (rounds, preset, epochs, lr) == (recipe["rounds"], recipe["preset"], recipe["local-epochs"], 0.003)
+    assert seen["kw"] == {"weight_decay": recipe["weight-decay"], "loss": recipe["loss"]}
+    assert admin_main(["demo", "--out", str(tmp_path), "--loss", "bce"]) == 2  # synthetic demo: --real only
+
+
 def test_demo_real_refuses_the_synthetic_only_options(tmp_path, capsys):
     assert admin_main(["demo", "--real", "--zeroshot", "--out", str(tmp_path)]) == 2
     assert "--zeroshot not with --real" in capsys.readouterr().err

@@ -55,10 +55,12 @@ def test_local_round_hands_the_run_config_training_options_to_train_local(padche
     monkeypatch.setattr(local_round, "train_local", lambda model, data, **kw: seen.update(kw) or {"steps": 0})
     config = {"local-epochs": 2, "batch-size": 4, "lr": 0.01, "server-round": 3, "seed": 1, "label-set": "cxrlt2026",
               "proximal-mu": 0.3, "sampling": "sqrt", "asl-class-weights": True, "logit-adjust-tau": 0.5,
-              "class-prevalence": [0.2, 0.1]}
+              "class-prevalence": [0.2, 0.1], "weight-decay": 0.05, "loss": "bce", "augment": "affine"}
     local_round.train_round(config, padchest_site, data=None, model=None)
     assert (seen["proximal_mu"], seen["sampling"], seen["asl_class_weights"], seen["logit_adjust_tau"]) == (
         0.3, "sqrt", True, 0.5)
+    assert (seen["weight_decay"], seen["loss"], seen["progress_round"], seen["augmentation"]) == (
+        0.05, "bce", 3, "affine")
     assert seen["prevalence"].tolist() == [0.2, 0.1] and (seen["epochs"], seen["seed"]) == (2, 1003)
 
 
