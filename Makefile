@@ -25,13 +25,13 @@ demo: $(STAMP)
 
 # The whole suite, end-to-end tests included, on two pytest-xdist workers (budget: 20 min on 2 cores; one run
 # measured 17 min with other jobs on the machine, against 31 min for the two halves one after the other). Much of an
-# end-to-end test is waiting (polls, deadlines, process start-up), which the other worker fills. Each test file is
-# one group (tests/conftest.py), so its module fixtures are made once.
+# end-to-end test is waiting (polls, deadlines, process start-up), which the other worker fills. A test file runs
+# on one worker (--dist loadfile), so its module fixtures are made once.
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	@sh scripts/ensure_system_packages.sh
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e" --durations=15

@@ -22,17 +22,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two
     torch.set_num_threads(1)
 
 
-# `make test` runs on two xdist workers with --dist loadgroup: each test file is one group, so a module's fixtures
-# (a demo run, a deployment) are made once; files that read the same session run share a group.
-SHARED_SESSION_RUN = {"test_dashboard.py": "tiny_run", "test_dashboard_browser.py": "tiny_run"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_SESSION_RUN.get(name, name)))
-
-
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     if not REAL_DATA.is_dir():

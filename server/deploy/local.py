@@ -443,8 +443,11 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
                          "overhead_per_round": [{**asdict(r), "overhead": r.overhead} for r in overheads]}
     summary_path.write_text(json.dumps(summary, indent=1))
     last = summary["rounds"][-1].get("pooled", {}) if summary.get("rounds") else {}
+    pooled = last.get("mAP")
+    pooled_text = (f"pooled mAP {pooled:.3f} (synthetic)" if isinstance(pooled, (int, float)) else
+                   "no pooled mAP: no class reached min_count test positives at any site (small test splits)")
     print(f"run {summary['run_id']} (Flower run {run_id}) finished: {summary['rounds_completed']} rounds in "
-          f"{summary['deploy']['wall_seconds']:.1f}s; pooled mAP {last.get('mAP', float('nan')):.3f} (synthetic)")
+          f"{summary['deploy']['wall_seconds']:.1f}s; {pooled_text}")
     print(describe(overheads))
     print(describe_faults(faults))
     print(f"summary: {summary_path}\nregistry: {summary['db_url']}\nall processes stopped")
