@@ -1,21 +1,26 @@
 """accuracy + federation_tax: pooled (centralised) vs federated (Flower simulation) vs local-only models at
 equal total compute on one synthetic consortium, and the wall-time overhead of federation.
 
-Equal compute: every approach sees each training image rounds x local-epochs times.
+Equal compute: every approach sees each training image rounds x local-epochs times (equal passes per image, not
+equal optimiser steps: a local-only model takes about 1/sites of the pooled model's steps).
+The federation tax is each round's interval (end of the round before to its own end) over the slowest site's own
+train + evaluate seconds in that round (server/deploy/overhead.py): sites train in parallel, so the slowest one
+bounds the round. Each seed makes its own consortium (synthesis seed), initialisation and run seed.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import concat, evaluate, record, site_configs, train_model
+from benchmarks.common import concat, evaluate, fmt_interval, record, seed_interval, site_configs, train_model
 from client.index import load_split
 from server.checkpoints import load_checkpoint
+from server.deploy.overhead import round_overheads
 from server.demo import make_sites
 from server.registry import Registry
 from server.simulation import run_in_process
@@ -23,11 +28,10 @@ from shared_models.networks import build_model
 from shared_models.ontology import load_label_set
 
 
-def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rounds: int = 10,
-        local_epochs: int = 2, preset: str = "small", lr: float = 0.001) -> dict:
-    command = (f"python -m benchmarks.run --only accuracy (sites={sites}, images={images}, size={image_size}, "
-               f"rounds={rounds}, local_epochs={local_epochs}, preset={preset})")
-    sites_dir = make_sites(out, sites, images, image_size, seed=0)
+def one_seed(out: Path, seed: int, sites: int, images: int, image_size: int, rounds: int, local_epochs: int,
+             preset: str, lr: float) -> tuple[dict, dict]:
+    """The accuracy and federation-tax figures of one seed."""
+    sites_dir = make_sites(out, sites, images, image_size, seed=seed)
     cfgs = site_configs(sites_dir)
     num_classes = load_label_set().num_seen
     train = {c.name: load_split(c, "train") for c in cfgs}
@@ -40,7 +44,7 @@ def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rou
         "num-server-rounds": rounds, "local-epochs": local_epochs, "lr": lr, "batch-size": 32, "model-preset": preset,
         "image-size": image_size, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": sites,
         "round-timeout": 3600.0, "out-dir": str(fed_dir), "sim-sites-dir": str(sites_dir), "run-name": "bench-accuracy",
-        "seed": 0,
+        "seed": seed,
     }
     t0 = time.perf_counter()
     run_in_process(run_config, num_supernodes=sites)
@@ -49,15 +53,15 @@ def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rou
     fed_model = build_model(preset, num_classes)
     fed_model.load_state_dict(load_checkpoint(sorted((fed_dir / "checkpoints").glob("round-*.pt"))[-1])["state_dict"])
 
-    # client-side work recorded by the sites themselves (registry rows for this run)
-    con = sqlite3.connect(fed_dir / "registry.db")
-    client_seconds = con.execute(
-        "SELECT SUM(value) FROM metrics WHERE run_id = ? AND name IN ('train_seconds', 'eval_seconds')",
-        (summary["run_id"],)).fetchone()[0]
-    con.close()
+    # each round's interval against its slowest site's own train + evaluate seconds (registry rows of this run)
+    per_round = round_overheads(f"sqlite:///{fed_dir / 'registry.db'}", summary["run_id"])
+    if len(per_round) < 2:
+        raise RuntimeError(f"accuracy: {len(per_round)} round(s) with the sites' compute seconds in "
+                           f"{fed_dir / 'registry.db'}; the federation tax needs rounds 2+")
+    later = per_round[1:]
 
-    pooled_model, pooled_seconds = train_model(concat(list(train.values())), epochs, preset, num_classes, lr)
-    local = {name: train_model(d, epochs, preset, num_classes, lr)[0] for name, d in train.items()}
+    pooled_model, pooled_seconds = train_model(concat(list(train.values())), epochs, preset, num_classes, lr, seed)
+    local = {name: train_model(d, epochs, preset, num_classes, lr, seed)[0] for name, d in train.items()}
 
     all_test = concat(list(test.values()))
     fed_map = evaluate(fed_model, all_test)["mAP"]
@@ -77,18 +81,62 @@ def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rou
                  float(np.mean([evaluate(m, all_test)["mAP"] for m in local.values()]))))
     Registry(f"sqlite:///{fed_dir / 'registry.db'}").add_references(summary["run_id"], refs)
     gain_mean = float(np.mean([g["federated_mAP_on_same_data"] - g["local_only_mAP_on_other_sites"] for g in gains.values()]))
-    accuracy = record({
+    accuracy = {
         "pooled_mAP": pooled_map, "federated_mAP": fed_map, "federated_over_pooled": fed_map / pooled_map,
         "prevalence_mAP": summary["baseline"]["prevalence_mAP"], "per_site_local_only": gains,
-        "mean_gain_over_local_only_on_other_sites": gain_mean, "cross_site_mAP": cross, "epochs_equivalent": epochs,
-        "headline": {"federated/pooled mAP": fed_map / pooled_map, "federated mAP": fed_map, "pooled mAP": pooled_map,
-                     "gain over local-only (mAP, other sites)": gain_mean},
-    }, command)
-    tax = record({
+        "mean_gain_over_local_only_on_other_sites": gain_mean, "cross_site_mAP": cross,
+    }
+    tax = {
+        "federation_tax": statistics.median(r.interval / r.compute for r in later),
+        "round_interval_over_slowest_compute_whole_run": sum(r.interval for r in per_round) / sum(
+            r.compute for r in per_round),
+        "median_overhead_seconds_rounds_2plus": statistics.median(r.overhead for r in later),
+        "per_round": [{"round": r.round, "interval_s": r.interval, "slowest_site_compute_s": r.compute,
+                       "slowest_site": r.site} for r in per_round],
         "simulation_wall_seconds": fed_wall, "strategy_wall_seconds": summary["wall_seconds"],
-        "client_train_plus_evaluate_seconds": client_seconds, "centralised_train_seconds": pooled_seconds,
-        "federation_tax": fed_wall / client_seconds,
-        "headline": {"federation tax (sim wall / client work)": fed_wall / client_seconds,
-                     "strategy-only tax": summary["wall_seconds"] / client_seconds},
-    }, command)
-    return {"accuracy": accuracy, "federation_tax": tax}
+        "centralised_train_seconds": pooled_seconds,
+    }
+    return accuracy, tax
+
+
+ACC_KEYS = ("federated_over_pooled", "federated_mAP", "pooled_mAP", "mean_gain_over_local_only_on_other_sites")
+TAX_KEYS = ("federation_tax", "round_interval_over_slowest_compute_whole_run", "median_overhead_seconds_rounds_2plus")
+
+
+def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rounds: int = 10,
+        local_epochs: int = 2, preset: str = "small", lr: float = 0.001, seeds: tuple[int, ...] = (0,)) -> dict:
+    command = (f"python -m benchmarks.run --only accuracy --seeds {' '.join(map(str, seeds))} (sites={sites}, "
+               f"images={images}, size={image_size}, rounds={rounds}, local_epochs={local_epochs}, preset={preset})")
+    acc, tax = {}, {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        acc[seed], tax[seed] = one_seed(out / f"seed-{seed}", seed, sites, images, image_size, rounds, local_epochs,
+                                        preset, lr)
+        print(f"accuracy seed {seed}: {time.perf_counter() - t0:.0f}s, federated/pooled "
+              f"{acc[seed]['federated_over_pooled']:.3f}, federation tax {tax[seed]['federation_tax']:.2f}", flush=True)
+    a = {k: seed_interval([acc[s][k] for s in seeds]) for k in ACC_KEYS}
+    t = {k: seed_interval([tax[s][k] for s in seeds]) for k in TAX_KEYS}
+    epochs = rounds * local_epochs
+    budget = (f"federated: {rounds} rounds x {local_epochs} local epochs at each site (batch 32); pooled: {epochs} "
+              f"epochs over all sites' training images; local-only: {epochs} epochs over its own site's (equal passes "
+              f"per image, so about 1/{sites} of the pooled optimiser steps)")
+    accuracy = record({
+        **{k: a[k]["mean"] for k in ACC_KEYS}, "intervals": a, "by_seed": {str(s): acc[s] for s in seeds},
+        "epochs_equivalent": epochs, "compute_budget": budget,
+        "headline": {"federated/pooled mAP": fmt_interval(a["federated_over_pooled"]),
+                     "federated mAP": fmt_interval(a["federated_mAP"]), "pooled mAP": fmt_interval(a["pooled_mAP"]),
+                     "gain over local-only (mAP, other sites)": fmt_interval(a["mean_gain_over_local_only_on_other_sites"])},
+    }, command, seeds=list(seeds))
+    fed_tax = record({
+        **{k: t[k]["mean"] for k in TAX_KEYS}, "intervals": t, "by_seed": {str(s): tax[s] for s in seeds},
+        "definition": ("federation_tax: median over rounds 2+ of (round interval / slowest site's train + evaluate "
+                       "seconds in that round), server/deploy/overhead.py; was simulation wall / SUM of the sites' "
+                       "compute until this record"),
+        "headline": {"federation tax (round interval / slowest site's compute, median rounds 2+)":
+                         fmt_interval(t["federation_tax"], 2),
+                     "whole run: round intervals / slowest sites' compute":
+                         fmt_interval(t["round_interval_over_slowest_compute_whole_run"], 2),
+                     "overhead per round beyond the slowest site (s, median rounds 2+)":
+                         fmt_interval(t["median_overhead_seconds_rounds_2plus"], 2)},
+    }, command, seeds=list(seeds))
+    return {"accuracy": accuracy, "federation_tax": fed_tax}

@@ -57,6 +57,29 @@ def record(figures: dict, command: str, seeds: list[int] | None = None) -> dict:
     return out
 
 
+def seed_interval(values: list[float]) -> dict:
+    """Mean over seeds and its two-sided 95 % Student-t interval (``None`` with one seed), and the values."""
+    from scipy import stats
+
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("seed_interval: no values (one per seed expected)")
+    mean = float(np.mean(vals))
+    if len(vals) < 2:
+        return {"mean": mean, "ci95": None, "values": vals}
+    half = float(stats.t.ppf(0.975, len(vals) - 1) * np.std(vals, ddof=1) / np.sqrt(len(vals)))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "values": vals}
+
+
+def fmt_interval(summary: dict, digits: int = 3) -> str:
+    """``mean [low, high] (n seeds)`` for the markdown table; ``mean (1 seed)`` without an interval."""
+    n = len(summary["values"])
+    if summary["ci95"] is None:
+        return f"{summary['mean']:.{digits}f} (1 seed)"
+    lo, hi = summary["ci95"]
+    return f"{summary['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] ({n} seeds)"
+
+
 def site_configs(sites_dir: Path) -> list:
     return [load_site_config(p) for p in sorted(Path(sites_dir).glob("*/site.toml"))]
 

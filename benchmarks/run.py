@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def main() -> None:
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
     p.add_argument("--allow-dirty", action="store_true",
                    help="measure a tree with uncommitted changes (each record says tree_dirty = true)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="seeds for the benchmarks that take them (each record then has a mean and 95 %% interval)")
     args = p.parse_args()
     changed = tree_changes()
     if changed and not args.allow_dirty:
@@ -46,7 +49,13 @@ def main() -> None:
                          f"({', '.join(changed[:5])}); commit them, or pass --allow-dirty (recorded as tree_dirty)")
     work = Path(args.work or tempfile.mkdtemp(prefix="fedchest-bench-"))
     for name in args.only or BENCHMARKS:
-        results = importlib.import_module(BENCHMARKS[name]).run(work / name)
+        bench = importlib.import_module(BENCHMARKS[name]).run
+        kwargs = {}
+        if args.seeds:
+            if "seeds" not in inspect.signature(bench).parameters:
+                raise SystemExit(f"make bench: --seeds given but {BENCHMARKS[name]}.run takes no seeds")
+            kwargs["seeds"] = tuple(args.seeds)
+        results = bench(work / name, **kwargs)
         print(f"{name}: wrote {write_results(results)}")
 
 
