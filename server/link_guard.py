@@ -32,6 +32,7 @@ from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
 T = TypeVar("T")
 RETRY_STATUS = frozenset({500, 502, 503, 504})
+RETRY_WORDS = "trying again"  # in every retry's log line; server/deploy/overhead.py counts them
 PULL_BACKOFF = (0.05, 0.2)  # a reply object's pull tried again after 0.05 s, doubling to 0.2 s (Flower: 1 s to 10 s)
 
 
@@ -55,7 +56,7 @@ def retrying(call: Callable[[], T], what: str, patience: float = 180.0, first_wa
             waited = time.monotonic() - start
             if not transient(exc) or waited + wait > patience:
                 raise
-            log(WARNING, "the SuperLink answered %s with %s (try %d, %.0fs so far); trying again in %.0fs",
+            log(WARNING, "the SuperLink answered %s with %s (try %d, %.0fs so far); " + RETRY_WORDS + " in %.0fs",
                 what, _short(exc), tries, waited, wait)
         time.sleep(wait)
         wait, tries = min(max_wait, 2 * wait), tries + 1

@@ -117,16 +117,23 @@ def check_shape(sic: ModuleType) -> None:
         raise FlowerShapeError(f"flwr {_flwr_version()}: pull_objects has no parameter {', '.join(missing)}")
 
 
+def prompt_pulls(pull, poll: float) -> functools.partial:
+    """``pull`` (Flower's ``pull_objects`` or a function that passes its back-off on) backing off from ``poll`` / 2
+    to ``poll``, within Flower's own time budget (``PULL_MAX_TIME``) rather than a count of tries."""
+    from flwr.supercore.constant import PULL_MAX_TIME
+
+    return functools.partial(pull, initial_backoff=poll / 2, backoff_cap=poll, max_tries_per_object=None,
+                             max_time=PULL_MAX_TIME)
+
+
 def patch(poll: float) -> None:
     """Cap the SuperNode loop's sleeps at ``poll`` seconds and its object pulls' back-off between ``poll`` / 2
     and ``poll`` (within Flower's own ``PULL_MAX_TIME``)."""
-    from flwr.supercore.constant import PULL_MAX_TIME
     from flwr.supernode import start_client_internal as sic
 
     check_shape(sic)
     sic.time = CappedTime(poll)
-    sic.pull_objects = functools.partial(sic.pull_objects, initial_backoff=poll / 2, backoff_cap=poll,
-                                         max_tries_per_object=None, max_time=PULL_MAX_TIME)
+    sic.pull_objects = prompt_pulls(sic.pull_objects, poll)
 
 
 def superexec_poll(poll: float) -> None:

@@ -26,11 +26,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from client.deploy.supernode import FlowerShapeError, poll_seconds
+from client.deploy.supernode import FlowerShapeError, poll_seconds, prompt_pulls
 
 
 def prompt_object_pulls(poll: float) -> None:
-    from flwr.supercore.constant import PULL_MAX_TIME
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode.runtime import run_clientapp as runtime
 
@@ -40,8 +39,7 @@ def prompt_object_pulls(poll: float) -> None:
     if current is not inflatable_utils.pull_and_inflate_object_from_tree:
         raise FlowerShapeError("flwr.supernode.runtime.run_clientapp does not pull a task's message with "
                                "flwr.supercore.inflatable's pull_and_inflate_object_from_tree")
-    runtime.pull_and_inflate_object_from_tree = functools.partial(
-        current, initial_backoff=poll / 2, backoff_cap=poll, max_tries_per_object=None, max_time=PULL_MAX_TIME)
+    runtime.pull_and_inflate_object_from_tree = prompt_pulls(current, poll)
 
 
 MARKER = ".fedchest-fab-sha256"

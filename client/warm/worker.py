@@ -317,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         install_shim(Path(args.shim_dir))
     worker = Worker(Path(args.socket), tuple(args.preload), tuple(args.packages), check_fab=not args.no_fab_check,
                     entry=args.entry)
+    from client.deploy.supernode import FlowerShapeError
+
     try:
         seconds = worker.preload()
-    except RuntimeError as exc:  # FlowerShapeError: another Flower's ClientApp runtime
+    except FlowerShapeError as exc:  # another Flower's ClientApp runtime (client/warm/runtime.py)
         log(f"cannot start: {exc}; this worker is made for Flower 1.41's ClientApp runtime")
         return 2
     worker.bind()

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
+from server.link_guard import RETRY_WORDS
 from server.registry.models import Event, Metric, Round
 
 COMPUTE_METRICS = ("train_seconds", "eval_seconds")
 HTTP_5XX = re.compile(r'" 5\d\d\b')  # uvicorn's access line: "POST /... HTTP/1.1" 500
-RETRY = "trying again"  # server/link_guard.py's line for a call it retries
 MISS_EVENTS = ("dropout", "straggler", "train_error", "evaluate_error", "round_skipped")
 
 
@@ -96,7 +96,7 @@ def link_faults(logs: Path, db_url: str, run_id: str) -> dict[str, int]:
     finally:
         engine.dispose()
     return {"http_5xx_answers": len(HTTP_5XX.findall(read("superlink.log"))),
-            "serverapp_retries": read("flwr-run.log").count(RETRY), "supernode_errors": nodes.count("ERROR"),
+            "serverapp_retries": read("flwr-run.log").count(RETRY_WORDS), "supernode_errors": nodes.count("ERROR"),
             "site_misses": int(misses or 0)}
 
 
