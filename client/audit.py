@@ -66,12 +66,18 @@ def _record(context: Context, msg: Message, entry: dict) -> None:
         f.write(json.dumps(line, default=str) + "\n")
 
 
+def refusal(exc: BaseException) -> str:
+    """What the server may read of a failure at this site: its class and message, redacted. The full error,
+    traceback included, stays in the site's log."""
+    log.error("site handler failed (full error kept here, redacted one sent): %s", exc, exc_info=exc)
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
 def outbound_guard(msg: Message, context: Context, call_next) -> Message:
     try:
         reply = call_next(msg, context)
     except Exception as exc:  # noqa: BLE001 - every failure is reported, redacted
-        text = redact(f"{type(exc).__name__}: {exc}")
-        log.error("site handler failed (full error kept here, redacted one sent): %s", exc, exc_info=True)
+        text = refusal(exc)
         _record(context, msg, {"error": text})
         raise SiteError(text) from None
     if reply.has_error():

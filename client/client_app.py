@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.audit import outbound_guard
+from client.audit import outbound_guard, refusal
 from client.ct.index import is_ct_site
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
@@ -34,6 +34,7 @@ from shared_models.ct.model import CT_PREFIX
 from shared_models.localization.config import loc_spec
 from shared_models.localization.model import LOC_PREFIX
 from shared_models.device import limit_threads, select_device
+from shared_models.messages import EVALUATE_FIRST, EVALUATION, STAGE_ERRORS
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group, radiograph_state
 from shared_models.ontology import load_label_set
@@ -91,14 +92,13 @@ def global_state(arrays: ArrayRecord, part: str = "") -> dict[str, torch.Tensor]
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
-def _setup(msg: Message, context: Context, split: str, site: SiteConfig):
+def _setup(config: ConfigRecord, arrays: ArrayRecord, split: str, site: SiteConfig):
     """What every radiograph handler starts with: the site's split's data and the global model."""
-    config = msg.content["config"]
     model = run_model(config, site)
     data = site_data(site, split)
-    model.load_state_dict(global_state(msg.content["arrays"]))
+    model.load_state_dict(global_state(arrays))
     mark_ready()
-    return config, data, model
+    return data, model
 
 
 def _site(msg: Message, context: Context) -> SiteConfig:
@@ -203,15 +203,43 @@ def _site_record(site: SiteConfig) -> ConfigRecord:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    t0 = time.perf_counter()
+    """A round of local training. When the server asks (``evaluate-first``: the run's evaluate-with-train), the
+    site first evaluates the model the message carries, as an evaluate message of that model's round would, and
+    the reply carries that summary too: one exchange per round instead of two. Either stage may fail on its own
+    (a DP site's policy refusing one of them): its redacted reason travels in the reply's ``stage-errors``."""
     site = _site(msg, context)
+    config = msg.content["config"]
+    evaluated = int(config.get(EVALUATE_FIRST, 0))
+    if not evaluated:
+        return _train(msg, site)
+    errors: dict[str, str] = {}
+    evaluation = None
+    try:
+        evaluation = _evaluation(ConfigRecord({**config, "server-round": evaluated}), msg.content["arrays"], site)
+    except Exception as exc:  # noqa: BLE001 - reported to the server, redacted, as an error reply would be
+        errors["evaluate"] = refusal(exc)
+    try:
+        reply = _train(msg, site)
+    except Exception as exc:  # noqa: BLE001 - as above
+        errors["train"] = refusal(exc)
+        reply = Message(RecordDict({"site": _site_record(site)}), reply_to=msg)
+    if evaluation is not None:
+        reply.content[EVALUATION] = evaluation
+    if errors:
+        reply.content[STAGE_ERRORS] = ConfigRecord(errors)
+    return reply
+
+
+def _train(msg: Message, site: SiteConfig) -> Message:
+    t0 = time.perf_counter()
     if is_ct_site(site):  # the CT and box-latent modules are imported by the runs that use them
         from client.ct.federated import train_ct_round
 
         state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
         return Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics),
                                    "site": _site_record(site)}), reply_to=msg)
-    config, data, model = _setup(msg, context, "train", site)
+    config = msg.content["config"]
+    data, model = _setup(config, msg.content["arrays"], "train", site)
     c = model.num_classes
     train_data, synthesis = data, {}
     synth = synthesis_spec(config)
@@ -256,17 +284,21 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    t0 = time.perf_counter()
     site = _site(msg, context)
-    split = str(msg.content["config"].get("eval-split", "test"))
-    config = msg.content["config"]
+    summary = _evaluation(msg.content["config"], msg.content["arrays"], site)
+    return Message(RecordDict({"metrics": summary, "site": _site_record(site)}), reply_to=msg)
+
+
+def _evaluation(config: ConfigRecord, arrays: ArrayRecord, site: SiteConfig) -> MetricRecord:
+    """The site's evaluation summary of the model in ``arrays`` (what an evaluate reply carries)."""
+    t0 = time.perf_counter()
+    split = str(config.get("eval-split", "test"))
     spec = HistogramSpec(int(config.get("hist-bins", 240)), float(config.get("hist-limit", 12.0)))
     if is_ct_site(site):
         from client.ct.federated import evaluate_ct_round
 
-        summary = evaluate_ct_round(config, site, global_state(msg.content["arrays"], CT_PREFIX), spec, split)
-        return Message(RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)}), reply_to=msg)
-    config, data, model = _setup(msg, context, split, site)
+        return MetricRecord(evaluate_ct_round(config, site, global_state(arrays, CT_PREFIX), spec, split))
+    data, model = _setup(config, arrays, split, site)
     c = model.num_classes
     label_set = load_label_set(str(config["label-set"]))
     zs_spec = zeroshot_spec(config, label_set)
@@ -294,8 +326,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if loc is not None:
         from client.localization import evaluate_loc_round
 
-        summary.update(evaluate_loc_round(config, site, data, split, loc,
-                                          global_state(msg.content["arrays"], part=LOC_PREFIX), c))
+        summary.update(evaluate_loc_round(config, site, data, split, loc, global_state(arrays, part=LOC_PREFIX), c))
     known = data.projection >= 0
     k = site.privacy.suppress
     summary["router_total"] = int(k(int(known.sum()))) if routes is not None else 0
@@ -307,5 +338,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         summary.setdefault("router_total", 0)
         summary.setdefault("router_correct", 0)
     summary["eval_seconds"] = time.perf_counter() - t0
-    content = RecordDict({"metrics": MetricRecord(summary), "site": _site_record(site)})
-    return Message(content, reply_to=msg)
+    return MetricRecord(summary)

@@ -41,11 +41,12 @@ def copy_message(msg: Message) -> Message:
 
 
 def compute_seconds(reply: Message) -> float | None:
-    for record in reply.content.metric_records.values():
-        for key in COMPUTE_KEYS:
-            if key in record:
-                return float(record[key])
-    return None
+    """The site's own compute for a reply: its train or evaluate seconds, both when a train reply also carries
+    an evaluation (evaluate-with-train)."""
+    found = [next((float(record[k]) for k in COMPUTE_KEYS if k in record), None)
+             for record in reply.content.metric_records.values()]
+    found = [v for v in found if v is not None]
+    return sum(found) if found else None
 
 
 @dataclass

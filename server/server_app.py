@@ -80,6 +80,9 @@ DEFAULTS = {
     "quorum": 0,  # nodes a round goes on with after node-wait seconds short of min-nodes (0: half of min-nodes)
     "node-wait": 120.0,  # seconds node sampling waits for min-nodes before going on with the quorum
     "pooled-ci-replicates": 0,  # bootstrap replicates of the pooled macro means' 95 % interval per round (0: none)
+    # each round's train messages also evaluate the model they carry (the last round's): one exchange per round
+    # instead of two; evaluation rows still carry the round of the model they score (server/strategy.py)
+    "evaluate-with-train": True,
     "resume-run": "",  # a registry run id: continue it after its last checkpointed round (server/resume.py)
     **ZEROSHOT_DEFAULTS,  # the zero-shot image-text branch (shared_models/zeroshot/config.py)
     **BOX_DEFAULTS,  # the box-latent head on the frozen routed experts (shared_models/boxlatent/config.py)
@@ -272,7 +275,7 @@ def run_rounds(grid: Grid, context: Context) -> None:
         bootstrap=zs.bootstrap if zs else box.bootstrap if box else 0,
         box_samples=(box.reported_samples, box.samples) if box else None,
         ct_classes=load_label_set(CT_LABEL_SET).classes if ct else (), label_graph=graph,
-        pooled_ci=int(cfg["pooled-ci-replicates"]),
+        pooled_ci=int(cfg["pooled-ci-replicates"]), evaluate_with_train=bool(cfg["evaluate-with-train"]),
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=1.0,
         min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
     )
@@ -280,6 +283,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
     if point:
         strategy.round_offset = offset
         restore_strategy_state(strategy, point.strategy_state)
+        if strategy.fold and not registry.round_finished(run_id, offset):
+            strategy.unevaluated = offset  # its model was checkpointed before its evaluation came back
     shared = {**run_for_sites(cfg, label_set.name, run_id), "hist-bins": spec.bins, "hist-limit": spec.limit}
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
                                  "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),

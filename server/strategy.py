@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -30,6 +31,7 @@ from server.timeline import TIMELINE, phase_rows, round_rows, site_phases
 from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, update_norms,
                                validate_update)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
+from shared_models.messages import EVALUATE_FIRST, EVALUATION, STAGE_ERRORS
 from shared_models.metrics import HistogramSpec, group_codes, prevalence, prevalence_groups
 from shared_models.networks import group_keys
 from shared_models.wire import WireError
@@ -76,6 +78,19 @@ def error_line(reason: str | None) -> str:
     return (lines[-1].rstrip("'>") if lines else "unknown error")[:500]
 
 
+@dataclass
+class EvalPool:
+    """One round's evaluation summaries as they are parsed, by site and family."""
+
+    evals: dict = field(default_factory=dict)
+    zs: dict = field(default_factory=dict)
+    box: dict = field(default_factory=dict)
+    ct: dict = field(default_factory=dict)
+    loc: dict = field(default_factory=dict)
+    routed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    timing: list[tuple] = field(default_factory=list)
+
+
 class FedChestAvg(FedAvg):
     def __init__(
         self,
@@ -101,6 +116,7 @@ class FedChestAvg(FedAvg):
         ct_classes: tuple[str, ...] = (),
         label_graph: LabelGraph | None = None,
         pooled_ci: int = 0,
+        evaluate_with_train: bool = False,
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -143,6 +159,13 @@ class FedChestAvg(FedAvg):
         self.label_graph = label_graph  # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
         self.ct_train_pos = np.zeros(len(ct_classes), np.int64)
         self.ct_train_annotated = np.zeros(len(ct_classes), np.int64)
+        # evaluate-with-train: each train message also asks the sites to evaluate the model it carries (the last
+        # round's global model) before training on it, so a round is one exchange instead of two; the last
+        # round's model gets its own evaluation stage. Only when every node trains (fraction-train 1).
+        self.fold = evaluate_with_train and self.fraction_train == 1.0
+        self.last_round: int | None = None  # set by start(): the run's last round (resumed runs included)
+        self.unevaluated: int | None = None  # the round whose global model the next train message evaluates
+        self.folding: int | None = None  # the round the train messages in flight evaluate
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _name(self, node: int) -> str:
@@ -164,7 +187,13 @@ class FedChestAvg(FedAvg):
     def start(self, *, grid: Grid, **kwargs):
         """Flower's round loop on a grid with per-site reply deadlines."""
         self.link = DeadlineGrid(grid, self.timer, self._late, self._replied)
+        self.last_round = int(kwargs.get("num_rounds", 3)) + self.round_offset
         return super().start(grid=self.link, **kwargs)
+
+    def _evaluated_with_train(self, server_round: int) -> bool:
+        """Whether round ``server_round``'s model is evaluated by the next round's train messages (no
+        evaluation stage of its own)."""
+        return self.fold and self.last_round is not None and server_round < self.last_round
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
                   ) -> list[Message]:
@@ -202,7 +231,7 @@ class FedChestAvg(FedAvg):
             self.reply_rows.append((node, f"{stage}_reply_seconds", seconds, limit))
             stamps = reply.content.config_records.get(TIMELINE)
             if stamps is not None and self.link is not None and self.link.pushed is not None:
-                self.phase_rows += phase_rows(self._name(node), stage,
+                self.phase_rows += phase_rows(self._site_of(reply), stage,  # named from the first reply on
                                               site_phases(stamps, self.link.pushed[1], time.time()))
 
     def _phases_done(self, stage: str, server_round: int) -> None:
@@ -240,15 +269,24 @@ class FedChestAvg(FedAvg):
             config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round
             config["class-prevalence"] = [float(v) for v in prevalence(self.train_pos, self.train_annotated, 0.0)]
+        self.folding, self.unevaluated = self.unevaluated, None
+        config[EVALUATE_FIRST] = self.folding or 0  # the train config record is the same every round
+        if self.folding is not None:
+            self._add_bands(config)
         messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
         self.asked["train"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
+    def _add_bands(self, config: ConfigRecord) -> None:
+        if self.train_annotated.sum() > 0:  # the bands the sites summarise before their small-count rule
+            config["class-bands"] = group_codes(prevalence_groups(self.train_pos, self.train_annotated))
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        if self.train_annotated.sum() > 0:  # the bands the sites summarise before their small-count rule
-            config["class-bands"] = group_codes(prevalence_groups(self.train_pos, self.train_annotated))
+        if self._evaluated_with_train(server_round):
+            return []  # the next round's train messages evaluate this model
+        self._add_bands(config)
         messages = self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
         self.asked["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages
@@ -281,6 +319,7 @@ class FedChestAvg(FedAvg):
         ct_ann = np.zeros(len(self.ct_classes), np.int64)
         rows = []
         answered: set[int] = set()
+        folded, pool = self.folding, EvalPool()  # the round whose model these replies also evaluated, if any
         for msg in replies:
             answered.add(self._node_of(msg))
             if msg.has_error():
@@ -289,6 +328,16 @@ class FedChestAvg(FedAvg):
                 log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
                 continue
             site = self._site_of(msg)
+            failed = msg.content.config_records.get(STAGE_ERRORS, {})
+            if folded is not None and "evaluate" in failed:
+                self.registry.add_event(self.run_id, "evaluate_error", error_line(str(failed["evaluate"])), folded, site)
+            elif folded is not None:
+                self._take_summary(pool, site, msg.content.metric_records.get(EVALUATION), folded)
+            if "train" in failed:
+                reason = error_line(str(failed["train"]))
+                self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
+                log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
+                continue
             update, norms, m = self._check_update(msg, site, server_round, rows)
             del msg
             if update is None:
@@ -321,6 +370,11 @@ class FedChestAvg(FedAvg):
                     "budget": float(m["dp_epsilon_budget"]) if "dp_epsilon_budget" in m else None}
             kept.append(m)
         self._record_dropouts("train", server_round, answered)
+        if folded is not None:  # before this round's counts replace the last round's, as a stage of its own
+            self.folding = None
+            self._pool_evaluation(folded, pool, [])
+        if self._evaluated_with_train(server_round):
+            self.unevaluated = server_round
         if ann.sum() > 0:
             self.train_pos, self.train_annotated = pos, ann
         if ct_ann.sum() > 0:
@@ -376,8 +430,9 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
             return None, {}, None
 
-        if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
-            return reject("expected one ArrayRecord and one MetricRecord")
+        metrics = [name for name in msg.content.metric_records if name != EVALUATION]
+        if len(msg.content.array_records) != 1 or len(metrics) != 1:
+            return reject("expected one ArrayRecord and one MetricRecord (besides an evaluation)")
         arrays = next(iter(msg.content.array_records.values()))
         try:
             local = from_record(arrays)  # views on the message bytes (shared_models/wire.py)
@@ -389,7 +444,7 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "nothing_sent", text, server_round, site)
             return None, {}, None
         rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
-        m = next(iter(msg.content.metric_records.values()))
+        m = msg.content.metric_records[metrics[0]]
         reason = validate_update(local, self.reference, None if self.aggregation == "fedavg" else self.groups,
                                  values=False)
         norms: dict[str, float] = {}
@@ -411,12 +466,15 @@ class FedChestAvg(FedAvg):
         return update, norms, m
 
     # -- evaluate ----------------------------------------------------------------------------------------
-    @_phases("evaluate")
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self._evaluated_with_train(server_round + self.round_offset):
+            return None  # no evaluation stage this round: the next train replies carry it
+        return self._aggregate_evaluate(server_round, replies)
+
+    @_phases("evaluate")
+    def _aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        evals, zs_evals, box_evals, ct_evals, loc_evals = {}, {}, {}, {}, {}
-        timing: list[tuple] = []
-        routed: dict[str, tuple[int, int]] = {}
+        pool = EvalPool()
         answered: set[int] = set()
         for msg in replies:  # parsed as pulled: the compact parsed summaries are kept, not the messages
             answered.add(self._node_of(msg))
@@ -424,44 +482,57 @@ class FedChestAvg(FedAvg):
                 site = self._name(self._node_of(msg))
                 self.registry.add_event(self.run_id, "evaluate_error", error_line(msg.error.reason), server_round, site)
                 continue
-            site = self._site_of(msg)
-            try:
-                m = next(iter(msg.content.metric_records.values()))
-                if "dp_evaluation" in m:  # a DP site: withheld, noised and charged, or exact by its policy
-                    timing.append((site, "all", None, "dp_evaluation", float(m["dp_evaluation"]), None))
-                    if "dp_epsilon" in m:  # a charged evaluation release: the site's epsilon after it
-                        timing.append((site, "all", None, "dp_epsilon_after_evaluation", float(m["dp_epsilon"]), None))
-                        entry = self.privacy.setdefault(str(server_round), {}).setdefault(
-                            site, {"epsilon": 0.0, "delta": float(m.get("dp_delta", float("nan"))), "budget": None})
-                        entry["epsilon"] = max(entry["epsilon"], float(m["dp_epsilon"]))
-                    if int(m["dp_evaluation"]) == DP_EVALUATION_WITHHELD:
-                        self.registry.add_event(self.run_id, "evaluation_withheld", "the site trains under DP and "
-                                                "its policy releases no evaluation summary", server_round, site)
-                        continue
-                if is_ct_summary(m):
-                    ct_evals[site] = parse_ct(m, len(self.ct_classes), self.spec)
-                    if "eval_seconds" in m:
-                        timing.append((site, SCOPE, None, "eval_seconds", float(m["eval_seconds"]),
-                                       int(m["num-examples"])))
-                    continue
-                evals[site] = parse_site_eval(m, len(self.classes), self.spec)
-                if self.zeroshot_sets:
-                    zs_evals[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
-                if self.box_samples:
-                    box_evals[site] = parse_box(m, self.box_samples[0], len(self.classes), self.spec)
-                tally = parse_loc(m, len(self.classes))
-                if tally is not None:
-                    loc_evals[site] = tally
-                if "eval_seconds" in m:
-                    timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
-                routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
-            except (KeyError, ValueError) as exc:
-                self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
-        msg = m = None  # nothing of the last message is kept either
+            self._take_summary(pool, self._site_of(msg), next(iter(msg.content.metric_records.values()), None),
+                               server_round)
+        msg = None  # nothing of the last message is kept either
         self._record_dropouts("evaluate", server_round, answered)
+        return self._pool_evaluation(server_round, pool, self._timing_rows())
+
+    def _take_summary(self, pool: EvalPool, site: str, m: MetricRecord | None, server_round: int) -> None:
+        """One site's evaluation summary of round ``server_round``'s model, parsed into ``pool``."""
+        try:
+            if m is None:
+                raise KeyError("no MetricRecord")
+            if "dp_evaluation" in m:  # a DP site: withheld, noised and charged, or exact by its policy
+                pool.timing.append((site, "all", None, "dp_evaluation", float(m["dp_evaluation"]), None))
+                if "dp_epsilon" in m:  # a charged evaluation release: the site's epsilon after it
+                    pool.timing.append((site, "all", None, "dp_epsilon_after_evaluation", float(m["dp_epsilon"]),
+                                        None))
+                    entry = self.privacy.setdefault(str(server_round), {}).setdefault(
+                        site, {"epsilon": 0.0, "delta": float(m.get("dp_delta", float("nan"))), "budget": None})
+                    entry["epsilon"] = max(entry["epsilon"], float(m["dp_epsilon"]))
+                if int(m["dp_evaluation"]) == DP_EVALUATION_WITHHELD:
+                    self.registry.add_event(self.run_id, "evaluation_withheld", "the site trains under DP and "
+                                            "its policy releases no evaluation summary", server_round, site)
+                    return
+            if is_ct_summary(m):
+                pool.ct[site] = parse_ct(m, len(self.ct_classes), self.spec)
+                if "eval_seconds" in m:
+                    pool.timing.append((site, SCOPE, None, "eval_seconds", float(m["eval_seconds"]),
+                                        int(m["num-examples"])))
+                return
+            pool.evals[site] = parse_site_eval(m, len(self.classes), self.spec)
+            if self.zeroshot_sets:
+                pool.zs[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
+            if self.box_samples:
+                pool.box[site] = parse_box(m, self.box_samples[0], len(self.classes), self.spec)
+            tally = parse_loc(m, len(self.classes))
+            if tally is not None:
+                pool.loc[site] = tally
+            if "eval_seconds" in m:
+                pool.timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]),
+                                    int(m["num-examples"])))
+            pool.routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
+        except (KeyError, ValueError) as exc:
+            self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
+
+    def _pool_evaluation(self, server_round: int, pool: EvalPool, stage_rows: list[tuple]) -> MetricRecord | None:
+        """Round ``server_round``'s pooled evaluation from the sites' summaries: registry rows, the round's summary
+        and its printout. ``stage_rows``: the timing rows of the stage that carried the summaries, when that
+        stage was an evaluation stage of this round."""
+        evals, ct_evals, timing = pool.evals, pool.ct, pool.timing + stage_rows
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))
         if not evals and not ct_evals:
-            timing += self._timing_rows()
             if timing:  # e.g. every site trains under DP and withholds its evaluation
                 self.registry.add_metrics(self.run_id, server_round, timing)
             return None
@@ -476,15 +547,15 @@ class FedChestAvg(FedAvg):
             ct_rows, summary["ct"] = ct_round(dict(sorted(ct_evals.items())), self.ct_classes, self.spec)
             rows += ct_rows + [(None, SCOPE, c, "train_prevalence", p / a if a else None, int(a))
                                for c, p, a in zip(self.ct_classes, self.ct_train_pos, self.ct_train_annotated)]
-        rows += timing + self._timing_rows()
-        correct, total = (sum(v[i] for v in routed.values()) for i in (0, 1))
+        rows += timing
+        correct, total = (sum(v[i] for v in pool.routed.values()) for i in (0, 1))
         summary["router_accuracy"] = correct / total if total else None
-        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t) for site, (c, t) in routed.items()]
+        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t) for site, (c, t) in pool.routed.items()]
         rows.append((None, "all", None, "router_accuracy", summary["router_accuracy"], total))
         rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
-        if zs_evals:
-            zs_rows, summary["zeroshot"] = zero_shot_round(dict(sorted(zs_evals.items())), self.zeroshot_sets,
+        if pool.zs:
+            zs_rows, summary["zeroshot"] = zero_shot_round(dict(sorted(pool.zs.items())), self.zeroshot_sets,
                                                            SCORE_HISTOGRAM, self.bootstrap, seed=server_round)
             rows += zs_rows
             score = proxy_score(summary["zeroshot"])
@@ -492,12 +563,12 @@ class FedChestAvg(FedAvg):
                 self.best_proxy = (server_round, score)
                 self.registry.add_event(self.run_id, "model_selection",
                                         f"best round so far by proxy-class zero-shot mAUC {score:.4f}", server_round)
-        if box_evals:
-            box_rows, summary["box"] = box_round(dict(sorted(box_evals.items())), *self.box_samples, self.classes,
+        if pool.box:
+            box_rows, summary["box"] = box_round(dict(sorted(pool.box.items())), *self.box_samples, self.classes,
                                                  self.spec, self.bootstrap, seed=server_round)
             rows += box_rows
-        if loc_evals:
-            loc_rows, summary["localization"] = loc_round(dict(sorted(loc_evals.items())), self.classes)
+        if pool.loc:
+            loc_rows, summary["localization"] = loc_round(dict(sorted(pool.loc.items())), self.classes)
             rows += loc_rows
         self.registry.add_metrics(self.run_id, server_round, rows)
         self.registry.finish_round(self.run_id, server_round, self.n_train, len(evals) + len(ct_evals))

@@ -1,5 +1,6 @@
 """The overhead per round ``fedchest deploy local`` prints (server/deploy/overhead.py): each round's interval
-minus its slowest site's own train + evaluate seconds, from the registry's rows."""
+(its start to the next round's start; the last round: to its end) minus its slowest site's own handler seconds,
+from the registry's rows: the reply phases' set-up + compute when recorded, else train + evaluate seconds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_overhead_is_the_round_interval_minus_the_slowest_sites_compute(tmp_path
     run = reg.create_run("r", "fedavg", "routed", "cxr", 3, {}, synthetic=True)
     other = reg.create_run("other", "fedavg", "routed", "cxr", 1, {}, synthetic=True)
     t0 = datetime(2026, 1, 1, 12, 0, 0)
-    # round 1: 10 s from its start; round 2: 4 s after round 1's end; round 3 never finished
+    # round 1: 11 s to round 2's start; round 2: 4 s to round 3's start; round 3 (the last) never finished
     bounds = {1: (t0, t0 + timedelta(seconds=10)), 2: (t0 + timedelta(seconds=11), t0 + timedelta(seconds=14)),
               3: (t0 + timedelta(seconds=15), None)}
     for rnd, (start, end) in bounds.items():
@@ -30,13 +31,21 @@ def test_overhead_is_the_round_interval_minus_the_slowest_sites_compute(tmp_path
                              ("a", "all", None, "eval_seconds", 1.0, 10),
                              ("b", "all", None, "train_seconds", 3.5, 10), ("b", "all", None, "eval_seconds", 0.25, 10),
                              ("b", "all", None, "train_loss", 99.0, 10), (None, "all", None, "eval_seconds", 50.0, 0)])
-    reg.add_metrics(run, 2, [("a", "all", None, "train_seconds", 1.0, 10), ("b", "all", None, "train_seconds", 2.5, 10)])
+    reg.add_metrics(run, 2, [("a", "all", None, "train_seconds", 1.0, 10), ("b", "all", None, "train_seconds", 2.5, 10),
+                             # the handler's phases win over what the site reports (a folded evaluation is in them)
+                             ("a", "all", None, "phase.train.setup", 0.5, None),
+                             ("a", "all", None, "phase.train.compute", 2.5, None),
+                             ("a", "all", None, "phase.train.reply", 9.0, None)])
     reg.add_metrics(run, 3, [("a", "all", None, "train_seconds", 1.0, 10)])
     reg.add_metrics(other, 1, [("a", "all", None, "train_seconds", 100.0, 10)])
     rows = round_overheads(url, run)
-    assert [(r.round, r.interval, r.compute, r.site) for r in rows] == [(1, 10.0, 4.0, "a"), (2, 4.0, 2.5, "b")]
-    assert [r.overhead for r in rows] == [6.0, 1.5]
+    assert [(r.round, r.interval, r.compute, r.site) for r in rows] == [(1, 11.0, 4.0, "a"), (2, 4.0, 3.0, "a")]
+    assert [r.overhead for r in rows] == [7.0, 1.0]
     text = describe(rows)
-    assert text.splitlines()[0].endswith("median 3.75s over 2 round(s)")
-    assert "round 2: 4.00s interval - 2.50s compute (b) = 1.50s" in text
+    assert text.splitlines()[0].endswith("median 4.00s over 2 round(s)")
+    assert "round 2: 4.00s interval - 3.00s compute (a) = 1.00s" in text
+    with reg.engine.begin() as c:  # once the last round finishes, its interval runs to its end
+        c.execute(update(Round).where(Round.run_id == run, Round.round == 3)
+                  .values(finished_at=t0 + timedelta(seconds=17)))
+    assert [(r.round, r.interval, r.compute) for r in round_overheads(url, run)][-1] == (3, 2.0, 1.0)
     assert "no finished round" in describe(round_overheads(url, "no-such-run"))

@@ -85,12 +85,14 @@ def test_ledgers_at_the_sites(dp_run):
 def test_withheld_router_never_left(dp_run):
     out, _, _ = dp_run
     sent = [json.loads(line) for f in (out / "audit").glob("outbound-*.jsonl") for line in f.read_text().splitlines()]
-    trained = [e for e in sent if e["type"] == "train" and "arrays" in e]
+    trained = [e for e in sent if e["type"] == "train" and e.get("arrays")]  # refusals carry no arrays
     assert len(trained) == 2  # the one site that trained, twice
     for e in trained:
         keys = [k for rec in e["arrays"].values() for k in rec]
         assert keys and not any(k.startswith("router.") for k in keys)
+    # an error reply, or a stage's refusal in a train reply that also evaluated (evaluate-with-train)
     refusals = [e["error"] for e in sent if "error" in e]
+    refusals += [r for e in sent for r in e.get("configs", {}).get("stage-errors", {}).values()]
     # 4 refused rounds of training, 2 evaluation releases over site 0's budget; redacted: no local paths
     assert len(refusals) == 6 and all("/" not in r for r in refusals)
 

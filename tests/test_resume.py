@@ -1,6 +1,9 @@
 """Resume: the ServerApp's process is killed after round 2 of 4; `fedchest run resume` continues at round 3
 under the same registry run. Every round is recorded once, and the result matches an uninterrupted run with the
-same seeds. Marker: e2e (two Flower simulations and a half)."""
+same seeds. The uninterrupted run evaluates in stages of their own (evaluate-with-train = false), the killed one
+inside the next round's train messages (the default): the figures and the model are the same either way, and the
+evaluation of round 2's model, in flight when the run was killed, is made by the resumed run.
+Marker: e2e (two Flower simulations and a half)."""
 
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def test_a_killed_run_resumes_after_its_last_complete_round(tmp_path):
     synthesize_site(sites / "b", "mimic", "site-b", n_images=80, image_size=32, seed=2)
 
     full = tmp_path / "full"
-    r = subprocess.run([sys.executable, "-c", RUN, json.dumps(_config(sites, full))], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", RUN, json.dumps({**_config(sites, full), "evaluate-with-train": False})],
+                       capture_output=True,
                        text=True, env=_env(), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -95,8 +99,14 @@ def test_a_killed_run_resumes_after_its_last_complete_round(tmp_path):
     full_url = f"sqlite:///{full / 'registry.db'}"
     # nothing doubled, nothing missing (the timeline's phase rows depend on when each process started: a resumed
     # run starts new ones, so a first round after the resume has phases a warm process does not)
-    per_round = "SELECT round, count(*) FROM metrics WHERE name NOT LIKE 'phase.%' GROUP BY round ORDER BY round"
+    # (nor do the per-stage timing rows: the uninterrupted run has an evaluation stage per round)
+    per_round = ("SELECT round, count(*) FROM metrics WHERE name NOT LIKE 'phase.%' AND name NOT IN "
+                 "('evaluate_reply_seconds', 'evaluate_deadline_seconds', 'link_seconds_per_MB') "
+                 "GROUP BY round ORDER BY round")
     assert _rows(url, per_round) == _rows(full_url, per_round)
+    stages = "SELECT DISTINCT round FROM metrics WHERE name = 'phase.evaluate.compute' ORDER BY round"
+    assert _rows(full_url, stages) == [(1,), (2,), (3,), (4,)]
+    assert _rows(url, stages) == [(4,)]  # one evaluation stage: the last round's model
     phases = "SELECT DISTINCT round FROM metrics WHERE name LIKE 'phase.train.compute' ORDER BY round"
     assert _rows(url, phases) == _rows(full_url, phases) == [(1,), (2,), (3,), (4,)]
     (count,), = _rows(url, "SELECT count(*) FROM checkpoints")
@@ -107,6 +117,11 @@ def test_a_killed_run_resumes_after_its_last_complete_round(tmp_path):
     # splits come from each site's random salt: an 80-image site once drew a 12-image test split in which the
     # small-count rule (5) left no class countable, and every pooled metric of both runs was undefined
     assert (a is None and b is None) or abs(a - b) < 1e-3, (a, b)
+    every = ("SELECT round, site, class_name, name, value FROM metrics WHERE projection = 'all' AND name IN "
+             "('mAP', 'mAUC', 'ap', 'auroc') ORDER BY round, site, class_name, name")
+    mine, theirs = _rows(url, every), _rows(full_url, every)  # every round's evaluation, round 2's after the resume
+    assert [r[:4] for r in mine] == [r[:4] for r in theirs] and len(mine) > 4 * 20
+    assert all((a is None and b is None) or abs(a - b) < 1e-6 for (*_, a), (*_, b) in zip(mine, theirs))
     wa = torch.load(out / "checkpoints" / "round-004.pt", weights_only=True)["state_dict"]
     wb = torch.load(full / "checkpoints" / "round-004.pt", weights_only=True)["state_dict"]
     diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if wa[k].is_floating_point())

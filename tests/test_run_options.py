@@ -15,6 +15,7 @@ from server.records import to_record
 from server.registry import Registry
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
+from tests.salts import pin_split_salt
 from tests.test_rounds import FakeGrid
 
 
@@ -90,6 +91,8 @@ def open_site(tmp_path):
 
     toml = synthesize_site(tmp_path / "open", "padchest", "open-site", n_images=80, image_size=32, seed=1)
     toml.write_text(toml.read_text() + "\n[privacy]\nmin_count = 0\n")
+    # a fixed split: with an unpinned salt, CI once drew splits whose histograms held no negative in range
+    pin_split_salt(toml, 3)
     cfg = load_site_config(toml)
     prepare_site(cfg)
     return cfg

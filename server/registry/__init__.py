@@ -125,6 +125,11 @@ class Registry:
             r = s.scalar(select(Round).where(Round.run_id == run_id, Round.round == rnd))
             r.finished_at, r.n_train, r.n_evaluate = utcnow(), n_train, n_evaluate
 
+    def round_finished(self, run_id: str, rnd: int) -> bool:
+        """Whether round ``rnd`` was finished (its evaluation pooled)."""
+        with Session(self.engine) as s:
+            return s.scalar(select(Round.finished_at).where(Round.run_id == run_id, Round.round == rnd)) is not None
+
     def add_metrics(self, run_id: str, rnd: int, rows: Iterable[tuple]) -> int:
         """rows: (site or None, projection, class or None, name, value, n). One executemany in one transaction
         (a 50-site round writes tens of thousands of rows; ORM objects made that take seconds)."""
