@@ -1,9 +1,10 @@
 """Chest-CT sources, one class per kind (selected by ``kind`` in site.toml), yielding one record per volume or a
 rejection naming the file and the reason.
 
-- ``ct-rate``: the CT-RATE layout (domain.md B6): ``<split>_fixed/.../<name>.nii.gz`` volumes; the reports, metadata
-  and 18-label CSVs found under the root by their columns (``VolumeName`` plus ``Findings_EN`` / ``RescaleSlope`` /
-  the label names), so the published folder names and a flat export both work; a skip list of known bad volumes.
+- ``ct-rate``: the CT-RATE layout (Hamamci et al. 2024): ``<split>_fixed/.../<name>.nii.gz`` volumes; the reports,
+  metadata and 18-label CSVs found under the root by their columns (``VolumeName`` plus ``Findings_EN`` /
+  ``RescaleSlope`` / the label names), so the published folder names and a flat export both work; a skip list of
+  known bad volumes.
 - ``dicom-ct``: a folder per series of DICOM slices, with a labels CSV: ``series`` (folder relative to the root),
   ``labels`` ('|'-separated CT-RATE-18 names, ``Normal`` for none) and optionally ``report``.
 """
@@ -24,7 +25,7 @@ from client.site_config import SiteConfigError, SourceConfig
 from client.sources.base import Note, Rejection, TableError, read_table, require_columns, walk_files
 from shared_models.ontology import load_label_set
 
-# domain.md B6: SVD failures, a tiny volume, a broken patient
+# CT-RATE's known bad volumes: SVD failures, a tiny volume, a broken patient
 KNOWN_BAD = ("train_11755_a_2", "train_11755_a_3", "train_11755_a_4", "train_1267_a_4", "train_3821_a_5",
              "train_9792_a_*")
 

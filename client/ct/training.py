@@ -3,7 +3,7 @@
 The text encoder is frozen, so every sentence the site needs (reports without their slice references, the
 referenced sentences, the disease prompts) is embedded once with MiniLM and kept in the work dir; a step then runs
 the 3D encoder and the small text adapter only. Loss = SigLIP(volume, report) + ``disease_weight`` x the prompt
-disease loss + ``loc_weight`` x the snippet localisation loss (domain.md C10; the weights are ours: RadFinder's
+disease loss + ``loc_weight`` x the snippet localisation loss (RadFinder's loss; the weights are ours: RadFinder's
 0.5 / 0.004 were set for its own loss scales, ours are stated in the run config).
 """
 

@@ -1,4 +1,4 @@
-"""Prompt-driven localiser after ChEX's DETR-style prompt detector (domain.md C8), CPU-sized.
+"""Prompt-driven localiser after ChEX's DETR-style prompt detector (Müller et al. 2024), CPU-sized.
 
 A text prompt (a pathology such as "left pleural effusion", embedded by the frozen MiniLM at the site) is
 projected to the decoder width and expanded into R region queries by adding R learned region tokens. A
