@@ -31,7 +31,7 @@ def fill(url: str, seed: int = 0) -> str:
         rows = []
         for site in [None, *sites]:
             for scope in SCOPES:
-                for j, c in enumerate(classes):
+                for c in classes:
                     for name in ("ap", "auroc", "f1", "eval_prevalence"):
                         rows.append((site, scope, c, name, float(rng.random()), int(rng.integers(0, 50))))
                 for name in ("mAP", "mAUC", "mF1", "head_mAP", "medium_mAP", "tail_mAP"):

@@ -253,7 +253,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
         con.executemany("INSERT INTO rejections VALUES (?,?)", [(r.path, r.reason) for r in report.rejected])
         con.executemany("INSERT INTO reports VALUES (?,?)", [(r[1], r[0].report) for r in rows if r[0].report])
     con.close()
-    del old_pixels
+    old_pixels = None  # close the memory map (work() holds it in its closure) before pixels.npy is replaced
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cfg.cache_dir / "pixels.tmp.npy"
     np.save(tmp, pixels[: len(rows)])

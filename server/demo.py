@@ -75,7 +75,7 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
         return r.stdout
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for (fmt, name, _), out_text in zip(jobs, pool.map(synth_and_check, jobs)):
+        for (fmt, _name, _), out_text in zip(jobs, pool.map(synth_and_check, jobs)):
             print(f"[{fmt}] " + out_text.splitlines()[0])
     print(f"made {n_sites} synthetic sites in {time.perf_counter() - t0:.1f}s")
     stamp.write_text(json.dumps(params))

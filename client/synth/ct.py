@@ -121,7 +121,7 @@ def write_ct_rate(out: Path, name: str, n: int, shape, spacing, seed: int) -> No
 
     classes = load_label_set("ctrate18").classes
     rows = {"train": ([], [], []), "valid": ([], [], [])}
-    for i, case, rng in _cases(n, shape, spacing, seed, name):
+    for i, case, _rng in _cases(n, shape, spacing, seed, name):
         split = "valid" if i % 5 == 4 else "train"
         vol = f"{split}_{i + 1}_a_1"
         path = out / "dataset" / f"{split}_fixed" / f"{split}_{i + 1}" / f"{split}_{i + 1}_a" / f"{vol}.nii.gz"

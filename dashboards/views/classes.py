@@ -91,7 +91,7 @@ def zero_shot(ctx: RunContext, rnd: int, here: pd.DataFrame, site: str, proj: st
     agg = agg[(agg["round"] == rnd) & agg["site"].isna() & (agg["projection"] == "all")].set_index("name")["value"]
     rows = []
     for key, title in ZS_SETS.items():
-        get = lambda m: agg.get(f"zs_{key}_{m}")  # noqa: E731
+        get = lambda m, key=key: agg.get(f"zs_{key}_{m}")  # noqa: E731
         if get("mAUC") is not None:
             rows.append({"prompts": title, "mAUC": get("mAUC"), "mAUC 95% CI": _ci(get("mAUC_lo"), get("mAUC_hi")),
                          "mAP": get("mAP"), "mAP 95% CI": _ci(get("mAP_lo"), get("mAP_hi")), "mF1": get("mF1")})
