@@ -38,7 +38,8 @@ def make_non_iid_sites(out: Path, images: int, image_size: int, seed: int = 0) -
     for i, (name, (fmt, mix, scale)) in enumerate(SITES.items()):
         toml = sites / f"{i:02d}-{name}" / "site.toml"
         if not toml.exists():
-            synthesize_site(toml.parent, fmt, name, images, image_size, seed, projection_mix=mix, prevalence_scale=scale)
+            synthesize_site(toml.parent, fmt, name, images, image_size, seed, projection_mix=mix,
+                            prevalence_scale=scale)
             prepare_site(load_site_config(toml))
     return sites
 

@@ -174,7 +174,8 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                 continue
             sample_id = hashlib.sha256(salt + f"{item.source}/{item.key}".encode()).hexdigest()[:20]
             if sample_id in seen_ids:
-                report.rejected.append(Rejection(str(item.path), f"duplicate image id {item.key!r} in source {item.source}"))
+                report.rejected.append(Rejection(str(item.path),
+                                                 f"duplicate image id {item.key!r} in source {item.source}"))
                 continue
             try:
                 fp = fingerprint(item.path, cfg.verify_content)

@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
     p = argparse.ArgumentParser(prog="fedchest", description="fedchest consortium tools")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="synthetic (or, with --real, real NIH) consortium + federated simulation, end to end")
+    d = sub.add_parser("demo",
+                       help="synthetic (or, with --real, real NIH) consortium + federated simulation, end to end")
     d.add_argument("--out", required=True)
     d.add_argument("--real", action="store_true",
                    help="three sites of real NIH ChestX-ray14 radiographs split by patient (FEDCHEST_REAL_DATA, else "

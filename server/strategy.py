@@ -231,7 +231,8 @@ class FedChestAvg(FedAvg):
         return rows
 
     # -- train -------------------------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.registry.start_round(self.run_id, server_round)
         self.current = from_record(arrays)
@@ -345,7 +346,8 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "robust_aggregation", note, server_round)
         if not streaming:
             for u, _ in accepted:
-                left_out = [g for g, sites in contributors.items() if u.group_counts.get(g, 0) > 0 and u.site not in sites]
+                left_out = [g for g, sites in contributors.items()
+                            if u.group_counts.get(g, 0) > 0 and u.site not in sites]
                 if left_out:
                     self.registry.add_event(self.run_id, "update_excluded",
                                             f"{self.robust.name} left this site's update out of {', '.join(left_out)}",
@@ -456,7 +458,8 @@ class FedChestAvg(FedAvg):
                     timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]), int(m["num-examples"])))
                 routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
             except (KeyError, ValueError) as exc:
-                self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
+                self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}",
+                                        server_round, site)
         msg = m = None  # nothing of the last message is kept either
         self._record_dropouts("evaluate", server_round, answered)
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))

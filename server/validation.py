@@ -101,7 +101,8 @@ def update_norms(arrays: dict[str, np.ndarray], current: dict[str, np.ndarray], 
     out = {}
     for group, keys in groups.items():
         if keys[0] in arrays:
-            sq = sum(squared_distance(arrays[k], current[k]) for k in keys if np.issubdtype(current[k].dtype, np.floating))
+            sq = sum(squared_distance(arrays[k], current[k])
+                     for k in keys if np.issubdtype(current[k].dtype, np.floating))
             out[group] = sq ** 0.5
     return out
 

@@ -92,7 +92,8 @@ def test_dicom_folder_bad_files(tmp_path, monkeypatch):
     expected = {
         "empty.dcm": "empty file", "truncated.dcm": r"truncat|corrupt|not a readable", "nopixels.dcm": "no pixel data",
         "mpeg2.dcm": "no decoder", "report.dcm": "non-image SOP class", "knee.dcm": "not a chest",
-        "onepixel.dcm": "too small", "ct.dcm": "modality CT", good[2].name: "blank labels", good[3].name: "blank labels",
+        "onepixel.dcm": "too small", "ct.dcm": "modality CT", good[2].name: "blank labels",
+        good[3].name: "blank labels",
         "gone.dcm": "missing on disk", "stray.dcm": "no dicom table lists", "loop_a.dcm": "symbolic links",
         rows[5]["path"].split("/")[-1]: "duplicate image id", "locked.dcm": "no read permission",
     }

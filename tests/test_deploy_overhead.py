@@ -30,7 +30,8 @@ def test_overhead_is_the_round_interval_minus_the_slowest_sites_compute(tmp_path
                              ("a", "all", None, "eval_seconds", 1.0, 10),
                              ("b", "all", None, "train_seconds", 3.5, 10), ("b", "all", None, "eval_seconds", 0.25, 10),
                              ("b", "all", None, "train_loss", 99.0, 10), (None, "all", None, "eval_seconds", 50.0, 0)])
-    reg.add_metrics(run, 2, [("a", "all", None, "train_seconds", 1.0, 10), ("b", "all", None, "train_seconds", 2.5, 10)])
+    reg.add_metrics(run, 2,
+                    [("a", "all", None, "train_seconds", 1.0, 10), ("b", "all", None, "train_seconds", 2.5, 10)])
     reg.add_metrics(run, 3, [("a", "all", None, "train_seconds", 1.0, 10)])
     reg.add_metrics(other, 1, [("a", "all", None, "train_seconds", 100.0, 10)])
     rows = round_overheads(url, run)

@@ -19,7 +19,8 @@ from server.validation import NormHistory
 from shared_models.metrics import HistogramSpec
 from tests.test_strategy import _reply
 
-REF = {"router.w": torch.zeros(2, 3), "experts.PA.w": torch.zeros(4), "experts.PA.n": torch.zeros((), dtype=torch.int64)}
+REF = {"router.w": torch.zeros(2, 3), "experts.PA.w": torch.zeros(4),
+       "experts.PA.n": torch.zeros((), dtype=torch.int64)}
 
 
 def _content(arrays: dict, metrics: dict | None = None, name: str = "alpha") -> RecordDict:

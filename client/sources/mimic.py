@@ -70,7 +70,8 @@ class MimicSource(Source):
             if projection is None and view:
                 self.note(str(path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; routed as unknown")
             yield Record(
-                source=self.kind, boxes=boxes.get(dicom_id, []), key=dicom_id, path=path, patient_key=subject, projection=projection,
+                source=self.kind, boxes=boxes.get(dicom_id, []), key=dicom_id, path=path, patient_key=subject,
+                projection=projection,
                 projection_method="metadata" if projection else "unknown", targets=target, mask=mask,
                 reader="raster", split=splits.get(dicom_id),
             )

@@ -73,7 +73,8 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     hu[:, body] = BODY_HU
     z_top = nz * rng.uniform(0.9, 1.0)
     for side in (-1, 1):  # lungs: the upper 85 % of the volume
-        lung = _ellipsoid(shape, (z_top * 0.55, cy - by * 0.05, cx + side * bx * 0.45), (z_top * 0.45, by * 0.7, bx * 0.35))
+        lung = _ellipsoid(shape, (z_top * 0.55, cy - by * 0.05, cx + side * bx * 0.45),
+                          (z_top * 0.45, by * 0.7, bx * 0.35))
         hu[lung] = -850.0
     labels = (rng.random(len(classes)) < np.array([FINDINGS[c][3] * prevalence for c in classes])).astype(np.float32)
     heart_scale = 1.45 if labels[classes.index("Cardiomegaly")] else 1.0
@@ -104,7 +105,8 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     rng.shuffle(sentences)
     found = [FINDINGS[c][4] for c, p in zip(classes, labels) if p]
     impressions = ("; ".join(found).capitalize() + ".") if found else "No acute cardiopulmonary abnormality."
-    return CTCase(hu, spacing, labels, depth, "Trachea and main bronchi are patent. " + " ".join(sentences), impressions)
+    return CTCase(hu, spacing, labels, depth,
+                  "Trachea and main bronchi are patent. " + " ".join(sentences), impressions)
 
 
 def _cases(n: int, shape, spacing, seed: int, name: str):
@@ -197,7 +199,8 @@ CT_WRITERS = {"ct-rate": write_ct_rate, "dicom-ct": write_dicom_ct}
 
 
 def synthesize_ct_site(out_dir: Path, fmt: str, name: str, n_volumes: int = 40,
-                       shape: tuple[int, int, int] = (40, 64, 64), spacing: tuple[float, float, float] = (5.0, 5.0, 5.0),
+                       shape: tuple[int, int, int] = (40, 64, 64),
+                       spacing: tuple[float, float, float] = (5.0, 5.0, 5.0),
                        seed: int = 0) -> Path:
     """Write one CT site (data under ``out_dir/data``) and its ``site.toml``; returns the toml path."""
     if fmt not in CT_WRITERS:

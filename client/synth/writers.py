@@ -93,9 +93,11 @@ def write_padchest(images: Iterable[SynthImage], root: Path, site: str, rng: np.
         labels = "[" + ", ".join(f"'{' ' * int(rng.random() < 0.3)}{t}'" for t in terms) + "]"
         row = {c: "" for c in PADCHEST_COLUMNS}
         row.update({
-            "ImageID": image_id, "ImageDir": image_dir, "StudyDate_DICOM": f"20{rng.integers(10, 18)}0{rng.integers(1, 10)}15",
+            "ImageID": image_id, "ImageDir": image_dir,
+            "StudyDate_DICOM": f"20{rng.integers(10, 18)}0{rng.integers(1, 10)}15",
             "StudyID": sid, "PatientID": pid, "PatientBirth": str(rng.integers(1930, 2000)),
-            "PatientSex_DICOM": str(rng.choice(["M", "F"])), "ViewPosition_DICOM": {"L": "LATERAL"}.get(projection, projection),
+            "PatientSex_DICOM": str(rng.choice(["M", "F"])),
+            "ViewPosition_DICOM": {"L": "LATERAL"}.get(projection, projection),
             "Projection": projection,
             "MethodProjection": "Manual review of DICOM fields" if rng.random() < 0.8 else "resnet-50.t7",
             "Pediatric": "No", "Modality_DICOM": "CR", "Manufacturer_DICOM": "SYNTHETIC",
@@ -195,7 +197,8 @@ def write_openi(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
         mesh = ET.SubElement(e, "MeSH")
         terms = _source_terms("openi", _positive_classes(first, label_set), label_set, rng)
         for term in terms or ["No Indexing"]:
-            ET.SubElement(mesh, "major").text = term + (str(rng.choice(["", "/mild", "/left", "/right"])) if term != "normal" else "")
+            qualifier = str(rng.choice(["", "/mild", "/left", "/right"])) if term != "normal" else ""
+            ET.SubElement(mesh, "major").text = term + qualifier
         for image_id in image_ids[study]:
             pi = ET.SubElement(e, "parentImage", id=image_id)
             ET.SubElement(pi, "caption").text = "Chest radiograph."

@@ -299,7 +299,8 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.warm.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV), help=f"Unix socket path (default ${SOCKET_ENV})")
+    parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV),
+                        help=f"Unix socket path (default ${SOCKET_ENV})")
     parser.add_argument("--preload", nargs="+", default=list(DEFAULT_PRELOAD), help="modules imported at start-up")
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES),
                         help="the project's top-level packages, checked against each task's FAB")

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
 
-__all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
+__all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint",
+           "Event", "Metric", "Reference", "Round", "Run", "Site"]
 
 
 def resolve_db_url(default: str) -> str:
