@@ -112,7 +112,8 @@ def run(out: Path) -> dict:
         "deployment: first round starts after `deploy local` is called (s, site synthesis included)": round(first_start, 1),
         "deployment: whole job (s)": round(deploy_wall, 1),
         "simulation: whole job incl. Ray start-up (s)": round(sim_wall, 1),
-        "soak: lost rounds / HTTP 5xx / ServerApp retries": f"{soak_fig['lost_rounds']} / {soak_fig['http_5xx_answers']} / "
+        "soak: lost rounds / HTTP 5xx / ServerApp retries": f"{soak_fig['lost_rounds']} / "
+                                                            f"{soak_fig['http_5xx_answers']} / "
                                                            f"{soak_fig['serverapp_retries']}",
     }
     return {"deployment": record(

@@ -57,7 +57,8 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config {toml}")
+    print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config "
+          f"{toml}")
     return 0
 
 

@@ -103,7 +103,8 @@ def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = 
         with torch.no_grad():
             if isinstance(model, BoxLatentNet):  # BL-TTA, uncalibrated (predict --report uses the site's temperature)
                 if tta:
-                    raise ValueError("--tta is for the routed experts; a box-latent checkpoint averages its own samples")
+                    raise ValueError("--tta is for the routed experts; a box-latent checkpoint averages its own "
+                                     "samples")
                 probs = model(x, proj, model.samples).probabilities()[0]
             else:
                 probs = predict_with_tta(model, x, proj)[0] if tta else torch.sigmoid(model(x, proj))[0]

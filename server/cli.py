@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                          "memory; slower under load, and only Flower's own records survive in it: fedchest's "
                          "registry and checkpoints survive either way")
     dl.add_argument("--cold", action="store_true",
-                    help="no warm ClientApp workers: Flower's fresh flwr-clientapp process per message (for comparison; "
+                    help="no warm ClientApp workers: Flower's fresh flwr-clientapp process per message (for "
+                         "comparison; "
                          "FEDCHEST_WARM=0 does the same)")
     dl.set_defaults(fn=_deploy)
     pa = sub.add_parser("privacy-audit", help="empirical lower bound on a site's DP-SGD epsilon (canary audit), next "

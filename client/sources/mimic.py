@@ -55,7 +55,8 @@ class MimicSource(Source):
                 continue
             bad = {c: lab[c] for c in label_cols if str(lab[c]).strip() not in LABEL_VALUES}
             if bad:
-                yield Rejection(str(path), f"{labels_path.name}: unexpected label value(s) {bad} (expected 1.0, 0.0, -1.0 or blank)")
+                yield Rejection(str(path), f"{labels_path.name}: unexpected label value(s) {bad} (expected 1.0, 0.0, "
+                                           f"-1.0 or blank)")
                 continue
             positives, uncertain = [], []
             for col in label_cols:

@@ -109,7 +109,8 @@ def zero_shot(ctx: RunContext, rnd: int, here: pd.DataFrame, site: str, proj: st
         st.dataframe(pd.DataFrame(list(table.values())).round(4), hide_index=True, width="stretch")
         proxy = zs.loc[zs["name"] == f"zs_proxy_{metric}", "class_name"].unique().tolist()
         if proxy:
-            st.caption(f"Proxy classes (seen, hidden from the ASL branch, used for model selection): {', '.join(proxy)}")
+            st.caption(f"Proxy classes (seen, hidden from the ASL branch, used for model selection): "
+                       f"{', '.join(proxy)}")
 
 
 def _ci(lo, hi) -> str:
