@@ -96,7 +96,8 @@ def run(out: Path, images: int = 800, image_size: int = 64, rounds: int = 8, loc
                          "lateral_mAP": last["pooled_by_projection"]["LAT"]["mAP"],
                          "frontal_PA_mAP": last["pooled_by_projection"]["PA"]["mAP"],
                          "frontal_AP_mAP": last["pooled_by_projection"]["AP"]["mAP"]}
-    headline = {f"{mode} {k}": v for mode, f in figures.items() for k, v in f.items() if k in ("pooled_mAP", "tail_mAP", "lateral_mAP")}
+    headline = {f"{mode} {k}": v for mode, f in figures.items() for k, v in f.items()
+                if k in ("pooled_mAP", "tail_mAP", "lateral_mAP")}
     versus = routed_vs_generalist(out / "b")
     headline.update({f"(b) {name} mAP": f["mAP"] for name, f in versus.items()})
     return {"experts": record({"aggregation": figures, "routed_vs_generalist": versus, "headline": headline,

@@ -103,7 +103,8 @@ def run(out: Path, sites: int = 3, images: int = 3000, image_size: int = 64, rou
             "zero-shot mAUC, template prompts": t["pooled"]["mAUC"],
             "zero-shot mAUC, random prompts": by_variant["default"]["last_round"]["random"]["pooled"]["mAUC"],
             "seen mAP with / without branch": by_variant["default"]["seen_mAP_with_over_without"],
-            "seen mAP with / without branch, contrastive weight 1": by_variant["weight-1"]["seen_mAP_with_over_without"],
+            "seen mAP with / without branch, contrastive weight 1":
+                by_variant["weight-1"]["seen_mAP_with_over_without"],
             "wall with / without branch": by_variant["default"]["wall_with_over_without"],
         },
     }

@@ -183,7 +183,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  {'labels':<18} " + ", ".join(f"{a} {b}" for a, b in out["by_label"].items()))
     for name, m in report.label_mapping.items():
         if m["unmapped"]:
-            print(f"  unmapped terms in {name}: " + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
+            print(f"  unmapped terms in {name}: "
+                  + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
         if m["not_annotated"]:
             print(f"  {name} cannot express (masked): " + ", ".join(m["not_annotated"]))
     print_rejections(report.rejected)

@@ -153,7 +153,8 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     report = IndexReport()
     con = _connect(cfg)
     old = {r[0]: r[1:] for r in con.execute(
-        f"SELECT sample_id, fingerprint, row, projection, projection_method, split, {', '.join(META_COLUMNS)} FROM samples")}
+        f"SELECT sample_id, fingerprint, row, projection, projection_method, split, {', '.join(META_COLUMNS)} "
+        "FROM samples")}
     pixels_path = cfg.cache_dir / "pixels.npy"
     old_pixels = np.load(pixels_path, mmap_mode="r") if pixels_path.exists() and old else None
 

@@ -30,7 +30,8 @@ def read_checkpoint(checkpoint: Path) -> dict:
     try:
         return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # missing, truncated, not torch's format
-        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint "
+                         f"({str(exc).splitlines()[0][:200]})") from None
 
 
 def load_global_model(checkpoint: Path):

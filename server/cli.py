@@ -117,8 +117,8 @@ def _certs(args: argparse.Namespace) -> int:
         if args.certs_cmd == "init":
             if not (out / "ca.crt").exists():
                 make_ca(out)
-                print(f"consortium CA: {out / 'ca.crt'} (give this file to every site); key {out / 'ca.key'} (mode 0600, "
-                      "keep it offline)")
+                print(f"consortium CA: {out / 'ca.crt'} (give this file to every site); key {out / 'ca.key'} "
+                      "(mode 0600, keep it offline)")
             make_superlink_cert(out, out, args.name)
             print(describe(out / "superlink.pem"))
             print(f"SuperLink key: {out / 'superlink.key'} (mode 0600)")
@@ -240,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dp-eval-noise-multiplier", type=float, default=2.0,
                    help="with --dp: noise multiplier of each round's evaluation release (0: sites withhold it)")
     d.add_argument("--secagg", action="store_true",
-                   help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated evaluation")
+                   help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated "
+                        "evaluation")
     d.add_argument("--zeroshot", action="store_true",
                    help="train the zero-shot image-text branch too and score the held-out classes every round")
     d.add_argument("--proxy-classes", default="Nodule,pleural thickening",
-                   help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model selection")
+                   help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model "
+                        "selection")
     d.add_argument("--box-latent", action="store_true",
                    help="then train the box-latent head on the run's final experts, frozen (a second federated run)")
     d.add_argument("--box-latent-rounds", type=int, default=5)

@@ -253,7 +253,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
                      + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
-            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts") + ("+ct" if ct else "") + ("+localizer" if loc else ""),
+            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts")
+            + ("+ct" if ct else "") + ("+localizer" if loc else ""),
             label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()

@@ -140,7 +140,8 @@ class FedChestAvg(FedAvg):
         self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
         self.ct_classes = ct_classes  # runs with the CT model: its label set (server/ct_eval.py)
-        self.label_graph = label_graph  # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
+        # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
+        self.label_graph = label_graph
         self.ct_train_pos = np.zeros(len(ct_classes), np.int64)
         self.ct_train_annotated = np.zeros(len(ct_classes), np.int64)
 
@@ -397,8 +398,8 @@ class FedChestAvg(FedAvg):
         norms: dict[str, float] = {}
         if not reason:
             norms = update_norms(local, self.current, self.groups)  # one pass: norms and finite values
-            reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes),
-                                                                                         len(self.ct_classes))
+            reason = (nonfinite_reason(local, norms, self.groups)
+                      or check_train_metrics(m, set(norms), len(self.classes), len(self.ct_classes))
                       or self.norms.check(norms))
         if reason:
             return reject(reason)

@@ -23,7 +23,8 @@ def validate_update(
 ) -> str | None:
     """None when the update (its unpacked views, server/records.py) is acceptable, else the reason it is
     rejected. With ``groups``, an update may carry a subset of the parameter groups, but each group it carries must
-    be complete. ``values=False`` leaves the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass over the values, not two)."""
+    be complete. ``values=False`` leaves the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass
+    over the values, not two)."""
     keys = set(update.keys())
     extra = sorted(keys - set(reference))
     if groups is None and keys != set(reference):

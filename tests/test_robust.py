@@ -67,7 +67,8 @@ BAD = {
 def test_a_bad_update_is_rejected_with_its_reason_and_changes_nothing(tmp_path, kind):
     arrays, metrics, words = BAD[kind]
     strat, registry, _ = _strategy(tmp_path)
-    new, _ = strat.aggregate_train(1, [_reply(1, _content(arrays, metrics, "bad")), _reply(2, _content(_good(2.0), name="ok"))])
+    new, _ = strat.aggregate_train(1, [_reply(1, _content(arrays, metrics, "bad")),
+                                       _reply(2, _content(_good(2.0), name="ok"))])
     new = from_record(new)
     assert np.allclose(new["router.w"], 2.0) and np.allclose(new["experts.PA.w"], 2.0)
     (event,) = [e for e in _events(registry) if e[0] == "update_rejected"]

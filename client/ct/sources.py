@@ -103,7 +103,8 @@ class CTRateSource(CTSource):
         skip = list(self.option("skip", KNOWN_BAD))
         for listed in walk_files(self.root, (".txt",)):
             if listed.name.startswith("no_chest"):
-                skip += [_stem(line.strip()) for line in listed.read_text(errors="replace").splitlines() if line.strip()]
+                skip += [_stem(line.strip()) for line in listed.read_text(errors="replace").splitlines()
+                         if line.strip()]
         return skip
 
     def scan(self) -> Iterator[CTRecord | Rejection]:
@@ -132,7 +133,8 @@ class CTRateSource(CTSource):
                     spacing = _spacing(m)
                 except (KeyError, ValueError) as exc:
                     yield Rejection(str(path), f"{m['_file']}: metadata row for {name}: {exc} (expected numbers in "
-                                               "RescaleSlope, RescaleIntercept, XYSpacing like '[0.75, 0.75]', ZSpacing)")
+                                               "RescaleSlope, RescaleIntercept, XYSpacing like '[0.75, 0.75]', "
+                                               "ZSpacing)")
                     continue
             yield CTRecord(self.kind, name, (path,), name.split("_")[0] + "_" + name.split("_")[1]
                            if name.count("_") >= 2 else name, target, mask, report, _split_of(path),
@@ -191,7 +193,8 @@ class DicomCTSource(CTSource):
             unknown = [t for t in names if t.casefold() not in self.by_name and t.casefold() != "normal"]
             if not names or unknown:
                 yield Rejection(f"{csv}:{line}", f"labels {row['labels']!r}: expected '|'-separated names from "
-                                                 f"{self.classes[:3]}... or Normal" + (f"; unknown {unknown}" if unknown else ""))
+                                                 f"{self.classes[:3]}... or Normal"
+                                                 + (f"; unknown {unknown}" if unknown else ""))
                 continue
             headers: list[SliceHeader] = []
             bad = []

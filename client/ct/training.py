@@ -163,7 +163,8 @@ def evaluate_ct(model: CTVLM, data: SiteTensors, prompts, grid_spacing_mm: float
     scores = (vn @ torch.nn.functional.normalize(model.encode_text(pos.mean(0)), dim=-1).T
               - vn @ torch.nn.functional.normalize(model.encode_text(neg.mean(0)), dim=-1).T)
     out = {"recall": recall_at_k(t.numpy(), v.numpy()), "n": int(v.shape[0]), "text": t.numpy(), "volume": v.numpy(),
-           "scores": scores.numpy(), "classes": per_class_youden(scores.numpy(), data.targets.numpy(), data.mask.numpy())}
+           "scores": scores.numpy(),
+           "classes": per_class_youden(scores.numpy(), data.targets.numpy(), data.mask.numpy())}
     if len(data.snippet_of):
         which = torch.tensor(data.snippet_of)
         valid = feature_valid(data.valid)[which]

@@ -40,7 +40,8 @@ class MimicSource(Source):
             if split_path.exists():
                 st = self.table(split_path)
                 self.require_columns(st, split_path, ("dicom_id", "split"))
-                splits = {str(r["dicom_id"]): SPLIT_NAMES.get(str(r["split"]).strip().lower()) for r in st.to_dict("records")}
+                splits = {str(r["dicom_id"]): SPLIT_NAMES.get(str(r["split"]).strip().lower())
+                          for r in st.to_dict("records")}
         except TableError as exc:
             yield Rejection(exc.path, exc.message)
             return

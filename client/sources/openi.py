@@ -127,7 +127,8 @@ class OpenISource(Source):
             target, mask = self._encode_mesh(report)
             text = " ".join(report.sections[s] for s in ("FINDINGS", "IMPRESSION") if report.sections[s])
             for image_id in report.images:
-                path = next((images / f"{image_id}{ext}" for ext in (".dcm", ".png") if (images / f"{image_id}{ext}").exists()),
+                path = next((images / f"{image_id}{ext}" for ext in (".dcm", ".png")
+                             if (images / f"{image_id}{ext}").exists()),
                             images / f"{image_id}.dcm")
                 meta = metadata.get(metadata_key(image_id)) or metadata.get(image_id)
                 projection, method, vendor = None, "unknown", ""

@@ -57,7 +57,8 @@ class CTCase:
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2 <= 1
+    return (((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
+            + ((x - centre[2]) / radii[2]) ** 2 <= 1)
 
 
 def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator,

@@ -81,7 +81,8 @@ def write_padchest(images: Iterable[SynthImage], root: Path, site: str, rng: np.
     for img in images:
         pid = patient_ids.setdefault(img.patient, str(rng.integers(10**17, 10**18)) + str(rng.integers(10**17, 10**18)))
         sid = study_ids.setdefault(img.study, str(rng.integers(10**17, 10**18)) + str(rng.integers(10**17, 10**18)))
-        image_id = f"{rng.integers(10**17, 10**18)}{rng.integers(10**17, 10**18)}_{''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), 6))}.png"
+        image_id = (f"{rng.integers(10**17, 10**18)}{rng.integers(10**17, 10**18)}_"
+                    f"{''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), 6))}.png")
         image_dir = img.index % 3
         twelve_bit = rng.random() < 0.5
         bits = 12 if twelve_bit else 16
@@ -135,7 +136,8 @@ def write_mimic(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
         if rng.random() < 0.02:
             view = ""  # missing ViewPosition, as in ~4 % of real rows
         meta.append([dicom_id, subject, study, "CHEST (PA AND LAT)", view, img.pixels.shape[0], img.pixels.shape[1],
-                     21800101, 120000.0, "CHEST (PA AND LAT)", {"LATERAL": "lateral", "LL": "left lateral"}.get(view, view.lower()), "Erect"])
+                     21800101, 120000.0, "CHEST (PA AND LAT)",
+                     {"LATERAL": "lateral", "LL": "left lateral"}.get(view, view.lower()), "Erect"])
         splits.append([dicom_id, study, subject])
         if study not in studies:
             positives = set(_positive_classes(img, label_set))
@@ -151,7 +153,8 @@ def write_mimic(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
             reports = root / "reports" / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
             reports.mkdir(parents=True, exist_ok=True)
             (reports / f"s{study}.txt").write_text(
-                "FINAL REPORT\n\n" + "".join(f" {k}: {img.report[k]}\n\n" for k in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")))
+                "FINAL REPORT\n\n" + "".join(f" {k}: {img.report[k]}\n\n"
+                                             for k in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")))
         boxes += _boxes(dicom_id, img)
     with open(root / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
         w = csv.writer(fh)

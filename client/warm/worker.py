@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fab-check", action="store_true",
                         help="run every task on the preloaded code whatever FAB it ships (tests only)")
     parser.add_argument("--shim-dir", default=None,
-                        help="write the flwr-clientapp shim here first (the folder to put first on the SuperNode's PATH)")
+                        help="write the flwr-clientapp shim here first (the folder to put first on the "
+                             "SuperNode's PATH)")
     parser.add_argument("--entry", default=FLOWER_ENTRY, help="module:function a child runs (tests only)")
     args = parser.parse_args(argv)
     if not args.socket:

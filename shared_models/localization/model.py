@@ -74,8 +74,8 @@ class PromptLocalizer(nn.Module):
         return f.flatten(2).transpose(1, 2) + sine_positions(h, w, d).to(f)
 
     def forward(self, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 1, H, W), normalised as the classifier's input, and prompt embeddings (P, 384) -> boxes (B, P, R, 4) as relative
-        (cx, cy, w, h) and presence logits (B, P, R)."""
+        """Images (B, 1, H, W), normalised as the classifier's input, and prompt embeddings (P, 384) -> boxes
+        (B, P, R, 4) as relative (cx, cy, w, h) and presence logits (B, P, R)."""
         memory = self.patch_features(x)
         b, (p, r) = x.shape[0], (prompts.shape[0], self.regions)
         queries = (self.prompt_proj(prompts.to(memory))[:, None, :] + self.region_tokens[None]).reshape(1, p * r, -1)
