@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo test test-fast test-e2e bench lock clean
+.PHONY: venv demo lint test test-fast test-e2e bench lock clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,11 @@ demo: $(STAMP)
 # on one worker (--dist loadfile), so its module fixtures are made once.
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
 TEST_WORKERS ?= 2
-test: $(STAMP)
+# ruff first ([tool.ruff] in pyproject.toml): a lint error fails `make test` before any test runs.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	@sh scripts/ensure_system_packages.sh
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
@@ -46,7 +50,7 @@ bench: $(STAMP)
 # deploy/requirements.lock: the exact versions this venv was tested with, for the container images (CPU torch:
 # CUDA / NVIDIA / Triton wheels and test-only packages left out).
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(fedchest|pytest|selenium|pyflakes|iniconfig|pluggy|trio|trio-websocket|wsproto|outcome|sortedcontainers|pysocks|websocket-client|nvidia-.*|cuda-.*|triton)==' > deploy/requirements.lock
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(fedchest|pytest|selenium|pyflakes|ruff|iniconfig|pluggy|trio|trio-websocket|wsproto|outcome|sortedcontainers|pysocks|websocket-client|nvidia-.*|cuda-.*|triton)==' > deploy/requirements.lock
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache bench-out

@@ -61,7 +61,8 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
     if int(context.node_config.get("partition-id", -1)) != partition:
         return reply
     glob, local = (as_tensors(m.content["arrays"]) for m in (msg, reply))
-    reply.content["arrays"] = to_record(corrupt_update(glob, local, kind, scale, int(msg.content["config"]["server-round"])))
+    reply.content["arrays"] = to_record(corrupt_update(glob, local, kind, scale,
+                                                       int(msg.content["config"]["server-round"])))
     return reply
 
 

@@ -80,7 +80,8 @@ def one_seed(out: Path, seed: int, sites: int, images: int, image_size: int, rou
     refs.append(("local-only (mean over sites)", None, "all", "mAP",
                  float(np.mean([evaluate(m, all_test)["mAP"] for m in local.values()]))))
     Registry(f"sqlite:///{fed_dir / 'registry.db'}").add_references(summary["run_id"], refs)
-    gain_mean = float(np.mean([g["federated_mAP_on_same_data"] - g["local_only_mAP_on_other_sites"] for g in gains.values()]))
+    gain_mean = float(np.mean([g["federated_mAP_on_same_data"] - g["local_only_mAP_on_other_sites"]
+                               for g in gains.values()]))
     accuracy = {
         "pooled_mAP": pooled_map, "federated_mAP": fed_map, "federated_over_pooled": fed_map / pooled_map,
         "prevalence_mAP": summary["baseline"]["prevalence_mAP"], "per_site_local_only": gains,
@@ -125,7 +126,8 @@ def run(out: Path, sites: int = 3, images: int = 1000, image_size: int = 64, rou
         "epochs_equivalent": epochs, "compute_budget": budget,
         "headline": {"federated/pooled mAP": fmt_interval(a["federated_over_pooled"]),
                      "federated mAP": fmt_interval(a["federated_mAP"]), "pooled mAP": fmt_interval(a["pooled_mAP"]),
-                     "gain over local-only (mAP, other sites)": fmt_interval(a["mean_gain_over_local_only_on_other_sites"])},
+                     "gain over local-only (mAP, other sites)":
+                         fmt_interval(a["mean_gain_over_local_only_on_other_sites"])},
     }, command, seeds=list(seeds))
     fed_tax = record({
         **{k: t[k]["mean"] for k in TAX_KEYS}, "intervals": t, "by_seed": {str(s): tax[s] for s in seeds},

@@ -31,13 +31,14 @@ def fill(url: str, seed: int = 0) -> str:
         rows = []
         for site in [None, *sites]:
             for scope in SCOPES:
-                for j, c in enumerate(classes):
+                for c in classes:
                     for name in ("ap", "auroc", "f1", "eval_prevalence"):
                         rows.append((site, scope, c, name, float(rng.random()), int(rng.integers(0, 50))))
                 for name in ("mAP", "mAUC", "mF1", "head_mAP", "medium_mAP", "tail_mAP"):
                     rows.append((site, scope, None, name, float(rng.random()), 100))
             rows += [(site, "all", None, k, float(rng.random() * 10), 100)
-                     for k in ("train_seconds", "eval_seconds", "update_bytes", "frontal_lateral_gap", "router_accuracy")]
+                     for k in ("train_seconds", "eval_seconds", "update_bytes", "frontal_lateral_gap",
+                               "router_accuracy")]
         rows += [(None, "all", c, "train_prevalence", float(p), 1000) for c, p in zip(classes, prev)]
         rows.append((None, "all", None, "prevalence_mAP", 0.05, 1000))
         reg.add_metrics(run, rnd, rows)
@@ -80,5 +81,6 @@ def run(out: Path) -> dict:
     return {"dashboard": record({
         "seconds_per_page_cold_cache": timings, "metric_rows": rows, "registry_fill_seconds": fill_s,
         "headline": {**{f"{k} (s, cold)": v for k, v in timings.items()}, "slowest page (s)": max(timings.values())},
-    }, f"python -m benchmarks.run --only dashboard ({ROUNDS} rounds x {SITES} sites x 3 projections x {CLASSES} classes, "
+    }, f"python -m benchmarks.run --only dashboard ({ROUNDS} rounds x {SITES} sites x 3 projections x "
+       f"{CLASSES} classes, "
        "SQLite, AppTest server-side render)")}

@@ -70,7 +70,8 @@ def _rates(toml: Path, repeats: int = 3) -> dict[str, float]:
         epochs.append(len(data) / (time.perf_counter() - t0))
     raw_rate, first_rate = max(raw), max(first)
     return {
-        "images": n, "workers": workers, "raw_decode_per_s": raw_rate, "raw_decode_2_threads_per_s": max(raw_threads), "first_pass_per_s": first_rate,
+        "images": n, "workers": workers, "raw_decode_per_s": raw_rate, "raw_decode_2_threads_per_s": max(raw_threads),
+        "first_pass_per_s": first_rate,
         "first_pass_slowdown": raw_rate / first_rate - 1.0, "unchanged_rescan_per_s": rescan,
         "cached_epoch_per_s": max(epochs),
     }
@@ -89,7 +90,8 @@ def run(out: Path, images: int = 600, sizes: tuple[int, ...] = (64, 224)) -> dic
     figures = {name: _rates(toml) for name, toml in sites.items()}
     worst_slowdown = max(v["first_pass_slowdown"] for v in figures.values())
     min_cached = min(v["cached_epoch_per_s"] for v in figures.values())
-    headline = {f"{k} {m}": v[m] for k, v in figures.items() for m in ("raw_decode_per_s", "first_pass_per_s", "cached_epoch_per_s")}
+    headline = {f"{k} {m}": v[m] for k, v in figures.items() for m in ("raw_decode_per_s", "first_pass_per_s",
+                                                                       "cached_epoch_per_s")}
     headline["worst first-pass slowdown vs raw decode"] = worst_slowdown
     return {"data_path": record({"by_site": figures, "worst_first_pass_slowdown": worst_slowdown,
                                  "min_cached_epoch_per_s": min_cached, "headline": headline},

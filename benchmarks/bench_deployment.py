@@ -105,14 +105,18 @@ def run(out: Path) -> dict:
                 **{k: v for k, v in faults.items() if k != "site_misses"}}
 
     headline = {
-        "deployment: median overhead per round beyond the slowest site's compute (s, rounds 2+)": _median(deployed, "overhead_s"),
-        "simulation: median overhead per round beyond the slowest site's compute (s, rounds 2+)": _median(simulated, "overhead_s"),
+        "deployment: median overhead per round beyond the slowest site's compute (s, rounds 2+)":
+            _median(deployed, "overhead_s"),
+        "simulation: median overhead per round beyond the slowest site's compute (s, rounds 2+)":
+            _median(simulated, "overhead_s"),
         "deployment: median round interval (s, rounds 2+)": _median(deployed, "interval_s"),
         "simulation: median round interval (s, rounds 2+)": _median(simulated, "interval_s"),
-        "deployment: first round starts after `deploy local` is called (s, site synthesis included)": round(first_start, 1),
+        "deployment: first round starts after `deploy local` is called (s, site synthesis included)":
+            round(first_start, 1),
         "deployment: whole job (s)": round(deploy_wall, 1),
         "simulation: whole job incl. Ray start-up (s)": round(sim_wall, 1),
-        "soak: lost rounds / HTTP 5xx / ServerApp retries": f"{soak_fig['lost_rounds']} / {soak_fig['http_5xx_answers']} / "
+        "soak: lost rounds / HTTP 5xx / ServerApp retries": f"{soak_fig['lost_rounds']} / "
+                                                            f"{soak_fig['http_5xx_answers']} / "
                                                            f"{soak_fig['serverapp_retries']}",
     }
     return {"deployment": record(

@@ -38,7 +38,8 @@ def make_non_iid_sites(out: Path, images: int, image_size: int, seed: int = 0) -
     for i, (name, (fmt, mix, scale)) in enumerate(SITES.items()):
         toml = sites / f"{i:02d}-{name}" / "site.toml"
         if not toml.exists():
-            synthesize_site(toml.parent, fmt, name, images, image_size, seed, projection_mix=mix, prevalence_scale=scale)
+            synthesize_site(toml.parent, fmt, name, images, image_size, seed, projection_mix=mix,
+                            prevalence_scale=scale)
             prepare_site(load_site_config(toml))
     return sites
 
@@ -95,7 +96,8 @@ def run(out: Path, images: int = 800, image_size: int = 64, rounds: int = 8, loc
                          "lateral_mAP": last["pooled_by_projection"]["LAT"]["mAP"],
                          "frontal_PA_mAP": last["pooled_by_projection"]["PA"]["mAP"],
                          "frontal_AP_mAP": last["pooled_by_projection"]["AP"]["mAP"]}
-    headline = {f"{mode} {k}": v for mode, f in figures.items() for k, v in f.items() if k in ("pooled_mAP", "tail_mAP", "lateral_mAP")}
+    headline = {f"{mode} {k}": v for mode, f in figures.items() for k, v in f.items()
+                if k in ("pooled_mAP", "tail_mAP", "lateral_mAP")}
     versus = routed_vs_generalist(out / "b")
     headline.update({f"(b) {name} mAP": f["mAP"] for name, f in versus.items()})
     return {"experts": record({"aggregation": figures, "routed_vs_generalist": versus, "headline": headline,

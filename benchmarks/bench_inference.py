@@ -33,9 +33,9 @@ def run(out: Path, preset: str = "small", size: int = 224) -> dict:
             for routing, proj in (("known view", torch.zeros(batch, dtype=torch.long)),
                                   ("router", torch.full((batch,), -1))):
                 reps = 20 if batch == 1 else 3
-                figures[f"batch {batch}, {routing}"] = _ms_per_image(lambda: model(x, proj), batch, reps)
+                figures[f"batch {batch}, {routing}"] = _ms_per_image(lambda x=x, proj=proj: model(x, proj), batch, reps)
                 figures[f"batch {batch}, {routing}, TTA x{len(DEFAULT_TTA)}"] = _ms_per_image(
-                    lambda: predict_with_tta(model, x, proj), batch, max(1, reps // 4))
+                    lambda x=x, proj=proj: predict_with_tta(model, x, proj), batch, max(1, reps // 4))
     return {"inference": record({"ms_per_image": figures, "preset": preset, "image_size": size, "threads": 2,
                                  "headline": {f"ms/image {k}": v for k, v in figures.items()}},
                                 f"python -m benchmarks.run --only inference (preset {preset}, {size} px)")}

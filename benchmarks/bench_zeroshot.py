@@ -50,7 +50,8 @@ def _branch_figures(summary: dict, wall: float, wall_plain: float, without: dict
     return {"last_round": {name: _pooled(e) for name, e in zs["last"].items()},
             "proxy_selected_round": zs["selected_round"],
             "proxy_selected": {name: _pooled(e) for name, e in (zs["selected"] or {}).items()},
-            "mAUC_by_round": zs["mAUC_by_round"], "seen_pooled_mAP": seen, "seen_mAP_with_over_without": seen / seen_plain,
+            "mAUC_by_round": zs["mAUC_by_round"], "seen_pooled_mAP": seen,
+            "seen_mAP_with_over_without": seen / seen_plain,
             "wall_seconds": wall, "wall_with_over_without": wall / wall_plain}
 
 
@@ -85,7 +86,8 @@ def run(out: Path, sites: int = 3, images: int = 3000, image_size: int = 64, rou
     runs = {name: _run(out / name, sites_dir, sites, {**zs_cfg, **extra}, common) for name, extra in VARIANTS.items()}
     without, wall_plain = _run(out / "without", sites_dir, sites, {}, common)
     by_variant = {name: _branch_figures(summary, wall, wall_plain, without) for name, (summary, wall) in runs.items()}
-    by_variant["default"]["seen_fusion_on_pooled_test"] = _fusion(out / "default", sites_dir, preset, image_size, zs_cfg)
+    by_variant["default"]["seen_fusion_on_pooled_test"] = _fusion(out / "default", sites_dir, preset,
+                                                                  image_size, zs_cfg)
     d, t = by_variant["default"]["last_round"]["descriptive"], by_variant["default"]["last_round"]["template"]
     figures = {
         "variants": {name: {"run_config": extra, **by_variant[name]} for name, extra in VARIANTS.items()},
@@ -101,7 +103,8 @@ def run(out: Path, sites: int = 3, images: int = 3000, image_size: int = 64, rou
             "zero-shot mAUC, template prompts": t["pooled"]["mAUC"],
             "zero-shot mAUC, random prompts": by_variant["default"]["last_round"]["random"]["pooled"]["mAUC"],
             "seen mAP with / without branch": by_variant["default"]["seen_mAP_with_over_without"],
-            "seen mAP with / without branch, contrastive weight 1": by_variant["weight-1"]["seen_mAP_with_over_without"],
+            "seen mAP with / without branch, contrastive weight 1":
+                by_variant["weight-1"]["seen_mAP_with_over_without"],
             "wall with / without branch": by_variant["default"]["wall_with_over_without"],
         },
     }

@@ -85,7 +85,8 @@ def site_configs(sites_dir: Path) -> list:
 
 
 def concat(parts: list[SiteData]) -> SiteData:
-    return SiteData(*[np.concatenate([getattr(p, k) for p in parts]) for k in ("pixels", "projection", "targets", "mask")])
+    fields = ("pixels", "projection", "targets", "mask")
+    return SiteData(*[np.concatenate([getattr(p, k) for p in parts]) for k in fields])
 
 
 def train_model(data: SiteData, epochs: int, preset: str, num_classes: int, lr: float, seed: int = 0):

@@ -239,7 +239,8 @@ def aggregation(arrays: dict[str, np.ndarray], n_sites: int, flower: bool = True
 
     if flower:
         if flower_distinct:  # memory: every reply held at once, as Flower's send_and_receive returns them
-            peak = _traced(lambda: aggregate_arrayrecords(list(_records(arrays, n_sites, True, packed=False)), "num-examples"))
+            peak = _traced(lambda: aggregate_arrayrecords(list(_records(arrays, n_sites, True, packed=False)),
+                                                          "num-examples"))
             out["flower_peak_x_model"] = peak / model_bytes
         shared = list(_records(arrays, n_sites, distinct=False, packed=False))
         aggregate_arrayrecords(shared, "num-examples")

@@ -4,7 +4,8 @@
   local paths replaced by ``<local path>`` (paths can carry patient identifiers, e.g. MIMIC's p10/p10000032/).
 * Audit: with ``FEDCHEST_AUDIT_DIR`` set (or ``audit-dir`` in the SuperNode's node config), every reply is
   appended to ``outbound-<node>.jsonl`` there: message type, metric and config records in full, and for arrays
-  the names, dtypes and shapes of the tensors in the pack (shared_models/wire.py; never values). A site's privacy officer can read exactly what left.
+  the names, dtypes and shapes of the tensors in the pack (shared_models/wire.py; never values). A site's privacy
+  officer can read exactly what left.
 """
 
 from __future__ import annotations

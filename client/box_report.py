@@ -87,7 +87,8 @@ def _relevant(text: str, findings: list[dict]) -> list[str]:
 
 
 @torch.no_grad()
-def report_files(paths: list[Path], checkpoint: Path, site: SiteConfig | Path, projection: str | None = None, k: int = 3,
+def report_files(paths: list[Path], checkpoint: Path, site: SiteConfig | Path, projection: str | None = None,
+                 k: int = 3,
                  mode: str = "overlap") -> list[dict]:
     model, classes, size = load_global_model(checkpoint)
     if not isinstance(model, BoxLatentNet):

@@ -104,7 +104,8 @@ def box_predictions(model: BoxLatentNet, data: SiteData, device: torch.device, s
         for n in samples:
             ps[n].append(model.box(feats, n, gen).probabilities().cpu().numpy())
     d, k = model.box.centre.out_features, model.num_classes
-    return BoxPredictions(np.concatenate(cs) if cs else np.zeros((0, d)), np.concatenate(rs) if rs else np.zeros((0, d)),
+    return BoxPredictions(np.concatenate(cs) if cs else np.zeros((0, d)),
+                          np.concatenate(rs) if rs else np.zeros((0, d)),
                           {n: np.concatenate(v) if v else np.zeros((0, k)) for n, v in ps.items()})
 
 
@@ -148,7 +149,8 @@ def box_evaluation(model: BoxLatentNet, data: SiteData, val: SiteData, spec: Box
     test = box_predictions(model, data, device, ns, seed)
     held = box_predictions(model, val, device, ns, seed) if len(val) else None
     out: dict = {}
-    enough = len(data) >= min_count and (targets * mask).sum() >= min_count and ((1 - targets) * mask).sum() >= min_count
+    enough = (len(data) >= min_count and (targets * mask).sum() >= min_count
+              and ((1 - targets) * mask).sum() >= min_count)
     primary = None
     for n in ns:
         t = site_temperature(held.probs[n], val, c) if held is not None else None

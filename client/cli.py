@@ -57,7 +57,8 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config {toml}")
+    print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config "
+          f"{toml}")
     return 0
 
 
@@ -171,7 +172,8 @@ def _check(args: argparse.Namespace) -> int:
         return 0 if out["can_train"] else 2
     print(f"site {cfg.name}: {report.indexed} images indexed ({report.decoded} decoded, {report.reused} from cache), "
           f"{len(report.rejected)} rejected")
-    for key in ("by_source", "by_projection", "by_projection_method", "by_split", "bit_depths", "photometric", "vendors"):
+    for key in ("by_source", "by_projection", "by_projection_method", "by_split", "bit_depths",
+                "photometric", "vendors"):
         print(f"  {key.replace('by_', '').replace('_', ' '):<18} " + ", ".join(f"{a} {b}" for a, b in out[key].items()))
     if out["image_size_px"]:
         print(f"  {'image size (px)':<18} min {out['image_size_px']['min']}, median {out['image_size_px']['median']}, "
@@ -181,7 +183,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  {'labels':<18} " + ", ".join(f"{a} {b}" for a, b in out["by_label"].items()))
     for name, m in report.label_mapping.items():
         if m["unmapped"]:
-            print(f"  unmapped terms in {name}: " + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
+            print(f"  unmapped terms in {name}: "
+                  + ", ".join(f"{t} ({n})" for t, n in list(m["unmapped"].items())[:15]))
         if m["not_annotated"]:
             print(f"  {name} cannot express (masked): " + ", ".join(m["not_annotated"]))
     print_rejections(report.rejected)
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("predict", help="run the global model on image files (PNG, JPEG, DICOM)")
     q.add_argument("images", nargs="+")
     q.add_argument("--checkpoint", required=True, help="a round-NNN.pt checkpoint of the global model")
-    q.add_argument("--projection", choices=["PA", "AP", "LAT"], help="override the view (default: metadata, else router)")
+    q.add_argument("--projection", choices=["PA", "AP", "LAT"],
+                   help="override the view (default: metadata, else router)")
     q.add_argument("--image-size", type=int, help="model input size (default: the checkpoint's)")
     q.add_argument("--tta", action="store_true", help="average over radiograph-safe test-time augmentations")
     q.add_argument("--top", type=int, default=5, help="classes shown per image (all of them with --json)")

@@ -153,7 +153,8 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
     report = IndexReport()
     con = _connect(cfg)
     old = {r[0]: r[1:] for r in con.execute(
-        f"SELECT sample_id, fingerprint, row, projection, projection_method, split, {', '.join(META_COLUMNS)} FROM samples")}
+        f"SELECT sample_id, fingerprint, row, projection, projection_method, split, {', '.join(META_COLUMNS)} "
+        "FROM samples")}
     pixels_path = cfg.cache_dir / "pixels.npy"
     old_pixels = np.load(pixels_path, mmap_mode="r") if pixels_path.exists() and old else None
 
@@ -174,7 +175,8 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
                 continue
             sample_id = hashlib.sha256(salt + f"{item.source}/{item.key}".encode()).hexdigest()[:20]
             if sample_id in seen_ids:
-                report.rejected.append(Rejection(str(item.path), f"duplicate image id {item.key!r} in source {item.source}"))
+                report.rejected.append(Rejection(str(item.path),
+                                                 f"duplicate image id {item.key!r} in source {item.source}"))
                 continue
             try:
                 fp = fingerprint(item.path, cfg.verify_content)
@@ -253,7 +255,7 @@ def prepare_site(cfg: SiteConfig, workers: int = 1) -> IndexReport:
         con.executemany("INSERT INTO rejections VALUES (?,?)", [(r.path, r.reason) for r in report.rejected])
         con.executemany("INSERT INTO reports VALUES (?,?)", [(r[1], r[0].report) for r in rows if r[0].report])
     con.close()
-    del old_pixels
+    old_pixels = None  # close the memory map (work() holds it in its closure) before pixels.npy is replaced
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cfg.cache_dir / "pixels.tmp.npy"
     np.save(tmp, pixels[: len(rows)])

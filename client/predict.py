@@ -30,7 +30,8 @@ def read_checkpoint(checkpoint: Path) -> dict:
     try:
         return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # missing, truncated, not torch's format
-        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise ValueError(f"{checkpoint}: not a readable fedchest checkpoint "
+                         f"({str(exc).splitlines()[0][:200]})") from None
 
 
 def load_global_model(checkpoint: Path):
@@ -103,7 +104,8 @@ def predict_files(paths: list[Path], checkpoint: Path, image_size: int | None = 
         with torch.no_grad():
             if isinstance(model, BoxLatentNet):  # BL-TTA, uncalibrated (predict --report uses the site's temperature)
                 if tta:
-                    raise ValueError("--tta is for the routed experts; a box-latent checkpoint averages its own samples")
+                    raise ValueError("--tta is for the routed experts; a box-latent checkpoint averages its own "
+                                     "samples")
                 probs = model(x, proj, model.samples).probabilities()[0]
             else:
                 probs = predict_with_tta(model, x, proj)[0] if tta else torch.sigmoid(model(x, proj))[0]

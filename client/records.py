@@ -1,5 +1,6 @@
 """The global model and updates as Flower ArrayRecords in the packed wire format (shared_models/wire.py): a few
-large Arrays per message, read back (``from_record``) as read-only views on the message bytes (the site copies them into its model)."""
+large Arrays per message, read back (``from_record``) as read-only views on the message bytes (the site copies them
+into its model)."""
 
 from __future__ import annotations
 

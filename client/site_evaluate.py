@@ -157,7 +157,8 @@ def evaluation_lines(result: dict) -> list[str]:
         else:
             shown = f"<{result['min_count']}" if e["positives"] < result["min_count"] else str(e["positives"])
             lines.append(f"  {name:<26}{shown:>10}  not scored ({e['reason']})")
-    lines.append(f"  mAUC {_fmt(a['mAUC'])}  mAP {_fmt(a['mAP'])} (constant predictor {_fmt(a['constant_predictor_mAP'])})"
+    lines.append(f"  mAUC {_fmt(a['mAUC'])}  mAP {_fmt(a['mAP'])} "
+                 f"(constant predictor {_fmt(a['constant_predictor_mAP'])})"
                  f"  mF1 {_fmt(a['mF1'])} over {a['scored_classes']} classes with >= {result['min_count']} positives")
     if a["not_annotated"]:
         lines.append("  not annotated at this site (masked, not scored): " + ", ".join(a["not_annotated"]))

@@ -1,5 +1,6 @@
 """fedchest dashboard: runs, run overview, sites x projections, classes, cross-site generalisation, chest CT,
-health, privacy, reliability. Start with `fedchest dashboard --db URL`. Read-only on the registry; shows aggregates only.
+health, privacy, reliability. Start with `fedchest dashboard --db URL`. Read-only on the registry; shows aggregates
+only.
 
 Deep links: `?page=classes&run=<run id>` opens a page on a run.
 """

@@ -24,7 +24,8 @@ def lines(df: pd.DataFrame, x: str, y: str, colour: str, x_title: str, y_title: 
         return chart
     ref = pd.DataFrame({"y": [rule], "label": [rule_label]})
     rule_chart = alt.Chart(ref).mark_rule(strokeDash=[6, 4], color="grey").encode(
-        y=alt.Y("y:Q", title=y_title), tooltip=[alt.Tooltip("label:N", title="reference"), alt.Tooltip("y:Q", format=".3f")])
+        y=alt.Y("y:Q", title=y_title),
+        tooltip=[alt.Tooltip("label:N", title="reference"), alt.Tooltip("y:Q", format=".3f")])
     return chart + rule_chart
 
 

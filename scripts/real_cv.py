@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 torch.manual_seed(seed * 100 + k)
                 model = build_model(args.preset, n_classes, routing=args.routing, image_size=args.image_size)
-                train_local(model, train, args.epochs, args.lr, args.batch_size, torch.device("cpu"), seed=seed * 100 + k,
+                train_local(model, train, args.epochs, args.lr, args.batch_size, torch.device("cpu"),
+                            seed=seed * 100 + k,
                             asl_class_weights=args.class_weights, weight_decay=args.weight_decay, loss=args.loss,
                             augmentation=args.aug)
                 scores, _ = predict(model, test, torch.device("cpu"))

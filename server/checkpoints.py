@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 
-def save_checkpoint(directory: Path, rnd: int, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[Path, str, int]:
+def save_checkpoint(directory: Path, rnd: int, state_dict: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> tuple[Path, str, int]:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"round-{rnd:03d}.pt"
     tmp = path.with_suffix(".tmp")

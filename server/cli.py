@@ -117,8 +117,8 @@ def _certs(args: argparse.Namespace) -> int:
         if args.certs_cmd == "init":
             if not (out / "ca.crt").exists():
                 make_ca(out)
-                print(f"consortium CA: {out / 'ca.crt'} (give this file to every site); key {out / 'ca.key'} (mode 0600, "
-                      "keep it offline)")
+                print(f"consortium CA: {out / 'ca.crt'} (give this file to every site); key {out / 'ca.key'} "
+                      "(mode 0600, keep it offline)")
             make_superlink_cert(out, out, args.name)
             print(describe(out / "superlink.pem"))
             print(f"SuperLink key: {out / 'superlink.key'} (mode 0600)")
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live when piped
     p = argparse.ArgumentParser(prog="fedchest", description="fedchest consortium tools")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="synthetic (or, with --real, real NIH) consortium + federated simulation, end to end")
+    d = sub.add_parser("demo",
+                       help="synthetic (or, with --real, real NIH) consortium + federated simulation, end to end")
     d.add_argument("--out", required=True)
     d.add_argument("--real", action="store_true",
                    help="three sites of real NIH ChestX-ray14 radiographs split by patient (FEDCHEST_REAL_DATA, else "
@@ -239,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dp-eval-noise-multiplier", type=float, default=2.0,
                    help="with --dp: noise multiplier of each round's evaluation release (0: sites withhold it)")
     d.add_argument("--secagg", action="store_true",
-                   help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated evaluation")
+                   help="secure aggregation (Flower SecAgg+): weighted FedAvg of masked updates, no federated "
+                        "evaluation")
     d.add_argument("--zeroshot", action="store_true",
                    help="train the zero-shot image-text branch too and score the held-out classes every round")
     d.add_argument("--proxy-classes", default="Nodule,pleural thickening",
-                   help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model selection")
+                   help="with --zeroshot: seen classes hidden from the ASL branch, scored zero-shot for model "
+                        "selection")
     d.add_argument("--box-latent", action="store_true",
                    help="then train the box-latent head on the run's final experts, frozen (a second federated run)")
     d.add_argument("--box-latent-rounds", type=int, default=5)
@@ -304,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                          "memory; slower under load, and only Flower's own records survive in it: fedchest's "
                          "registry and checkpoints survive either way")
     dl.add_argument("--cold", action="store_true",
-                    help="no warm ClientApp workers: Flower's fresh flwr-clientapp process per message (for comparison; "
+                    help="no warm ClientApp workers: Flower's fresh flwr-clientapp process per message (for "
+                         "comparison; "
                          "FEDCHEST_WARM=0 does the same)")
     dl.set_defaults(fn=_deploy)
     pa = sub.add_parser("privacy-audit", help="empirical lower bound on a site's DP-SGD epsilon (canary audit), next "

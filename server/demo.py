@@ -19,7 +19,8 @@ from server.report import fmt
 from server.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
 
 FORMATS = ("padchest", "mimic", "openi", "dicom")
-SITE_NAMES = {"padchest": "alicante-general", "mimic": "boston-icu", "openi": "indiana-outpatient", "dicom": "pacs-export"}
+SITE_NAMES = {"padchest": "alicante-general", "mimic": "boston-icu", "openi": "indiana-outpatient",
+              "dicom": "pacs-export"}
 
 
 def _site_cli(*args: str) -> subprocess.CompletedProcess:
@@ -75,7 +76,7 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
         return r.stdout
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for (fmt, name, _), out_text in zip(jobs, pool.map(synth_and_check, jobs)):
+        for (fmt, _name, _), out_text in zip(jobs, pool.map(synth_and_check, jobs)):
             print(f"[{fmt}] " + out_text.splitlines()[0])
     print(f"made {n_sites} synthetic sites in {time.perf_counter() - t0:.1f}s")
     stamp.write_text(json.dumps(params))
@@ -234,7 +235,8 @@ def run_box_demo(out: Path, sites_dir: Path, main: dict, rounds: int, n_sites: i
     (box_out / "summary.json").unlink(missing_ok=True)
     cfg = main["config"]
     run_config = {
-        "num-server-rounds": rounds, "local-epochs": 2, "lr": 0.003, "batch-size": 64, "model-preset": cfg["model-preset"],
+        "num-server-rounds": rounds, "local-epochs": 2, "lr": 0.003, "batch-size": 64,
+        "model-preset": cfg["model-preset"],
         "image-size": cfg["image-size"], "label-set": cfg["label-set"], "min-nodes": n_sites, "round-timeout": 1800.0,
         "out-dir": str(box_out), "db-url": main["db_url"], "sim-sites-dir": str(sites_dir), "seed": cfg["seed"],
         "run-name": f"demo-box-latent-{rounds}rounds", "box-latent": True, "box-backbone-weights": str(backbone),

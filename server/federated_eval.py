@@ -107,8 +107,10 @@ def round_metrics(
         if scope == "all":
             summary["pooled"] = s
             if ci_replicates and n:
-                summary["pooled_ci"] = {k: list(v) for k, v in bootstrap_macro(pos, neg, spec, ci_replicates, seed).items()}
+                summary["pooled_ci"] = {k: list(v)
+                                        for k, v in bootstrap_macro(pos, neg, spec, ci_replicates, seed).items()}
             prev_ap = constant_predictor_ap(pc["n_pos"], pc["n_neg"])
-            summary["baseline"] = {"prevalence_mAP": float(np.nanmean(prev_ap)) if np.isfinite(prev_ap).any() else float("nan")}
+            summary["baseline"] = {"prevalence_mAP": float(np.nanmean(prev_ap)) if np.isfinite(prev_ap).any()
+                                   else float("nan")}
             rows.append((None, scope, None, "prevalence_mAP", summary["baseline"]["prevalence_mAP"], n))
     return rows, summary

@@ -35,7 +35,7 @@ NIH_TABLE = Path("nih") / "Data_Entry_2017_v2020.csv.gz"
 SITES = ("outpatient-pa", "icu-ap", "general-mixed")
 TEST_FRACTION, VAL_FRACTION = 0.25, 0.0
 # The training recipe of `fedchest demo --real` (and the real_accuracy benchmark), chosen by 3-fold patient-level
-# cross-validation on the 688 images (scripts/real_cv.py; figures in README "Real images").
+# cross-validation on the 688 images (scripts/real_cv.py; figures in docs/real-images.md).
 # Seed 0, mean over 3 folds: small-generalist BCE wd 0.05 0.650, tiny-generalist the same 0.644 (at about half the
 # compute), small-generalist + affine augmentation 0.646, tiny BCE wd 0.05 0.608, tiny ASL wd 1e-4 (the old default)
 # about 0.59; a per-class logistic regression on 16 x 16 pixels 0.640.

@@ -104,7 +104,8 @@ def main(grid: Grid, context: Context) -> None:
         weight = sum(k for k, _ in reported)
         loss = sum(k * v for k, v in reported) / weight if weight else float("nan")
         eps = [float(m["dp_epsilon"]) for _, m in results if "dp_epsilon" in m]
-        history.append({"sites": len(results), "examples": n, "train_loss": loss, "max_dp_epsilon": max(eps, default=None)})
+        history.append({"sites": len(results), "examples": n, "train_loss": loss,
+                        "max_dp_epsilon": max(eps, default=None)})
         return {"train_loss": loss}
 
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=int(cfg["min-nodes"]),

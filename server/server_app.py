@@ -64,7 +64,8 @@ app = ServerApp()
 DEFAULTS = {
     "num-server-rounds": 5, "local-epochs": 1, "lr": 0.001, "batch-size": 32, "model-preset": "tiny",
     "image-size": 64, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": 2, "round-timeout": 600.0,
-    "out-dir": "", "db-url": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0, "aggregation": "projection",
+    "out-dir": "", "db-url": "", "sim-sites-dir": "", "run-name": "fedchest-run", "seed": 0,
+    "aggregation": "projection",
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "weight-decay": 1e-4, "loss": "asl",  # the sites' AdamW weight decay; loss asl | bce (client/training.py)
     "augment": "shift",  # shift | affine: the sites' training augmentation (client/training.py)
@@ -76,7 +77,8 @@ DEFAULTS = {
     "robust-aggregation": "none",  # none | median | trimmed-mean | krum | multi-krum | norm-clip (server/robust.py)
     "robust-trim": 0.2, "robust-byzantine": 1, "robust-clip": 2.0,
     "norm-bound": 10.0,  # reject an update whose group norm exceeds this x the recent median (0: off)
-    "deadline-factor": 3.0, "deadline-floor": 30.0,  # a site's reply deadline: factor x its expected reply time, >= floor
+    # a site's reply deadline: factor x its expected reply time, >= floor
+    "deadline-factor": 3.0, "deadline-floor": 30.0,
     "quorum": 0,  # nodes a round goes on with after node-wait seconds short of min-nodes (0: half of min-nodes)
     "node-wait": 120.0,  # seconds node sampling waits for min-nodes before going on with the quorum
     "pooled-ci-replicates": 0,  # bootstrap replicates of the pooled macro means' 95 % interval per round (0: none)
@@ -254,7 +256,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
                      + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
-            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts") + ("+ct" if ct else "") + ("+localizer" if loc else ""),
+            heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts")
+            + ("+ct" if ct else "") + ("+localizer" if loc else ""),
             label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
     spec = HistogramSpec()
     t0 = time.perf_counter()
@@ -287,7 +290,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
             strategy.unevaluated = offset  # its model was checkpointed before its evaluation came back
     shared = {**run_for_sites(cfg, label_set.name, run_id), "hist-bins": spec.bins, "hist-limit": spec.limit}
     train_config = ConfigRecord({**shared, "lr": float(cfg["lr"]), "local-epochs": int(cfg["local-epochs"]),
-                                 "batch-size": int(cfg["batch-size"]), "asl-class-weights": bool(cfg["asl-class-weights"]),
+                                 "batch-size": int(cfg["batch-size"]),
+                                 "asl-class-weights": bool(cfg["asl-class-weights"]),
                                  "sampling": str(cfg["sampling"]), "logit-adjust-tau": float(cfg["logit-adjust-tau"]),
                                  "weight-decay": float(cfg["weight-decay"]), "loss": str(cfg["loss"]),
                                  "augment": str(cfg["augment"])})
@@ -303,7 +307,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
                                              {"run_id": run_id, "model_preset": cfg["model-preset"],
                                               "label_set": label_set.name, "classes": list(classes),
                                               "image_size": int(cfg["image-size"]),
-                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs), "box": box_config(box), "ct": ct_config(ct),
+                                              "dp_compatible": bool(cfg["dp"]), "zeroshot": spec_config(zs),
+                                              "box": box_config(box), "ct": ct_config(ct),
                                               "heads": head_config(heads), "localizer": loc_config(loc),
                                               "strategy_state": strategy_state(strategy)})
         registry.add_checkpoint(run_id, rnd, str(path), digest, size)

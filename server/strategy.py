@@ -156,7 +156,8 @@ class FedChestAvg(FedAvg):
         self.round_now = 0
         self.box_samples = box_samples  # box-latent runs: (the N reported, the primary N); server/box_eval.py
         self.ct_classes = ct_classes  # runs with the CT model: its label set (server/ct_eval.py)
-        self.label_graph = label_graph  # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
+        # runs with label-graph = true: co-occurrence sums -> graph (server/label_graph.py)
+        self.label_graph = label_graph
         self.ct_train_pos = np.zeros(len(ct_classes), np.int64)
         self.ct_train_annotated = np.zeros(len(ct_classes), np.int64)
         # evaluate-with-train: each train message also asks the sites to evaluate the model it carries (the last
@@ -260,7 +261,8 @@ class FedChestAvg(FedAvg):
         return rows
 
     # -- train -------------------------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.registry.start_round(self.run_id, server_round)
         self.current = from_record(arrays)
@@ -330,7 +332,8 @@ class FedChestAvg(FedAvg):
             site = self._site_of(msg)
             failed = msg.content.config_records.get(STAGE_ERRORS, {})
             if folded is not None and "evaluate" in failed:
-                self.registry.add_event(self.run_id, "evaluate_error", error_line(str(failed["evaluate"])), folded, site)
+                reason = error_line(str(failed["evaluate"]))
+                self.registry.add_event(self.run_id, "evaluate_error", reason, folded, site)
             elif folded is not None:
                 self._take_summary(pool, site, msg.content.metric_records.get(EVALUATION), folded)
             if "train" in failed:
@@ -399,7 +402,8 @@ class FedChestAvg(FedAvg):
             self.registry.add_event(self.run_id, "robust_aggregation", note, server_round)
         if not streaming:
             for u, _ in accepted:
-                left_out = [g for g, sites in contributors.items() if u.group_counts.get(g, 0) > 0 and u.site not in sites]
+                left_out = [g for g, sites in contributors.items()
+                            if u.group_counts.get(g, 0) > 0 and u.site not in sites]
                 if left_out:
                     self.registry.add_event(self.run_id, "update_excluded",
                                             f"{self.robust.name} left this site's update out of {', '.join(left_out)}",
@@ -450,8 +454,8 @@ class FedChestAvg(FedAvg):
         norms: dict[str, float] = {}
         if not reason:
             norms = update_norms(local, self.current, self.groups)  # one pass: norms and finite values
-            reason = (nonfinite_reason(local, norms, self.groups) or check_train_metrics(m, set(norms), len(self.classes),
-                                                                                         len(self.ct_classes))
+            reason = (nonfinite_reason(local, norms, self.groups)
+                      or check_train_metrics(m, set(norms), len(self.classes), len(self.ct_classes))
                       or self.norms.check(norms))
         if reason:
             return reject(reason)
@@ -550,7 +554,8 @@ class FedChestAvg(FedAvg):
         rows += timing
         correct, total = (sum(v[i] for v in pool.routed.values()) for i in (0, 1))
         summary["router_accuracy"] = correct / total if total else None
-        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t) for site, (c, t) in pool.routed.items()]
+        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t)
+                 for site, (c, t) in pool.routed.items()]
         rows.append((None, "all", None, "router_accuracy", summary["router_accuracy"], total))
         rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]

@@ -17,8 +17,9 @@ Per site and stage (train / evaluate), in seconds:
 - ``reply``: -> the ServerApp pulled the reply (the reply's way back and the server's polling).
 
 Plus the server's own phases, per stage: ``push`` (pushing its messages) and ``aggregate`` (its work after the
-last reply was pulled: validation left over, aggregation or pooling, registry rows), and per round ``checkpoint``. Sites' clocks are their hosts'; on one host (``fedchest deploy local``) they are
-the server's, across hosts the figures carry the hosts' clock offset (NTP keeps it to milliseconds).
+last reply was pulled: validation left over, aggregation or pooling, registry rows), and per round ``checkpoint``.
+Sites' clocks are their hosts'; on one host (``fedchest deploy local``) they are the server's, across hosts the
+figures carry the hosts' clock offset (NTP keeps it to milliseconds).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ ROUND_PHASES = ("push", "aggregate", "checkpoint")
 
 def site_phases(stamps: Mapping[str, float], pushed: float, pulled: float) -> dict[str, float]:
     """Phase durations for one reply. ``pushed`` and ``pulled`` are the server's Unix times; ``stamps`` the
-    reply's timeline record (``entered`` and ``done`` always; ``delivered``, ``process``, ``loaded``, ``ready`` when known).
-    A phase whose ends are not both known is left out."""
+    reply's timeline record (``entered`` and ``done`` always; ``delivered``, ``process``, ``loaded``, ``ready`` when
+    known). A phase whose ends are not both known is left out."""
     try:
         entered, done = float(stamps["entered"]), float(stamps["done"])
     except (KeyError, TypeError, ValueError):

@@ -23,7 +23,8 @@ def validate_update(
 ) -> str | None:
     """None when the update (its unpacked views, server/records.py) is acceptable, else the reason it is
     rejected. With ``groups``, an update may carry a subset of the parameter groups, but each group it carries must
-    be complete. ``values=False`` leaves the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass over the values, not two)."""
+    be complete. ``values=False`` leaves the finite-values check to ``update_norms`` + ``nonfinite_reason`` (one pass
+    over the values, not two)."""
     keys = set(update.keys())
     extra = sorted(keys - set(reference))
     if groups is None and keys != set(reference):
@@ -101,7 +102,8 @@ def update_norms(arrays: dict[str, np.ndarray], current: dict[str, np.ndarray], 
     out = {}
     for group, keys in groups.items():
         if keys[0] in arrays:
-            sq = sum(squared_distance(arrays[k], current[k]) for k in keys if np.issubdtype(current[k].dtype, np.floating))
+            sq = sum(squared_distance(arrays[k], current[k])
+                     for k in keys if np.issubdtype(current[k].dtype, np.floating))
             out[group] = sq ** 0.5
     return out
 

@@ -1,4 +1,4 @@
-"""The label co-occurrence graph (ML-GCN, domain.md C4) and its classifier.
+"""The label co-occurrence graph (ML-GCN, Chen et al. 2019) and its classifier.
 
 Statistics: M_ij = images labelled with both i and j, D_ij = images labelled with i on which j is annotated, over
 the training splits; in a federation each site counts its own and the server sums them (counts, never images). The

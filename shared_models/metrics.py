@@ -1,7 +1,7 @@
 """CXR-LT metrics: per-class AP / AUROC / F1, macro means, head-medium-tail groups, and the
 privacy-preserving binned form used in federated evaluation.
 
-Conventions (shared/docs/domain.md A4-A5):
+Conventions (the CXR-LT challenges' evaluation code):
 - AP_c is scikit-learn's ``average_precision_score`` (step-wise, tied scores form one threshold).
 - AUROC_c is scikit-learn's ``roc_auc_score`` (trapezoidal ROC; ties count one half).
 - F1_c thresholds probabilities like the organisers' ``y_hat.round()``: positive iff p > 0.5.

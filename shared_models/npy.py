@@ -43,6 +43,7 @@ def npy_view(a: Any) -> np.ndarray:
         return a.numpy()
     shape = tuple(int(d) for d in a.shape)
     count = math.prod(shape)
-    if dtype.hasobject or b"'fortran_order': False" not in data[10:offset] or len(data) - offset != count * dtype.itemsize:
+    if (dtype.hasobject or b"'fortran_order': False" not in data[10:offset]
+            or len(data) - offset != count * dtype.itemsize):
         return a.numpy()
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)

@@ -46,7 +46,8 @@ class TempPostgres:
 
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise PostgresUnavailable("running as root and there is no `postgres` user to run the server as") from None
+                raise PostgresUnavailable("running as root and there is no `postgres` user to run the server "
+                                          "as") from None
             self.as_user = ["runuser", "-u", "postgres", "--"]
             root.mkdir(parents=True, exist_ok=True)
             os.chown(root, pw.pw_uid, pw.pw_gid)

@@ -92,7 +92,8 @@ def test_dicom_folder_bad_files(tmp_path, monkeypatch):
     expected = {
         "empty.dcm": "empty file", "truncated.dcm": r"truncat|corrupt|not a readable", "nopixels.dcm": "no pixel data",
         "mpeg2.dcm": "no decoder", "report.dcm": "non-image SOP class", "knee.dcm": "not a chest",
-        "onepixel.dcm": "too small", "ct.dcm": "modality CT", good[2].name: "blank labels", good[3].name: "blank labels",
+        "onepixel.dcm": "too small", "ct.dcm": "modality CT", good[2].name: "blank labels",
+        good[3].name: "blank labels",
         "gone.dcm": "missing on disk", "stray.dcm": "no dicom table lists", "loop_a.dcm": "symbolic links",
         rows[5]["path"].split("/")[-1]: "duplicate image id", "locked.dcm": "no read permission",
     }
@@ -145,7 +146,8 @@ def test_padchest_csv_missing_a_column_keeps_other_sources(tmp_path):
     toml.write_text(f'[site]\nname = "two"\n[[sources]]\nkind = "padchest"\nroot = "{a.parent / "data"}"\n'
                     f'[[sources]]\nkind = "dicom"\nroot = "{b.parent / "data"}"\n')
     report = prepare_site(load_site_config(toml))
-    assert any("missing required column(s) ['Projection']" in r.reason and r.path == str(csv_path) for r in report.rejected)
+    assert any("missing required column(s) ['Projection']" in r.reason and r.path == str(csv_path)
+               for r in report.rejected)
     assert report.by_source == {"dicom": N}
 
 
@@ -170,7 +172,8 @@ def test_mimic_bad_jpeg_and_label_values(tmp_path):
 def test_openi_bad_reports(tmp_path):
     toml = synthesize_site(tmp_path / "site", "openi", "bad-openi", n_images=N, image_size=32, seed=6)
     reports = toml.parent / "data" / "ecgen-radiology"
-    (reports / "9001.xml").write_text("<eCitation><uId id='CXR9001'/><MeSH><major>normal</major></MeSH></eCitation>")  # 26
+    # 26
+    (reports / "9001.xml").write_text("<eCitation><uId id='CXR9001'/><MeSH><major>normal</major></MeSH></eCitation>")
     first = sorted(reports.glob("*.xml"))[0]
     text = first.read_text()
     start = text.index('<AbstractText Label="FINDINGS">')

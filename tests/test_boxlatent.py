@@ -22,7 +22,8 @@ def test_samples_lie_inside_the_box_and_tta_averages_them():
     assert torch.all(r > 0) and out.logits.shape == (32, 4, 5)
     z = sample_in_box(c, r, 2000, torch.Generator().manual_seed(1))
     assert torch.all((z - c).abs() <= r + 1e-6)  # inside the box, and filling it
-    assert torch.allclose(z.amax(0), c + r, atol=0.02 * float(r.max())) and torch.allclose(z.amin(0), c - r, atol=0.02 * float(r.max()))
+    tol = 0.02 * float(r.max())
+    assert torch.allclose(z.amax(0), c + r, atol=tol) and torch.allclose(z.amin(0), c - r, atol=tol)
     assert torch.allclose(out.logits, head.classifier(sample_in_box(c, r, 32, torch.Generator().manual_seed(1))))
     assert torch.allclose(out.probabilities(), torch.sigmoid(out.logits).mean(0))
     centre_only = head(h, samples=0)

@@ -86,8 +86,10 @@ def test_ct_rate_source_reads_the_published_layout(ct_sites, tmp_path):
     cfg, src, records = _records(ct_sites["ct-rate"])
     assert len(records) == 10 and all(r.source == "ct-rate" for r in records)
     first = next(r for r in records if r.key == "train_1_a_1")
-    assert first.patient_key == "train_1" and first.spacing == SPACING and (first.slope, first.intercept) == (1.0, -1024.0)
-    labels = pd.read_csv(ct_sites["ct-rate"].parent / "data/dataset/multi_abnormality_labels/train_predicted_labels.csv")
+    assert first.patient_key == "train_1" and first.spacing == SPACING
+    assert (first.slope, first.intercept) == (1.0, -1024.0)
+    labels = pd.read_csv(ct_sites["ct-rate"].parent
+                         / "data/dataset/multi_abnormality_labels/train_predicted_labels.csv")
     row = labels.set_index("VolumeName").loc["train_1_a_1.nii.gz"]
     np.testing.assert_array_equal(first.targets, row[list(load_label_set("ctrate18").classes)].to_numpy(np.float32))
     assert first.mask.all() and {r.split for r in records} == {None, "test"}  # valid_fixed -> test

@@ -65,7 +65,8 @@ def dashboard(tiny_run_with_references):
                     break
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"dashboard did not start: {proc.stdout.read() if proc.poll() is not None else ''}")
+                    raise RuntimeError("dashboard did not start: "
+                                       f"{proc.stdout.read() if proc.poll() is not None else ''}") from None
                 time.sleep(0.5)
         yield base, run_id
     finally:
@@ -86,9 +87,11 @@ def test_every_page_in_chromium(dashboard):
             driver.get(f"{base}/?run={run_id}" + (f"&page={slug}" if slug else ""))
             wait = WebDriverWait(driver, 60)
             wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h2"), header))
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, selector)) >= at_least)
+            wait.until(lambda d, selector=selector, at_least=at_least:
+                       len(d.find_elements(By.CSS_SELECTOR, selector)) >= at_least)
             if selector == ".vega-embed":  # drawn, not just mounted
-                wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg")) >= at_least)
+                wait.until(lambda d, at_least=at_least: len(d.find_elements(
+                    By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg")) >= at_least)
             body = driver.find_element(By.TAG_NAME, "body").text
             assert "Synthetic data" in body, slug
             assert "Traceback" not in body and "Error" not in body.split("Synthetic data")[0], slug

@@ -195,8 +195,8 @@ def test_bands_are_summarised_before_the_small_count_rule():
     assert head == pytest.approx(exact[0]) and tail == pytest.approx((exact[1] + exact[2]) / 2) and math.isnan(medium)
     assert "band_map.all" not in scope_summary(probs, targets, mask, spec, k)  # no bands, no band figures
     summary = evaluation_summary(probs, targets, mask, np.zeros(n, np.int64), spec, k, bands)
-    _, result = round_metrics({"s1": parse_site_eval(summary, 4, spec)}, np.array(["head", "tail", "tail", "medium"],
-                                                                                     object), ("a", "b", "c", "d"), spec)
+    bands_of = np.array(["head", "tail", "tail", "medium"], object)
+    _, result = round_metrics({"s1": parse_site_eval(summary, 4, spec)}, bands_of, ("a", "b", "c", "d"), spec)
     assert result["sites"]["s1"]["all"]["tail_mAP"] == pytest.approx(tail)  # not NaN, as suppressed histograms give
     assert math.isnan(result["pooled"]["tail_mAP"])  # the pooled figure comes from the released histograms only
 

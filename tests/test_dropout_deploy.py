@@ -65,7 +65,8 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
     # then the node is gone and rounds go on with the quorum
     named = {(k, r) for k, s, r, _ in events if s == name and k in ("straggler", "dropout", "train_error")}
     assert {r for _, r in named} & {2, 3}, events
-    assert not any(k in ("straggler", "dropout", "train_error") and s and s.startswith("node-") for k, s, _, _ in events)
+    assert not any(k in ("straggler", "dropout", "train_error") and s and s.startswith("node-")
+                   for k, s, _, _ in events)
     # every round it was down is accounted for: an event naming it, or (once the link has dropped it) the round's
     # nodes_missing event; with rounds of seconds the link may still list the dead node for both
     missing = {r for k, _, r, _ in events if k == "nodes_missing"}

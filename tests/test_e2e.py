@@ -108,8 +108,10 @@ def test_flwr_run_from_repo_root(demo, tmp_path):
     env = _env(FLWR_HOME=str(home))
     try:
         r = subprocess.run(
-            [str(BIN / "flwr"), "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-             "--run-config", f'num-server-rounds=1 min-nodes=3 image-size=32 sim-sites-dir="{out / "sites"}" out-dir="{run_out}"'],
+            [str(BIN / "flwr"), "run", ".", "--stream",
+             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+             "--run-config", f'num-server-rounds=1 min-nodes=3 image-size=32 sim-sites-dir="{out / "sites"}" '
+                             f'out-dir="{run_out}"'],
             cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     finally:
         _kill_local_superlink(home)

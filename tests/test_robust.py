@@ -19,7 +19,8 @@ from server.validation import NormHistory
 from shared_models.metrics import HistogramSpec
 from tests.test_strategy import _reply
 
-REF = {"router.w": torch.zeros(2, 3), "experts.PA.w": torch.zeros(4), "experts.PA.n": torch.zeros((), dtype=torch.int64)}
+REF = {"router.w": torch.zeros(2, 3), "experts.PA.w": torch.zeros(4),
+       "experts.PA.n": torch.zeros((), dtype=torch.int64)}
 
 
 def _content(arrays: dict, metrics: dict | None = None, name: str = "alpha") -> RecordDict:
@@ -66,7 +67,8 @@ BAD = {
 def test_a_bad_update_is_rejected_with_its_reason_and_changes_nothing(tmp_path, kind):
     arrays, metrics, words = BAD[kind]
     strat, registry, _ = _strategy(tmp_path)
-    new, _ = strat.aggregate_train(1, [_reply(1, _content(arrays, metrics, "bad")), _reply(2, _content(_good(2.0), name="ok"))])
+    new, _ = strat.aggregate_train(1, [_reply(1, _content(arrays, metrics, "bad")),
+                                       _reply(2, _content(_good(2.0), name="ok"))])
     new = from_record(new)
     assert np.allclose(new["router.w"], 2.0) and np.allclose(new["experts.PA.w"], 2.0)
     (event,) = [e for e in _events(registry) if e[0] == "update_rejected"]

@@ -51,7 +51,8 @@ def test_secagg_run_matches_clear_weighted_fedavg(tmp_path):
         data = site_data(site, "train")
         model = build_model("tiny", 30, image_size=32)
         model.load_state_dict(init)
-        config = {"local-epochs": 1, "lr": 1e-3, "batch-size": 32, "seed": 0, "server-round": 1, "aggregation": "fedavg"}
+        config = {"local-epochs": 1, "lr": 1e-3, "batch-size": 32, "seed": 0, "server-round": 1,
+                  "aggregation": "fedavg"}
         steps = max(steps, int(train_round(config, site, data, model)[0]["steps"]))
         state = model.state_dict()
         for k in keys:

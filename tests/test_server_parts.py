@@ -18,7 +18,8 @@ def _wire(state: dict) -> dict:
 def test_update_validation():
     reference = reference_of(_wire({"w": torch.zeros(2, 3), "b": torch.zeros(3)}))
     assert validate_update(_wire({"w": torch.ones(2, 3), "b": torch.ones(3)}), reference) is None
-    assert "non-finite" in validate_update(_wire({"w": torch.full((2, 3), float("nan")), "b": torch.ones(3)}), reference)
+    assert "non-finite" in validate_update(_wire({"w": torch.full((2, 3), float("nan")),
+                                                  "b": torch.ones(3)}), reference)
     assert "shape" in validate_update(_wire({"w": torch.ones(3, 2), "b": torch.ones(3)}), reference)
     assert "names" in validate_update(_wire({"w": torch.ones(2, 3)}), reference)
 

@@ -69,7 +69,8 @@ def test_mimic_layout(synth_sites):
     root = synth_sites["mimic"].parent / "data"
     meta = list(csv.DictReader(open(root / "mimic-cxr-2.0.0-metadata.csv")))
     r = meta[0]
-    assert (root / "files" / f"p{r['subject_id'][:2]}" / f"p{r['subject_id']}" / f"s{r['study_id']}" / f"{r['dicom_id']}.jpg").exists()
+    assert (root / "files" / f"p{r['subject_id'][:2]}" / f"p{r['subject_id']}" / f"s{r['study_id']}"
+            / f"{r['dicom_id']}.jpg").exists()
     labels = list(csv.DictReader(open(root / "mimic-cxr-2.0.0-chexpert.csv")))
     values = {v for row in labels for k, v in row.items() if k not in ("subject_id", "study_id")}
     assert values <= {"1.0", "0.0", "-1.0", ""}

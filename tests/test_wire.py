@@ -49,7 +49,8 @@ def test_round_trip_is_exact_in_key_order_and_split_by_group_and_dtype():
     assert set(pack(state)) == {INDEX, "pack/rest/float32", "pack/rest/float16", "pack/rest/int64", "pack/rest/bool"}
     assert unpack(pack({})) == {}
     index = json.loads(pack({"k": np.zeros(2)})[INDEX].tobytes())  # the contract both sides read
-    assert index == {"format": "fedchest-pack", "version": 1, "entries": [["k", "pack/rest/float64", 0, [2], "float64"]]}
+    assert index == {"format": "fedchest-pack", "version": 1,
+                     "entries": [["k", "pack/rest/float64", 0, [2], "float64"]]}
 
 
 def test_unpacked_tensors_are_views_on_the_buffers():

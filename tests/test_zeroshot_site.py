@@ -85,7 +85,8 @@ def test_dp_round_on_the_separate_encoder(site):
     assert privacy["dp_epsilon"] == pytest.approx(epsilon(history, site.privacy.delta), rel=1e-9)
     assert [e["head"] for e in ledger_for(site).entries()] == ["site-statistics", "routed-experts"]
     assert "dp_clipped_fraction" not in privacy and 0 <= stats["clipped_fraction"] <= 1  # it stays at the site
-    assert not torch.equal(before["zeroshot.image_encoder.conv1.0.weight"], sent["zeroshot.image_encoder.conv1.0.weight"])
+    assert not torch.equal(before["zeroshot.image_encoder.conv1.0.weight"],
+                           sent["zeroshot.image_encoder.conv1.0.weight"])
     _assert_no_text_encoder(sent)
 
 

@@ -1,9 +1,10 @@
 """Chest-CT sources, one class per kind (selected by ``kind`` in site.toml), yielding one record per volume or a
 rejection naming the file and the reason.
 
-- ``ct-rate``: the CT-RATE layout (domain.md B6): ``<split>_fixed/.../<name>.nii.gz`` volumes; the reports, metadata
-  and 18-label CSVs found under the root by their columns (``VolumeName`` plus ``Findings_EN`` / ``RescaleSlope`` /
-  the label names), so the published folder names and a flat export both work; a skip list of known bad volumes.
+- ``ct-rate``: the CT-RATE layout (Hamamci et al. 2024): ``<split>_fixed/.../<name>.nii.gz`` volumes; the reports,
+  metadata and 18-label CSVs found under the root by their columns (``VolumeName`` plus ``Findings_EN`` /
+  ``RescaleSlope`` / the label names), so the published folder names and a flat export both work; a skip list of
+  known bad volumes.
 - ``dicom-ct``: a folder per series of DICOM slices, with a labels CSV: ``series`` (folder relative to the root),
   ``labels`` ('|'-separated CT-RATE-18 names, ``Normal`` for none) and optionally ``report``.
 """
@@ -24,7 +25,7 @@ from client.site_config import SiteConfigError, SourceConfig
 from client.sources.base import Note, Rejection, TableError, read_table, require_columns, walk_files
 from shared_models.ontology import load_label_set
 
-# domain.md B6: SVD failures, a tiny volume, a broken patient
+# CT-RATE's known bad volumes: SVD failures, a tiny volume, a broken patient
 KNOWN_BAD = ("train_11755_a_2", "train_11755_a_3", "train_11755_a_4", "train_1267_a_4", "train_3821_a_5",
              "train_9792_a_*")
 
@@ -102,7 +103,8 @@ class CTRateSource(CTSource):
         skip = list(self.option("skip", KNOWN_BAD))
         for listed in walk_files(self.root, (".txt",)):
             if listed.name.startswith("no_chest"):
-                skip += [_stem(line.strip()) for line in listed.read_text(errors="replace").splitlines() if line.strip()]
+                skip += [_stem(line.strip()) for line in listed.read_text(errors="replace").splitlines()
+                         if line.strip()]
         return skip
 
     def scan(self) -> Iterator[CTRecord | Rejection]:
@@ -131,7 +133,8 @@ class CTRateSource(CTSource):
                     spacing = _spacing(m)
                 except (KeyError, ValueError) as exc:
                     yield Rejection(str(path), f"{m['_file']}: metadata row for {name}: {exc} (expected numbers in "
-                                               "RescaleSlope, RescaleIntercept, XYSpacing like '[0.75, 0.75]', ZSpacing)")
+                                               "RescaleSlope, RescaleIntercept, XYSpacing like '[0.75, 0.75]', "
+                                               "ZSpacing)")
                     continue
             yield CTRecord(self.kind, name, (path,), name.split("_")[0] + "_" + name.split("_")[1]
                            if name.count("_") >= 2 else name, target, mask, report, _split_of(path),
@@ -190,7 +193,8 @@ class DicomCTSource(CTSource):
             unknown = [t for t in names if t.casefold() not in self.by_name and t.casefold() != "normal"]
             if not names or unknown:
                 yield Rejection(f"{csv}:{line}", f"labels {row['labels']!r}: expected '|'-separated names from "
-                                                 f"{self.classes[:3]}... or Normal" + (f"; unknown {unknown}" if unknown else ""))
+                                                 f"{self.classes[:3]}... or Normal"
+                                                 + (f"; unknown {unknown}" if unknown else ""))
                 continue
             headers: list[SliceHeader] = []
             bad = []

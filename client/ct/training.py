@@ -3,7 +3,7 @@
 The text encoder is frozen, so every sentence the site needs (reports without their slice references, the
 referenced sentences, the disease prompts) is embedded once with MiniLM and kept in the work dir; a step then runs
 the 3D encoder and the small text adapter only. Loss = SigLIP(volume, report) + ``disease_weight`` x the prompt
-disease loss + ``loc_weight`` x the snippet localisation loss (domain.md C10; the weights are ours: RadFinder's
+disease loss + ``loc_weight`` x the snippet localisation loss (RadFinder's loss; the weights are ours: RadFinder's
 0.5 / 0.004 were set for its own loss scales, ours are stated in the run config).
 """
 
@@ -163,7 +163,8 @@ def evaluate_ct(model: CTVLM, data: SiteTensors, prompts, grid_spacing_mm: float
     scores = (vn @ torch.nn.functional.normalize(model.encode_text(pos.mean(0)), dim=-1).T
               - vn @ torch.nn.functional.normalize(model.encode_text(neg.mean(0)), dim=-1).T)
     out = {"recall": recall_at_k(t.numpy(), v.numpy()), "n": int(v.shape[0]), "text": t.numpy(), "volume": v.numpy(),
-           "scores": scores.numpy(), "classes": per_class_youden(scores.numpy(), data.targets.numpy(), data.mask.numpy())}
+           "scores": scores.numpy(),
+           "classes": per_class_youden(scores.numpy(), data.targets.numpy(), data.mask.numpy())}
     if len(data.snippet_of):
         which = torch.tensor(data.snippet_of)
         valid = feature_valid(data.valid)[which]

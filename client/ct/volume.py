@@ -40,7 +40,8 @@ class CTSpec:
             raise ValueError(f"ct window {self.window}: expected [low, high] HU with low < high")
 
     def key(self) -> str:
-        return f"s{'x'.join(f'{v:g}' for v in self.spacing)}-n{'x'.join(str(v) for v in self.size)}-w{self.window[0]:g}_{self.window[1]:g}"
+        return (f"s{'x'.join(f'{v:g}' for v in self.spacing)}-n{'x'.join(str(v) for v in self.size)}"
+                f"-w{self.window[0]:g}_{self.window[1]:g}")
 
 
 @dataclass

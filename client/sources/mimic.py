@@ -40,7 +40,8 @@ class MimicSource(Source):
             if split_path.exists():
                 st = self.table(split_path)
                 self.require_columns(st, split_path, ("dicom_id", "split"))
-                splits = {str(r["dicom_id"]): SPLIT_NAMES.get(str(r["split"]).strip().lower()) for r in st.to_dict("records")}
+                splits = {str(r["dicom_id"]): SPLIT_NAMES.get(str(r["split"]).strip().lower())
+                          for r in st.to_dict("records")}
         except TableError as exc:
             yield Rejection(exc.path, exc.message)
             return
@@ -55,7 +56,8 @@ class MimicSource(Source):
                 continue
             bad = {c: lab[c] for c in label_cols if str(lab[c]).strip() not in LABEL_VALUES}
             if bad:
-                yield Rejection(str(path), f"{labels_path.name}: unexpected label value(s) {bad} (expected 1.0, 0.0, -1.0 or blank)")
+                yield Rejection(str(path), f"{labels_path.name}: unexpected label value(s) {bad} (expected 1.0, 0.0, "
+                                           f"-1.0 or blank)")
                 continue
             positives, uncertain = [], []
             for col in label_cols:
@@ -70,7 +72,8 @@ class MimicSource(Source):
             if projection is None and view:
                 self.note(str(path), f"ViewPosition {view!r} has no PA/AP/lateral meaning; routed as unknown")
             yield Record(
-                source=self.kind, boxes=boxes.get(dicom_id, []), key=dicom_id, path=path, patient_key=subject, projection=projection,
+                source=self.kind, boxes=boxes.get(dicom_id, []), key=dicom_id, path=path, patient_key=subject,
+                projection=projection,
                 projection_method="metadata" if projection else "unknown", targets=target, mask=mask,
                 reader="raster", split=splits.get(dicom_id),
             )

@@ -91,7 +91,8 @@ class NIHSource(Source):
             target, mask = self.encode(terms)
             projection = harmonise_view(r["View Position"])
             yield Record(
-                source=self.kind, boxes=boxes.get(name, []), box_frame=frame, key=name, path=path, patient_key=_patient_key(r["Patient ID"]),
+                source=self.kind, boxes=boxes.get(name, []), box_frame=frame, key=name, path=path,
+                patient_key=_patient_key(r["Patient ID"]),
                 projection=projection, projection_method="metadata" if projection else "unknown",
                 targets=target, mask=mask, reader="raster",
             )

@@ -51,7 +51,8 @@ def iter_reports(location: Path) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every XML report in a folder or a .tgz archive, in a stable order."""
     if location.is_file() and location.name.endswith((".tgz", ".tar.gz")):
         with tarfile.open(location, "r:gz") as tar:
-            for m in sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")), key=lambda m: m.name):
+            for m in sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")),
+                            key=lambda m: m.name):
                 yield f"{location}!{m.name}", tar.extractfile(m).read()
     else:
         for p in sorted(location.glob("*.xml")):
@@ -106,7 +107,8 @@ class OpenISource(Source):
         boxes = self.load_boxes("boxes.csv")
         location = self._reports_location()
         if not location.exists():
-            yield Rejection(str(location), "no Open-i reports (expected an ecgen-radiology/ folder or NLMCXR_reports.tgz)")
+            yield Rejection(str(location),
+                            "no Open-i reports (expected an ecgen-radiology/ folder or NLMCXR_reports.tgz)")
             return
         images = self.root / self.option("images", "images")
         metadata = self._metadata()
@@ -120,11 +122,13 @@ class OpenISource(Source):
                 yield Rejection(name, "report lists no images (parentImage)")
                 continue
             if not report.sections["FINDINGS"]:
-                self.note(name, "empty FINDINGS section (labels still come from MeSH; text-based heads see IMPRESSION only)")
+                self.note(name,
+                          "empty FINDINGS section (labels still come from MeSH; text-based heads see IMPRESSION only)")
             target, mask = self._encode_mesh(report)
             text = " ".join(report.sections[s] for s in ("FINDINGS", "IMPRESSION") if report.sections[s])
             for image_id in report.images:
-                path = next((images / f"{image_id}{ext}" for ext in (".dcm", ".png") if (images / f"{image_id}{ext}").exists()),
+                path = next((images / f"{image_id}{ext}" for ext in (".dcm", ".png")
+                             if (images / f"{image_id}{ext}").exists()),
                             images / f"{image_id}.dcm")
                 meta = metadata.get(metadata_key(image_id)) or metadata.get(image_id)
                 projection, method, vendor = None, "unknown", ""
@@ -135,7 +139,8 @@ class OpenISource(Source):
                 if projection:
                     method = "metadata"
                 yield Record(
-                    source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path, patient_key=report.report_id, projection=projection,
+                    source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path,
+                    patient_key=report.report_id, projection=projection,
                     projection_method=method, targets=target, mask=mask, reader=reader, report=text or None,
                     vendor=vendor,
                 )

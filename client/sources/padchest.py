@@ -54,7 +54,8 @@ class PadChestSource(Source):
                 continue
             projection = harmonise_view(proj_raw)
             if projection is None:
-                yield Rejection(str(path), f"unknown Projection value {proj_raw!r} (expected PA, AP, AP_horizontal or L)")
+                yield Rejection(str(path),
+                                f"unknown Projection value {proj_raw!r} (expected PA, AP, AP_horizontal or L)")
                 continue
             try:
                 terms = parse_labels(str(r["Labels"]))
@@ -65,7 +66,8 @@ class PadChestSource(Source):
             bits = str(r.get("BitsStored_DICOM", "")).strip()
             method = str(r.get("MethodProjection", ""))
             yield Record(
-                source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path, patient_key=str(r["PatientID"]),
+                source=self.kind, boxes=boxes.get(image_id, []), key=image_id, path=path,
+                patient_key=str(r["PatientID"]),
                 projection=projection, projection_method="cnn" if "resnet" in method.lower() else "metadata",
                 targets=target, mask=mask, reader="raster",
                 bits_stored=int(float(bits)) if bits.replace(".", "", 1).isdigit() else None,

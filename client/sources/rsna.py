@@ -52,7 +52,8 @@ def read_rsna_labels(path: Path, notes: list[Note] | None = None) -> tuple[dict[
                 bad.append(Rejection(where, "Target 1 needs numeric x, y, width, height; box skipped, label kept"))
                 continue
             if w <= 0 or h <= 0:
-                bad.append(Rejection(where, f"box width {w:g} / height {h:g}; expected positive; box skipped, label kept"))
+                bad.append(Rejection(where,
+                                     f"box width {w:g} / height {h:g}; expected positive; box skipped, label kept"))
                 continue
             study.boxes.append((OPACITY, x, y, w, h))
     return studies, bad

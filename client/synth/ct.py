@@ -57,7 +57,8 @@ class CTCase:
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2 <= 1
+    return (((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
+            + ((x - centre[2]) / radii[2]) ** 2 <= 1)
 
 
 def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator,
@@ -73,7 +74,8 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     hu[:, body] = BODY_HU
     z_top = nz * rng.uniform(0.9, 1.0)
     for side in (-1, 1):  # lungs: the upper 85 % of the volume
-        lung = _ellipsoid(shape, (z_top * 0.55, cy - by * 0.05, cx + side * bx * 0.45), (z_top * 0.45, by * 0.7, bx * 0.35))
+        lung = _ellipsoid(shape, (z_top * 0.55, cy - by * 0.05, cx + side * bx * 0.45),
+                          (z_top * 0.45, by * 0.7, bx * 0.35))
         hu[lung] = -850.0
     labels = (rng.random(len(classes)) < np.array([FINDINGS[c][3] * prevalence for c in classes])).astype(np.float32)
     heart_scale = 1.45 if labels[classes.index("Cardiomegaly")] else 1.0
@@ -104,7 +106,8 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     rng.shuffle(sentences)
     found = [FINDINGS[c][4] for c, p in zip(classes, labels) if p]
     impressions = ("; ".join(found).capitalize() + ".") if found else "No acute cardiopulmonary abnormality."
-    return CTCase(hu, spacing, labels, depth, "Trachea and main bronchi are patent. " + " ".join(sentences), impressions)
+    return CTCase(hu, spacing, labels, depth,
+                  "Trachea and main bronchi are patent. " + " ".join(sentences), impressions)
 
 
 def _cases(n: int, shape, spacing, seed: int, name: str):
@@ -121,7 +124,7 @@ def write_ct_rate(out: Path, name: str, n: int, shape, spacing, seed: int) -> No
 
     classes = load_label_set("ctrate18").classes
     rows = {"train": ([], [], []), "valid": ([], [], [])}
-    for i, case, rng in _cases(n, shape, spacing, seed, name):
+    for i, case, _rng in _cases(n, shape, spacing, seed, name):
         split = "valid" if i % 5 == 4 else "train"
         vol = f"{split}_{i + 1}_a_1"
         path = out / "dataset" / f"{split}_fixed" / f"{split}_{i + 1}" / f"{split}_{i + 1}_a" / f"{vol}.nii.gz"
@@ -197,7 +200,8 @@ CT_WRITERS = {"ct-rate": write_ct_rate, "dicom-ct": write_dicom_ct}
 
 
 def synthesize_ct_site(out_dir: Path, fmt: str, name: str, n_volumes: int = 40,
-                       shape: tuple[int, int, int] = (40, 64, 64), spacing: tuple[float, float, float] = (5.0, 5.0, 5.0),
+                       shape: tuple[int, int, int] = (40, 64, 64),
+                       spacing: tuple[float, float, float] = (5.0, 5.0, 5.0),
                        seed: int = 0) -> Path:
     """Write one CT site (data under ``out_dir/data``) and its ``site.toml``; returns the toml path."""
     if fmt not in CT_WRITERS:

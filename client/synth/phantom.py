@@ -182,7 +182,8 @@ def render(
         ys, xs = np.nonzero(m > 0.2)
         if len(xs):
             f = size / n
-            boxes.append((spec.name, xs.min() * f, ys.min() * f, (xs.max() - xs.min() + 1) * f, (ys.max() - ys.min() + 1) * f))
+            boxes.append((spec.name, xs.min() * f, ys.min() * f, (xs.max() - xs.min() + 1) * f,
+                          (ys.max() - ys.min() + 1) * f))
     img = np.clip(img, 0.0, 1.0)
     if device.blur_factor > 1:
         img = np.kron(img, np.ones((device.blur_factor, device.blur_factor)))[:size, :size]

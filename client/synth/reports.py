@@ -49,7 +49,8 @@ def _impression(spec: ClassSpec, named: bool) -> str:
 def write_report(findings: list[ClassSpec], rng: np.random.Generator,
                  held_out: frozenset[str] = frozenset()) -> dict[str, str]:
     """FINDINGS / IMPRESSION / INDICATION / COMPARISON sections in English; ``held_out`` classes unnamed."""
-    indication = str(rng.choice(["Cough.", "Shortness of breath.", "Chest pain.", "Preoperative evaluation.", "Fever."]))
+    indication = str(rng.choice(["Cough.", "Shortness of breath.", "Chest pain.",
+                                 "Preoperative evaluation.", "Fever."]))
     comparison = str(rng.choice(["None.", "Prior radiograph XXXX.", "None available."]))
     if not findings:
         return {

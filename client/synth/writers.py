@@ -81,7 +81,8 @@ def write_padchest(images: Iterable[SynthImage], root: Path, site: str, rng: np.
     for img in images:
         pid = patient_ids.setdefault(img.patient, str(rng.integers(10**17, 10**18)) + str(rng.integers(10**17, 10**18)))
         sid = study_ids.setdefault(img.study, str(rng.integers(10**17, 10**18)) + str(rng.integers(10**17, 10**18)))
-        image_id = f"{rng.integers(10**17, 10**18)}{rng.integers(10**17, 10**18)}_{''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), 6))}.png"
+        image_id = (f"{rng.integers(10**17, 10**18)}{rng.integers(10**17, 10**18)}_"
+                    f"{''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), 6))}.png")
         image_dir = img.index % 3
         twelve_bit = rng.random() < 0.5
         bits = 12 if twelve_bit else 16
@@ -93,9 +94,11 @@ def write_padchest(images: Iterable[SynthImage], root: Path, site: str, rng: np.
         labels = "[" + ", ".join(f"'{' ' * int(rng.random() < 0.3)}{t}'" for t in terms) + "]"
         row = {c: "" for c in PADCHEST_COLUMNS}
         row.update({
-            "ImageID": image_id, "ImageDir": image_dir, "StudyDate_DICOM": f"20{rng.integers(10, 18)}0{rng.integers(1, 10)}15",
+            "ImageID": image_id, "ImageDir": image_dir,
+            "StudyDate_DICOM": f"20{rng.integers(10, 18)}0{rng.integers(1, 10)}15",
             "StudyID": sid, "PatientID": pid, "PatientBirth": str(rng.integers(1930, 2000)),
-            "PatientSex_DICOM": str(rng.choice(["M", "F"])), "ViewPosition_DICOM": {"L": "LATERAL"}.get(projection, projection),
+            "PatientSex_DICOM": str(rng.choice(["M", "F"])),
+            "ViewPosition_DICOM": {"L": "LATERAL"}.get(projection, projection),
             "Projection": projection,
             "MethodProjection": "Manual review of DICOM fields" if rng.random() < 0.8 else "resnet-50.t7",
             "Pediatric": "No", "Modality_DICOM": "CR", "Manufacturer_DICOM": "SYNTHETIC",
@@ -133,7 +136,8 @@ def write_mimic(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
         if rng.random() < 0.02:
             view = ""  # missing ViewPosition, as in ~4 % of real rows
         meta.append([dicom_id, subject, study, "CHEST (PA AND LAT)", view, img.pixels.shape[0], img.pixels.shape[1],
-                     21800101, 120000.0, "CHEST (PA AND LAT)", {"LATERAL": "lateral", "LL": "left lateral"}.get(view, view.lower()), "Erect"])
+                     21800101, 120000.0, "CHEST (PA AND LAT)",
+                     {"LATERAL": "lateral", "LL": "left lateral"}.get(view, view.lower()), "Erect"])
         splits.append([dicom_id, study, subject])
         if study not in studies:
             positives = set(_positive_classes(img, label_set))
@@ -149,7 +153,8 @@ def write_mimic(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
             reports = root / "reports" / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
             reports.mkdir(parents=True, exist_ok=True)
             (reports / f"s{study}.txt").write_text(
-                "FINAL REPORT\n\n" + "".join(f" {k}: {img.report[k]}\n\n" for k in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")))
+                "FINAL REPORT\n\n" + "".join(f" {k}: {img.report[k]}\n\n"
+                                             for k in ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")))
         boxes += _boxes(dicom_id, img)
     with open(root / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -195,7 +200,8 @@ def write_openi(images: Iterable[SynthImage], root: Path, site: str, rng: np.ran
         mesh = ET.SubElement(e, "MeSH")
         terms = _source_terms("openi", _positive_classes(first, label_set), label_set, rng)
         for term in terms or ["No Indexing"]:
-            ET.SubElement(mesh, "major").text = term + (str(rng.choice(["", "/mild", "/left", "/right"])) if term != "normal" else "")
+            qualifier = str(rng.choice(["", "/mild", "/left", "/right"])) if term != "normal" else ""
+            ET.SubElement(mesh, "major").text = term + qualifier
         for image_id in image_ids[study]:
             pi = ET.SubElement(e, "parentImage", id=image_id)
             ET.SubElement(pi, "caption").text = "Chest radiograph."

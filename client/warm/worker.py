@@ -299,14 +299,16 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.warm.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV), help=f"Unix socket path (default ${SOCKET_ENV})")
+    parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV),
+                        help=f"Unix socket path (default ${SOCKET_ENV})")
     parser.add_argument("--preload", nargs="+", default=list(DEFAULT_PRELOAD), help="modules imported at start-up")
     parser.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES),
                         help="the project's top-level packages, checked against each task's FAB")
     parser.add_argument("--no-fab-check", action="store_true",
                         help="run every task on the preloaded code whatever FAB it ships (tests only)")
     parser.add_argument("--shim-dir", default=None,
-                        help="write the flwr-clientapp shim here first (the folder to put first on the SuperNode's PATH)")
+                        help="write the flwr-clientapp shim here first (the folder to put first on the "
+                             "SuperNode's PATH)")
     parser.add_argument("--entry", default=FLOWER_ENTRY, help="module:function a child runs (tests only)")
     args = parser.parse_args(argv)
     if not args.socket:

@@ -91,7 +91,7 @@ def zero_shot(ctx: RunContext, rnd: int, here: pd.DataFrame, site: str, proj: st
     agg = agg[(agg["round"] == rnd) & agg["site"].isna() & (agg["projection"] == "all")].set_index("name")["value"]
     rows = []
     for key, title in ZS_SETS.items():
-        get = lambda m: agg.get(f"zs_{key}_{m}")  # noqa: E731
+        get = lambda m, key=key: agg.get(f"zs_{key}_{m}")  # noqa: E731
         if get("mAUC") is not None:
             rows.append({"prompts": title, "mAUC": get("mAUC"), "mAUC 95% CI": _ci(get("mAUC_lo"), get("mAUC_hi")),
                          "mAP": get("mAP"), "mAP 95% CI": _ci(get("mAP_lo"), get("mAP_hi")), "mF1": get("mF1")})
@@ -109,7 +109,8 @@ def zero_shot(ctx: RunContext, rnd: int, here: pd.DataFrame, site: str, proj: st
         st.dataframe(pd.DataFrame(list(table.values())).round(4), hide_index=True, width="stretch")
         proxy = zs.loc[zs["name"] == f"zs_proxy_{metric}", "class_name"].unique().tolist()
         if proxy:
-            st.caption(f"Proxy classes (seen, hidden from the ASL branch, used for model selection): {', '.join(proxy)}")
+            st.caption(f"Proxy classes (seen, hidden from the ASL branch, used for model selection): "
+                       f"{', '.join(proxy)}")
 
 
 def _ci(lo, hi) -> str:

@@ -53,7 +53,8 @@ def render(ctx: RunContext) -> None:
 def _references(ctx: RunContext, pooled: pd.DataFrame) -> None:
     st.subheader("Federated vs local-only vs pooled")
     refs = ctx.references()
-    refs = refs[refs["site"].isna() & (refs["projection"] == "all") & (refs["name"] == "mAP")] if not refs.empty else refs
+    refs = (refs[refs["site"].isna() & (refs["projection"] == "all") & (refs["name"] == "mAP")]
+            if not refs.empty else refs)
     if refs.empty:
         st.info("No reference recorded for this run. The accuracy benchmark (`make bench`) records local-only and "
                 "pooled (centralised) training next to its federated run.")

@@ -43,5 +43,6 @@ def render(ctx: RunContext) -> None:
         return
     last_mode = modes.sort_values("round").groupby("site").tail(1)
     st.dataframe(pd.DataFrame({"site": last_mode["site"],
-                               "evaluation summary": [EVALUATION_MODES.get(int(v), str(v)) for v in last_mode["value"]]}),
+                               "evaluation summary": [EVALUATION_MODES.get(int(v), str(v))
+                                                      for v in last_mode["value"]]}),
                  hide_index=True, width="stretch")

@@ -48,7 +48,8 @@ def render(ctx: RunContext) -> None:
             "95% CI": _ci(get, f"box_ood_{k}_auroc")} for k, title in OOD_KINDS.items()]
     st.subheader("Out-of-distribution detection (mean log box radius)")
     st.dataframe(pd.DataFrame(ood).round(4), hide_index=True, width="stretch")
-    per_site = here[here["site"].notna() & here["name"].isin(["box_temperature", *(f"box_ood_{k}_auroc" for k in OOD_KINDS)])]
+    per_site = here[here["site"].notna() & here["name"].isin(["box_temperature",
+                                                              *(f"box_ood_{k}_auroc" for k in OOD_KINDS)])]
     if not per_site.empty:
         st.dataframe(per_site.pivot_table(index="site", columns="name", values="value").round(3), width="stretch")
     cm = ctx.classes(rnd)

@@ -179,7 +179,8 @@ class LocalConsortium:
         if self.insecure:
             cmd.append("--insecure")
         else:
-            cmd += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "superlink.pem"),
+            cmd += ["--ssl-ca-certfile", str(self.certs / "ca.crt"),
+                    "--ssl-certfile", str(self.certs / "superlink.pem"),
                     "--ssl-keyfile", str(self.certs / "superlink.key"), "--enable-supernode-auth"]
         proc = self._start("superlink", cmd)
         self._wait_port(proc)
@@ -406,8 +407,8 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"fedchest deploy local: {n_sites} sites, {'INSECURE (no TLS, no node authentication)' if insecure else 'TLS + SuperNode authentication'}; "
-          "SYNTHETIC data")
+    security = "INSECURE (no TLS, no node authentication)" if insecure else "TLS + SuperNode authentication"
+    print(f"fedchest deploy local: {n_sites} sites, {security}; SYNTHETIC data")
     run_dir = out / "run"
     (run_dir / "summary.json").unlink(missing_ok=True)
     t0 = time.perf_counter()

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
 
-__all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint", "Event", "Metric", "Reference", "Round", "Run", "Site"]
+__all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint",
+           "Event", "Metric", "Reference", "Round", "Run", "Site"]
 
 
 def resolve_db_url(default: str) -> str:
@@ -151,7 +152,8 @@ class Registry:
     def add_references(self, run_id: str, rows: Iterable[tuple]) -> int:
         """rows: (model, evaluating site or None, projection, name, value)."""
         objs = [Reference(run_id=run_id, model=model, site=site, projection=proj, name=name,
-                          value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value))
+                          value=(None if value is None or (isinstance(value, float) and math.isnan(value))
+                                 else float(value)))
                 for model, site, proj, name, value in rows]
         with Session(self.engine) as s, s.begin():
             s.add_all(objs)

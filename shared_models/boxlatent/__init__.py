@@ -1,4 +1,4 @@
-"""Box-latent head (MedSAM2-CXR Box-Latent, shared/docs/domain.md C9, read faithfully by construction since the
+"""Box-latent head (MedSAM2-CXR Box-Latent, read faithfully by construction since the
 paper's objective is not public): each image is a box (centre c, radius r) in a latent space on a frozen backbone;
 training classifies samples drawn inside the box, test time averages N samples (BL-TTA), the radius is an
 out-of-distribution score, boxes index similar cases. Framework-free (no flwr)."""

@@ -69,7 +69,8 @@ def corrupt(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     for i in range(b):
         for _ in range(2):
             bh, bw = int(h * float(_rand(1, gen, 0.2, 0.4))), int(w * float(_rand(1, gen, 0.2, 0.4)))
-            top, left = int(torch.randint(0, h - bh + 1, (1,), generator=gen)), int(torch.randint(0, w - bw + 1, (1,), generator=gen))
+            top, left = (int(torch.randint(0, h - bh + 1, (1,), generator=gen)),
+                         int(torch.randint(0, w - bw + 1, (1,), generator=gen)))
             y[i, :, top:top + bh, left:left + bw] = float(torch.rand(1, generator=gen) < 0.5)
         rows = torch.rand(h, generator=gen) < 0.08
         y[i, :, rows] = 0.0

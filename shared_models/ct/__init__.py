@@ -1,1 +1,1 @@
-"""The chest-CT vision-language model (RadFinder, domain.md C10): losses, metrics, and the 3D encoder."""
+"""The chest-CT vision-language model (after RadFinder): losses, metrics, and the 3D encoder."""

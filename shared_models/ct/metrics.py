@@ -28,7 +28,8 @@ def youden(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]
     last = np.r_[s[1:] != s[:-1], True]  # thresholds at distinct scores
     tpr, fpr = tp[last] / y.sum(), fp[last] / (~y).sum()
     pos, neg = scores[y], scores[~y]
-    auroc = float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+    auroc = float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                  / (len(pos) * len(neg)))
     best = int(np.argmax(tpr - fpr))
     tp_b, fp_b = tp[last][best], fp[last][best]
     fn_b = y.sum() - tp_b

@@ -1,4 +1,4 @@
-"""The CT vision-language model (RadFinder-style, domain.md C10) at CPU scale: a small 3D convolutional encoder
+"""The CT vision-language model (RadFinder-style) at CPU scale: a small 3D convolutional encoder
 stands in for the frozen SPECTRE ViT + feature combiner; the frozen MiniLM text encoder with a trainable adapter is
 the text side. The encoder keeps the axial axis at half the input depth, so a 32-slice volume at 6 mm gives 16
 depth positions of 12 mm, RadFinder's localisation resolution.

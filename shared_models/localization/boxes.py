@@ -1,4 +1,4 @@
-"""Box geometry, Hungarian matching and the DETR-style set loss of the prompt localiser (ChEX, domain.md C8).
+"""Box geometry, Hungarian matching and the DETR-style set loss of the prompt localiser (ChEX, Müller et al. 2024).
 
 Boxes are ``(cx, cy, w, h)`` relative to the image (0-1) unless a name says ``xyxy``. For one (image, prompt)
 pair the decoder proposes R regions, each a box and a presence logit. Supervision per pair:

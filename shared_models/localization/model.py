@@ -1,4 +1,4 @@
-"""Prompt-driven localiser after ChEX's DETR-style prompt detector (domain.md C8), CPU-sized.
+"""Prompt-driven localiser after ChEX's DETR-style prompt detector (Müller et al. 2024), CPU-sized.
 
 A text prompt (a pathology such as "left pleural effusion", embedded by the frozen MiniLM at the site) is
 projected to the decoder width and expanded into R region queries by adding R learned region tokens. A
@@ -74,8 +74,8 @@ class PromptLocalizer(nn.Module):
         return f.flatten(2).transpose(1, 2) + sine_positions(h, w, d).to(f)
 
     def forward(self, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 1, H, W), normalised as the classifier's input, and prompt embeddings (P, 384) -> boxes (B, P, R, 4) as relative
-        (cx, cy, w, h) and presence logits (B, P, R)."""
+        """Images (B, 1, H, W), normalised as the classifier's input, and prompt embeddings (P, 384) -> boxes
+        (B, P, R, 4) as relative (cx, cy, w, h) and presence logits (B, P, R)."""
         memory = self.patch_features(x)
         b, (p, r) = x.shape[0], (prompts.shape[0], self.regions)
         queries = (self.prompt_proj(prompts.to(memory))[:, None, :] + self.region_tokens[None]).reshape(1, p * r, -1)

@@ -1,5 +1,5 @@
-"""TRCGL-Net's feature-side parts (domain.md C5, C6): squeeze-and-excitation channel reweighting and CSRA's
-class-specific residual attention, on a backbone's spatial feature map.
+"""TRCGL-Net's feature-side parts (SE: Hu et al. 2018; CSRA: Zhu & Wu 2021): squeeze-and-excitation channel
+reweighting and CSRA's class-specific residual attention, on a backbone's spatial feature map.
 
 - ``SqueezeExcite``: z = GAP(X); s = sigmoid(W2 ReLU(W1 z)), W1: C -> C/r, W2: C/r -> C (r = 16); X * s.
 - ``CSRA``: per head, score = conv1x1(X) / ||w_c|| (B, C, HW); base = mean_HW(score); att = sum_HW softmax(T score)

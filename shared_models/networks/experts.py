@@ -69,7 +69,8 @@ class RoutedExperts(nn.Module):
         """Logits (B, C) for images ``x`` (B, 1, H, W) with projection indices (B,) in {-1, 0, 1, 2}."""
         return self.forward_with_router(x, projection)[0]
 
-    def forward_with_router(self, x: torch.Tensor, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_with_router(self, x: torch.Tensor,
+                            projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and the router's projection logits (B, 3), or None without a router."""
         router_logits = self.router(x) if self.router is not None else None
         out = x.new_zeros(x.shape[0], self.num_classes)

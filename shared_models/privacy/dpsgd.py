@@ -148,7 +148,7 @@ def clipped_gradient_sum(model: RoutedExperts, x: torch.Tensor, projection: torc
 
             run = _route_loss(model, route, loss_fn, offset, lambda prefix, module, x1: module(x1))
             by_param, values, norm = clipped_sum_per_layer(
-                _modules(model, route), x[sel], lambda xs: run(xs, y[sel], m[sel]), max_grad_norm)
+                _modules(model, route), x[sel], lambda xs, run=run, sel=sel: run(xs, y[sel], m[sel]), max_grad_norm)
             for p, g in by_param.items():
                 total[names[p]] += g
         else:

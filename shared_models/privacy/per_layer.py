@@ -16,9 +16,10 @@ norms), this engine instead
 
 Closed forms here: convolutions (depthwise ones as one grouped convolution), linear layers, timm's LayerNorm2d
 and ConvNeXt-V2's GRN; Opacus's samplers for GroupNorm / LayerNorm; any other parameter-holding leaf layer
-without buffers gets its per-sample gradient from Opacus's functorch fallback on that layer alone. Modules that hold parameters directly *and* have
-children (Swin's relative-position table, CaiT's class token and layer scales), or keep buffers next to
-parameters, are not handled: ``unsupported`` names them and ``dpsgd`` uses vmap for those members.
+without buffers gets its per-sample gradient from Opacus's functorch fallback on that layer alone. Modules that
+hold parameters directly *and* have children (Swin's relative-position table, CaiT's class token and layer
+scales), or keep buffers next to parameters, are not handled: ``unsupported`` names them and ``dpsgd`` uses vmap
+for those members.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text-conditioned image synthesis for tail classes (TRCGL-Net's generator, domain.md C7), CPU-sized."""
+"""Text-conditioned image synthesis for tail classes (TRCGL-Net's generator), CPU-sized."""
 
 from shared_models.synthesis.diffusion import ConditionalUNet, DiffusionSchedule, ddim_sample, diffusion_loss
 

@@ -2,7 +2,7 @@
 radiographs, conditioned on a text embedding (MiniLM of a class description).
 
 TRCGL-Net's abstract names a "learnable text-guided conditional diffusion" for tail classes and gives no details
-(domain.md C7, F). This is the textbook version at CPU scale: epsilon-prediction (Ho et al. 2020) with a linear
+(its abstract only). This is the textbook version at CPU scale: epsilon-prediction (Ho et al. 2020) with a linear
 beta schedule, a two-level U-Net with time and condition embeddings added in every residual block, condition
 dropout for classifier-free guidance (Ho & Salimans 2022), and deterministic DDIM sampling (Song et al. 2021).
 """

@@ -75,7 +75,8 @@ def zeroshot_spec(config: Mapping[str, Any], label_set: LabelSet) -> ZeroShotSpe
         proxy.append(by_key[name.lower()])
     return ZeroShotSpec(str(cfg["zeroshot-image-encoder"]), int(cfg["zeroshot-embed-dim"]), str(cfg["zeroshot-loss"]),
                         bool(cfg["zeroshot-text-adapter"]), float(cfg["zeroshot-weight"]), fusion, tuple(proxy),
-                        int(cfg["zeroshot-bootstrap"]), str(cfg["zeroshot-text-unit"]), bool(cfg["zeroshot-image-grad"]))
+                        int(cfg["zeroshot-bootstrap"]), str(cfg["zeroshot-text-unit"]),
+                        bool(cfg["zeroshot-image-grad"]))
 
 
 def spec_config(spec: ZeroShotSpec | None) -> dict[str, Any]:

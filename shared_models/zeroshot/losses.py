@@ -1,6 +1,6 @@
-"""Contrastive image-text losses (shared/docs/domain.md C3). Inputs are embeddings of matching pairs (row i of
-``image`` goes with row i of ``text``); both are L2-normalised here. In federated training the negatives of a
-batch come from one site's batch only (no cross-site all-gather)."""
+"""Contrastive image-text losses (CLIP, Radford et al. 2021; SigLIP, Zhai et al. 2023). Inputs are embeddings of
+matching pairs (row i of ``image`` goes with row i of ``text``); both are L2-normalised here. In federated training
+the negatives of a batch come from one site's batch only (no cross-site all-gather)."""
 
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ class DualBranch(RoutedExperts):
         if (image_encoder == "separate") != (head.image_encoder is not None):
             raise ValueError("image_encoder 'separate' needs a head with its own encoder, 'experts' one without")
         self.image_encoder_mode = image_encoder
-        self.backbone_grad = backbone_grad  # False: the contrastive loss trains the projections only (features detached)
+        # False: the contrastive loss trains the projections only (features detached)
+        self.backbone_grad = backbone_grad
         self.zeroshot = head
 
     def forward_dual(self, x: torch.Tensor, projection: torch.Tensor
@@ -108,7 +109,8 @@ class DualBranch(RoutedExperts):
         if self.image_encoder_mode == "separate":
             logits, router_logits = self.forward_with_router(x, projection)
             feats = self.zeroshot.image_encoder(x)
-            return logits, router_logits, self.zeroshot.image_proj["encoder"](feats if self.backbone_grad else feats.detach())
+            features = feats if self.backbone_grad else feats.detach()
+            return logits, router_logits, self.zeroshot.image_proj["encoder"](features)
         proj = self.zeroshot.image_proj
         router_logits = self.router(x) if self.router is not None else None
         out = x.new_zeros(x.shape[0], self.num_classes)

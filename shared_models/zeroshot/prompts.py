@@ -63,7 +63,8 @@ def load_prompt_bank(label_set: str = "cxrlt2026", path: str | Path | None = Non
     if path is None:
         ref = resources.files("shared_models.zeroshot") / "data" / f"prompts_{label_set}.toml"
         if not ref.is_file():
-            raise PromptError(f"no packaged prompt bank for label set {label_set!r} (expected data/prompts_{label_set}.toml)")
+            raise PromptError(f"no packaged prompt bank for label set {label_set!r} (expected "
+                              f"data/prompts_{label_set}.toml)")
         text, where = ref.read_text(encoding="utf-8"), f"prompts_{label_set}.toml"
     else:
         where = str(path)

@@ -1,4 +1,4 @@
-"""CheXzero's zero-shot scoring (shared/docs/domain.md C2): per class, prompt embeddings are L2-normalised,
+"""CheXzero's zero-shot scoring (Tiu et al. 2022): per class, prompt embeddings are L2-normalised,
 averaged and re-normalised; an image's probability for the class is the softmax of its cosine similarities to
 the positive and the negative class embedding (no temperature): p = exp(s+) / (exp(s+) + exp(s-))."""
 
