@@ -20,7 +20,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from client.records import from_record
-from shared_models.wire import INDEX
+from shared_models.wire import BUNDLE
 
 log = logging.getLogger("fedchest.site")
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;]+){2,}[\\/]?")
@@ -47,7 +47,7 @@ def _describe(reply: Message) -> dict:
 def _tensors(record) -> dict[str, list]:
     """Name -> [dtype, shape] of each tensor a record carries: those in its pack (shared_models/wire.py), or the
     record's own Arrays when it is not a pack (SecAgg+'s legacy messages)."""
-    if INDEX not in record:
+    if BUNDLE not in record:
         return {k: [a.dtype, list(a.shape)] for k, a in record.items()}
     return {k: [str(v.dtype), list(v.shape)] for k, v in from_record(record).items()}
 

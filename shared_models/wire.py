@@ -12,9 +12,19 @@ A pack is a mapping of names to 1-D C-contiguous NumPy arrays:
 
 ``unpack`` returns zero-copy views (slices of the buffers, reshaped) and refuses anything else with a
 ``WireError`` saying what is wrong, so a receiver can reject a malformed pack as it rejects any bad update.
-No flwr here: each buffer travels as one Flower ``Array`` (``.npy`` bytes, shared_models/npy.py);
-server/records.py and client/records.py build the ArrayRecord from ``wire_arrays`` and read one with
-``read_arrays``.
+On the wire the buffers of a pack, its index included, travel together as ONE Flower ``Array`` (``pack/bundle``,
+``.npy`` bytes of a uint8 array, shared_models/npy.py): every Flower object is a request at every hop of a deployed
+link (ServerApp -> SuperLink -> SuperNode -> ClientApp and back), and one Array is two objects (itself and its 5 MiB
+chunks) where a buffer each was two per buffer. A bundle is
+
+* 8 bytes: the length H of its header, little-endian unsigned;
+* H bytes of UTF-8 JSON ``{"format": "fedchest-bundle", "version": 1, "buffers": [[name, dtype, offset,
+  count], ...]}``, ``offset`` in bytes from the start of the data (the first multiple of 64 at or after 8 + H);
+* the data: each buffer's bytes at its offset (a multiple of 64), in header order, without overlap.
+
+``unbundle`` returns the buffers as zero-copy views on the bundle (a ``WireError`` for anything else); ``unpack``
+then reads them as above. No flwr here: server/records.py and client/records.py build the ArrayRecord from
+``wire_arrays`` and read one with ``read_arrays``.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ VERSION = 1
 PREFIX = "pack/"
 INDEX = PREFIX + "index"
 REST = "rest"
+BUNDLE = PREFIX + "bundle"  # the one Flower Array a pack travels as
+BUNDLE_FORMAT, BUNDLE_VERSION = "fedchest-bundle", 1
+ALIGN = 64  # bytes: where each buffer of a bundle starts (zero-copy views of any dtype are aligned)
 
 
 class WireError(ValueError):
@@ -55,10 +68,9 @@ def _numpy(key: str, value: Any) -> np.ndarray:
     return value
 
 
-def iter_pack(state: MutableMapping[str, Any] | Mapping[str, Any], groups: Mapping[str, list[str]] | None = None,
-              consume: bool = False) -> Iterator[tuple[str, np.ndarray]]:
-    """The pack of ``state`` one buffer at a time, the index last. With ``consume``, each tensor is deleted from
-    ``state`` once copied into its buffer, so a sender never holds the state and the whole pack at once."""
+def _plan(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None
+          ) -> tuple[dict[str, np.ndarray], list[list], dict[str, int]]:
+    """(the state as NumPy arrays, the index entries, elements per buffer name in first-use order)."""
     owner: dict[str, str] = {}
     for group, keys in (groups or {}).items():
         for k in keys:
@@ -70,17 +82,34 @@ def iter_pack(state: MutableMapping[str, Any] | Mapping[str, Any], groups: Mappi
         name = buffer_name(owner.get(k, REST), np.dtype(v.dtype.name))
         entries.append([k, name, sizes.get(name, 0), list(v.shape), v.dtype.name])
         sizes[name] = sizes.get(name, 0) + v.size
+    return arrays, entries, sizes
+
+
+def _fill(buf: np.ndarray, name: str, arrays: dict[str, np.ndarray], entries: list[list],
+          state: MutableMapping[str, Any] | Mapping[str, Any], consume: bool) -> None:
+    for k, where, offset, _, _ in entries:
+        if where == name:
+            v = arrays.pop(k)
+            buf[offset:offset + v.size] = v.reshape(-1)
+            if consume:
+                del state[k]
+
+
+def _index_bytes(entries: list[list]) -> np.ndarray:
+    index = {"format": FORMAT, "version": VERSION, "entries": entries}
+    return np.frombuffer(json.dumps(index, separators=(",", ":")).encode(), np.uint8)
+
+
+def iter_pack(state: MutableMapping[str, Any] | Mapping[str, Any], groups: Mapping[str, list[str]] | None = None,
+              consume: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """The pack of ``state`` one buffer at a time, the index last. With ``consume``, each tensor is deleted from
+    ``state`` once copied into its buffer, so a sender never holds the state and the whole pack at once."""
+    arrays, entries, sizes = _plan(state, groups)
     for name, size in sizes.items():
         buf = np.empty(size, np.dtype(name.rsplit("/", 1)[1]))
-        for k, where, offset, _, _ in entries:
-            if where == name:
-                v = arrays.pop(k)
-                buf[offset:offset + v.size] = v.reshape(-1)
-                if consume:
-                    del state[k]
+        _fill(buf, name, arrays, entries, state, consume)
         yield name, buf
-    index = {"format": FORMAT, "version": VERSION, "entries": entries}
-    yield INDEX, np.frombuffer(json.dumps(index, separators=(",", ":")).encode(), np.uint8)
+    yield INDEX, _index_bytes(entries)
 
 
 def pack(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None) -> dict[str, np.ndarray]:
@@ -153,20 +182,113 @@ def unpack(buffers: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _bundle_frame(items: list[tuple[str, np.dtype, int]]) -> tuple[np.ndarray, list[tuple[str, np.dtype, int, int]]]:
+    """An empty bundle for buffers (name, dtype, elements) with its header written, and where each buffer goes:
+    (name, dtype, start byte, elements)."""
+    layout, offset = [], 0
+    for name, dt, count in items:
+        layout.append([name, dt.name, offset, int(count)])
+        offset = _aligned(offset + count * dt.itemsize)
+    header = json.dumps({"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "buffers": layout},
+                        separators=(",", ":")).encode()
+    start = _aligned(8 + len(header))
+    out = np.zeros(start + offset, np.uint8)
+    out[:8] = np.frombuffer(len(header).to_bytes(8, "little"), np.uint8)
+    out[8:8 + len(header)] = np.frombuffer(header, np.uint8)
+    return out, [(name, dt, start + at, count) for (name, dt, count), (_, _, at, _) in zip(items, layout)]
+
+
+def bundle(buffers: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Any named 1-D buffers as one bundle (``pack_bundle`` writes a pack's without making the buffers first)."""
+    out, places = _bundle_frame([(name, b.dtype, b.size) for name, b in buffers.items()])
+    for name, dt, at, count in places:
+        out[at:at + count * dt.itemsize].view(dt)[:] = np.asarray(buffers[name]).reshape(-1)
+    return out
+
+
+def pack_bundle(state: MutableMapping[str, Any] | Mapping[str, Any], groups: Mapping[str, list[str]] | None = None,
+                consume: bool = False) -> np.ndarray:
+    """The pack of ``state`` as one uint8 bundle (see the module), each tensor copied straight into its place; with
+    ``consume`` each leaves ``state`` once copied, so a sender never holds the state and the bundle at once."""
+    arrays, entries, sizes = _plan(state, groups)
+    index = _index_bytes(entries)
+    items = [(name, np.dtype(name.rsplit("/", 1)[1]), count) for name, count in sizes.items()]
+    out, places = _bundle_frame([*items, (INDEX, np.dtype(np.uint8), index.size)])
+    for name, dt, at, count in places:
+        view = out[at:at + count * dt.itemsize].view(dt)
+        if name == INDEX:
+            view[:] = index
+        else:
+            _fill(view, name, arrays, entries, state, consume)
+    return out
+
+
+def unbundle(data: np.ndarray) -> dict[str, np.ndarray]:
+    """The buffers of a bundle as zero-copy views on it; ``WireError`` saying what is wrong otherwise."""
+    raw = np.asarray(data)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise WireError(f"{BUNDLE}: expected a 1-D uint8 array, got {raw.dtype} of shape {raw.shape}")
+    if raw.size < 8:
+        raise WireError(f"{BUNDLE}: {raw.size} bytes, shorter than its 8-byte header length")
+    length = int.from_bytes(raw[:8].tobytes(), "little")
+    if 8 + length > raw.size:
+        raise WireError(f"{BUNDLE}: header of {length} bytes does not fit in {raw.size} bytes")
+    try:
+        header = json.loads(raw[8:8 + length].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"{BUNDLE}: header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != BUNDLE_FORMAT:
+        raise WireError(f"{BUNDLE}: expected a JSON object with format {BUNDLE_FORMAT!r}")
+    if header.get("version") != BUNDLE_VERSION:
+        raise WireError(f"{BUNDLE}: format version {header.get('version')!r}; this side reads version "
+                        f"{BUNDLE_VERSION}")
+    if not isinstance(header.get("buffers"), list):
+        raise WireError(f"{BUNDLE}: 'buffers' must be a list")
+    start, end, out = _aligned(8 + length), 0, {}
+    for i, e in enumerate(header["buffers"]):
+        if (not isinstance(e, list) or len(e) != 4 or not isinstance(e[0], str) or not isinstance(e[1], str)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e[2:])):
+            raise WireError(f"{BUNDLE} buffer {i}: expected [name, dtype, offset >= 0, count >= 0], got {str(e)[:120]}")
+        name, dtype, offset, count = e
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise WireError(f"{BUNDLE} buffer {name}: unknown dtype {dtype!r}") from None
+        if dt.kind not in "biufc":
+            raise WireError(f"{BUNDLE} buffer {name}: dtype {dtype} is not numeric")
+        if name in out:
+            raise WireError(f"{BUNDLE}: buffer {name} appears twice")
+        if offset % ALIGN or offset < end:
+            raise WireError(f"{BUNDLE} buffer {name}: offset {offset}, expected a multiple of {ALIGN} at or after "
+                            f"{end} (buffers follow each other)")
+        if start + offset + count * dt.itemsize > raw.size:
+            raise WireError(f"{BUNDLE} buffer {name}: bytes [{start + offset}, {start + offset + count * dt.itemsize})"
+                            f" are outside the bundle ({raw.size} bytes)")
+        out[name] = np.frombuffer(raw, dt, count, start + offset) if count else np.zeros(0, dt)
+        end = offset + count * dt.itemsize
+    return out
+
+
 def wire_arrays(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None, consume: bool
                 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, Flower ``Array`` fields) of each buffer of the pack, one at a time: a side makes ``Array(**fields)``."""
-    for name, buf in iter_pack(state, groups, consume):
-        yield name, npy_fields(buf)
+    """(name, Flower ``Array`` fields) of the one Array a pack travels as: a side makes ``Array(**fields)``."""
+    yield BUNDLE, npy_fields(pack_bundle(state, groups, consume))
 
 
 def read_arrays(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The state in a record of packed Flower Arrays (any mapping of Array-like objects) as views on their bytes
-    (read-only: copy before writing); ``WireError`` when the pack is malformed."""
-    buffers = {}
-    for name, a in record.items():
-        try:
-            buffers[name] = npy_view(a)
-        except (TypeError, ValueError, EOFError) as exc:  # another serialisation, or bytes that are not .npy
-            raise WireError(f"{name}: not a NumPy array ({str(exc)[:200]})") from None
-    return unpack(buffers)
+    """The state in a record holding a bundled pack (any mapping of Array-like objects) as views on its bytes
+    (read-only: copy before writing); ``WireError`` when the record or the pack is malformed."""
+    if BUNDLE not in record:
+        raise WireError(f"no {BUNDLE} array (got {sorted(record)[:3]}): not a fedchest pack")
+    if len(record) != 1:
+        raise WireError(f"a pack travels as the one array {BUNDLE}; the record also holds "
+                        f"{sorted(k for k in record if k != BUNDLE)[:3]}")
+    try:
+        data = npy_view(record[BUNDLE])
+    except (TypeError, ValueError, EOFError) as exc:  # another serialisation, or bytes that are not .npy
+        raise WireError(f"{BUNDLE}: not a NumPy array ({str(exc)[:200]})") from None
+    return unpack(unbundle(data))

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,6 +12,8 @@ from server.records import from_record, to_record
 from server.registry import Event, Metric, Registry
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
+from shared_models.npy import npy_fields
+from shared_models.wire import BUNDLE, bundle, pack
 
 
 def _reply(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
@@ -53,10 +55,11 @@ def test_a_malformed_pack_is_rejected_and_the_round_goes_on(tmp_path):
         return _reply(node, RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
                                         "site": ConfigRecord({"name": name})}))
 
-    bad = to_record({"router.w": torch.ones(2, 3)})
-    bad["pack/index"] = Array(np.frombuffer(b'{"format": "fedchest-pack", "version": 7}', np.uint8))
+    buffers = pack({"router.w": torch.ones(2, 3)})
+    buffers["pack/index"] = np.frombuffer(b'{"format": "fedchest-pack", "version": 7}', np.uint8)
+    bad = ArrayRecord({BUNDLE: Array(**npy_fields(bundle(buffers)))})
     no_index = to_record({"router.w": torch.ones(2, 3)})
-    del no_index["pack/index"]
+    no_index["pack/stray"] = no_index[BUNDLE]  # a pack travels as its bundle alone
     arrays, _ = strat.aggregate_train(1, [reply(1, "alpha", bad), reply(2, "beta", no_index),
                                           reply(3, "gamma", to_record({"router.w": torch.full((2, 3), 2.0)})),
                                           reply(4, "delta", to_record({}))])  # an empty pack: nothing to send
@@ -66,7 +69,8 @@ def test_a_malformed_pack_is_rejected_and_the_round_goes_on(tmp_path):
     assert [(k, site) for k, site, _ in events] == [("nothing_sent", "delta"), ("update_rejected", "alpha"),
                                                     ("update_rejected", "beta")]
     assert "malformed update: pack/index: format version 7; this side reads version 1" in events[1][2]
-    assert "malformed update: no pack/index array" in events[2][2]
+    assert "malformed update: a pack travels as the one array pack/bundle" in events[2][2]
+
 
 
 def test_error_line_keeps_what_went_wrong():

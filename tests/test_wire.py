@@ -16,7 +16,7 @@ from server import records as server_records
 from shared_models.networks import build_model
 from shared_models.npy import npy_fields, npy_view
 from shared_models.ontology import load_label_set
-from shared_models.wire import INDEX, WireError, pack, unpack
+from shared_models.wire import BUNDLE, INDEX, WireError, bundle, pack, pack_bundle, unbundle, unpack
 
 
 def _mixed_state() -> dict:
@@ -138,16 +138,77 @@ def test_a_malformed_pack_is_a_wire_error_saying_what_is_wrong(case):
 
 def test_a_record_whose_arrays_are_not_npy_is_a_wire_error():
     record = server_records.to_record({"g.a": np.zeros(2, np.float32)})
-    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="torch.Tensor", data=b"\0" * 8)
-    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+    record[BUNDLE] = Array(dtype="uint8", shape=(8,), stype="torch.Tensor", data=b"\0" * 8)
+    with pytest.raises(WireError, match="pack/bundle: not a NumPy array"):
         server_records.from_record(record)
-    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="torch.Tensor",
-                                     data=npy_fields(np.zeros(2, np.float32))["data"])  # .npy bytes, another stype
-    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+    record[BUNDLE] = Array(dtype="uint8", shape=(8,), stype="torch.Tensor",
+                           data=npy_fields(np.zeros(8, np.uint8))["data"])  # .npy bytes, another stype
+    with pytest.raises(WireError, match="pack/bundle: not a NumPy array"):
         server_records.from_record(record)
-    record["pack/g/float32"] = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"garbage")
-    with pytest.raises(WireError, match="pack/g/float32: not a NumPy array"):
+    record[BUNDLE] = Array(dtype="uint8", shape=(8,), stype="numpy.ndarray", data=b"garbage")
+    with pytest.raises(WireError, match="pack/bundle: not a NumPy array"):
         server_records.from_record(record)
+    with pytest.raises(WireError, match="no pack/bundle array"):
+        server_records.from_record({"pack/rest/float32": record[BUNDLE]})
+    with pytest.raises(WireError, match=r"the record also holds \['x'\]"):
+        server_records.from_record({BUNDLE: record[BUNDLE], "x": record[BUNDLE]})
+
+
+def _bundle_with(header: dict | bytes, tail: bytes = b"") -> np.ndarray:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    start = -(-(8 + len(raw)) // 64) * 64
+    return np.frombuffer(len(raw).to_bytes(8, "little") + raw + b"\0" * (start - 8 - len(raw)) + tail, np.uint8)
+
+
+def _bad_bundles() -> dict[str, tuple[np.ndarray, str]]:
+    head = {"format": "fedchest-bundle", "version": 1}
+
+    def one(entry) -> np.ndarray:
+        return _bundle_with({**head, "buffers": [entry]}, b"\1" * 64)
+
+    return {
+        "2-d": (np.zeros((2, 8), np.uint8), "expected a 1-D uint8 array"),
+        "short": (np.zeros(5, np.uint8), "5 bytes, shorter than its 8-byte header length"),
+        "header past the end": (np.frombuffer((99).to_bytes(8, "little") + b"{}", np.uint8),
+                                "header of 99 bytes does not fit in 10 bytes"),
+        "not json": (_bundle_with(b"{nope"), "header is not valid UTF-8 JSON"),
+        "format": (_bundle_with({"format": "other"}), "format 'fedchest-bundle'"),
+        "version": (_bundle_with({**head, "version": 2}), "format version 2; this side reads version 1"),
+        "buffers not a list": (_bundle_with({**head, "buffers": {}}), "'buffers' must be a list"),
+        "short entry": (one(["a", "uint8", 0]), "buffer 0: expected [name, dtype, offset >= 0, count >= 0]"),
+        "negative count": (one(["a", "uint8", 0, -1]), "buffer 0: expected"),
+        "bool offset": (one(["a", "uint8", True, 1]), "buffer 0: expected"),
+        "unknown dtype": (one(["a", "float99", 0, 1]), "buffer a: unknown dtype 'float99'"),
+        "not numeric": (one(["a", "object", 0, 1]), "buffer a: dtype object is not numeric"),
+        "unaligned": (one(["a", "uint8", 8, 1]), "buffer a: offset 8, expected a multiple of 64 at or after 0"),
+        "outside": (one(["a", "float64", 0, 9]), "are outside the bundle"),
+        "overlap": (_bundle_with({**head, "buffers": [["a", "uint8", 0, 65], ["b", "uint8", 64, 1]]}, b"\1" * 192),
+                    "buffer b: offset 64, expected a multiple of 64 at or after 65"),
+        "twice": (_bundle_with({**head, "buffers": [["a", "uint8", 0, 1], ["a", "uint8", 64, 1]]}, b"\1" * 128),
+                  "buffer a appears twice"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_bundles()))
+def test_a_malformed_bundle_is_a_wire_error_saying_what_is_wrong(case):
+    data, message = _bad_bundles()[case]
+    with pytest.raises(WireError, match=__import__("re").escape(message)):
+        unbundle(data)
+
+
+def test_a_bundle_holds_each_buffer_at_an_aligned_offset_as_a_view():
+    buffers = pack(_mixed_state(), {"a": ["a.w", "a.h", "a.n"]})
+    data = bundle(buffers)
+    out = unbundle(data)
+    assert list(out) == list(buffers)
+    for name, buf in buffers.items():
+        assert out[name].dtype == buf.dtype and np.array_equal(out[name], buf), name
+        if out[name].size:  # an empty buffer is its own empty array
+            assert np.shares_memory(out[name], data), name
+            assert (out[name].ctypes.data - data.ctypes.data) % 64 == 0 and out[name].flags.aligned, name
+    assert unpack(out).keys() == unpack(buffers).keys()
+    whole = pack_bundle(_mixed_state(), {"a": ["a.w", "a.h", "a.n"]})
+    assert np.array_equal(whole, data)  # written in place, the same bytes as bundling the pack
 
 
 def test_pack_refuses_what_it_cannot_send():
@@ -159,12 +220,14 @@ def test_pack_refuses_what_it_cannot_send():
         pack({"k": torch.zeros(2, dtype=torch.bfloat16)})
 
 
-def test_a_model_message_is_one_array_per_dtype_plus_the_index():
+def test_a_model_message_is_one_bundle_of_a_buffer_per_dtype_and_the_index():
     state = build_model("tiny", load_label_set("cxrlt2026").num_seen, image_size=64).state_dict()
     record = server_records.to_record(state)
     dtypes = {str(v.dtype).removeprefix("torch.") for v in state.values()}
-    assert len(state) > 300 and sorted(record) == sorted([INDEX, *(f"pack/rest/{d}" for d in dtypes)])
-    assert sorted(client_records.to_record(state)) == sorted(record)  # both sides send the same shape
+    assert len(state) > 300 and list(record) == [BUNDLE]
+    inside = unbundle(npy_view(record[BUNDLE]))
+    assert sorted(inside) == sorted([INDEX, *(f"pack/rest/{d}" for d in dtypes)])
+    assert list(client_records.to_record(state)) == [BUNDLE]  # both sides send the same shape
     out = server_records.from_record(record)
     assert list(out) == list(state) and all(torch.equal(torch.from_numpy(out[k].copy()), v) for k, v in state.items())
 
