@@ -62,7 +62,9 @@ def _phases(agg) -> None:
     rows = rows.assign(stage=parts[1], phase=parts[2])
     st.subheader("Where a round's time goes (seconds, by phase)")
     st.caption("Per stage, the slowest site's reply in each round: from the server's push to its pull of the reply. "
-               "Across hosts the figures include the hosts' clock offset.")
+               "Across hosts the figures include the hosts' clock offset. With evaluate-with-train (the default) a "
+               "train reply also carries the evaluation of the round before's model, and only the last round has "
+               "an evaluate stage of its own.")
     for stage in ("train", "evaluate"):
         part = rows[(rows["stage"] == stage) & rows["site"].notna()]
         if part.empty:
