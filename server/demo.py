@@ -212,7 +212,8 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
 
 def zero_shot_site_lines(last: dict) -> str:
     """Per site, each prompt family's mAUC [95 % bootstrap interval] on the held-out classes and the positives it
-    was scored on; a site that released none says so."""
+    was scored on, both from the score histograms the site released (as the pooled figures); a site that released
+    none says so."""
     fams = [f for f in PROMPT_SETS if f in last]
     lines = ["  per site (mAUC [95 % bootstrap interval] over the held-out classes the site released):"]
     for site in last[fams[0]]["sites"]:
@@ -224,7 +225,7 @@ def zero_shot_site_lines(last: dict) -> str:
         figures = []
         for f in fams:
             ci = last[f]["site_ci"][site].get("mAUC", [None, None])
-            figures.append(f"{f} {fmt(last[f]['sites'][site]['all']['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}]")
+            figures.append(f"{f} {fmt(last[f]['site_released'][site]['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}]")
         lines.append(f"    {site:<20} " + "; ".join(figures) + f"  ({sum(n_pos.values())} positives of "
                      f"{len(n_pos)} classes)")
     return "\n".join(lines)

@@ -31,13 +31,15 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
     """Registry rows ``(site, scope, class, metric, value, n)`` with metrics named ``zs_<set>_<metric>`` and the
     round's zero-shot summary: ``{set: {"pooled": {scope: {mAP, mAUC, mF1}}, "ci": {mAUC: [lo, hi], ...},
     "sites": {site: {scope: {...}}}, "n_pos": {class: n}, "site_ci": {site: {mAUC: [lo, hi], ...}},
-    "site_n_pos": {site: {class: n}}}}``: intervals over scope 'all', pooled and per site (``{}`` where no
-    positive was scored)."""
+    "site_n_pos": {site: {class: n}}, "site_released": {site: {mAP, mAUC, mF1}}}}``: intervals over scope 'all',
+    pooled and per site (``{}`` where no positive was scored). ``sites`` holds each site's exact figures;
+    ``site_released`` the macro means of the score histograms it released (bins merged under its small-count
+    rule), the figures its interval is drawn around, like the pooled ones."""
     rows: list[tuple] = []
     out: dict = {}
     for name, classes in sets.items():
         entry: dict = {"classes": list(classes), "pooled": {}, "sites": {}, "ci": {}, "n_pos": {}, "site_ci": {},
-                       "site_n_pos": {}}
+                       "site_n_pos": {}, "site_released": {}}
         for site, families in site_evals.items():
             entry["sites"][site] = {}
             for scope, ev in families[name].items():
@@ -48,6 +50,8 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
                          for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
             ev = families[name]["all"]
             entry["site_n_pos"][site] = {cls: int(v) for cls, v in zip(classes, ev.hist_pos.sum(1))}
+            entry["site_released"][site] = (summarise(spec.metrics(ev.hist_pos, ev.hist_neg)) if ev.hist_pos.sum()
+                                            else {k: float("nan") for k in MACRO})
             ci, ci_rows = _intervals(ev.hist_pos, ev.hist_neg, ev.n, spec, replicates, seed, site, name)
             entry["site_ci"][site] = ci
             rows += ci_rows
