@@ -224,7 +224,7 @@ def bootstrap_macro(pos_hist: np.ndarray, neg_hist: np.ndarray, spec: HistogramS
         # Only the bins holding a score can be redrawn, and empty bins neither rank nor consume the generator's
         # draws, so the bootstrap runs on those (and the last bin, which takes a multinomial's remainder): the same
         # draws as over all bins, ~20x less work with 1,000 bins. The replicates' metrics come as one array op.
-        used = np.union1d(np.flatnonzero(p + n), [spec.bins - 1])
+        used = np.union1d(np.flatnonzero(p + n), [len(p) - 1])
         ps = rng.multinomial(n_pos, p[used] / n_pos, size=replicates)
         ns = rng.multinomial(n_neg, n[used] / n_neg, size=replicates) if n_neg else np.zeros_like(ps)
         values["mAP"][:, j], values["mAUC"][:, j] = _ranking_metrics_rows(ps[:, ::-1], ns[:, ::-1])
