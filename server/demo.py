@@ -17,6 +17,7 @@ from pathlib import Path
 
 from server.report import fmt
 from server.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
+from server.zeroshot_eval import PROMPT_SETS
 
 FORMATS = ("padchest", "mimic", "openi", "dicom")
 SITE_NAMES = {"padchest": "alicante-general", "mimic": "boston-icu", "openi": "indiana-outpatient",
@@ -177,6 +178,7 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
             scored = ", ".join(f"{c} {n}" for c, n in npos.items() if n) or "none (too few positives at every site)"
             print(f"  {name:<12} mAUC {fmt(p['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}]  mAP {fmt(p['mAP'])}"
                   f"  (positives scored: {scored})")
+        print(zero_shot_site_lines(zs["last"]))
         scored = sum(zs["last"]["descriptive"]["n_pos"].values())
         if scored < 30:
             print(f"  only {scored} held-out positives were scored: too few for these figures to mean much (at "
@@ -207,6 +209,27 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
     print(f"checkpoints: {summary['checkpoints']}")
     print(f"dashboard:   .venv/bin/fedchest dashboard --db {summary['db_url']}  (then open http://localhost:8501)")
     return summary
+
+
+def zero_shot_site_lines(last: dict) -> str:
+    """Per site, each prompt family's mAUC [95 % bootstrap interval] on the held-out classes and the positives it
+    was scored on, both from the score histograms the site released (as the pooled figures); a site that released
+    none says so."""
+    fams = [f for f in PROMPT_SETS if f in last]
+    lines = ["  per site (mAUC [95 % bootstrap interval] over the held-out classes the site released):"]
+    for site in last[fams[0]]["sites"]:
+        n_pos = {c: n for c, n in last[fams[0]].get("site_n_pos", {}).get(site, {}).items() if n}
+        if not n_pos:
+            lines.append(f"    {site:<20} none released (a site sends no figure for a class its labels cannot "
+                         "express or that has fewer than its min_count test positives)")
+            continue
+        figures = []
+        for f in fams:
+            ci = last[f]["site_ci"][site].get("mAUC", [None, None])
+            figures.append(f"{f} {fmt(last[f]['site_released'][site]['mAUC'])} [{fmt(ci[0])}, {fmt(ci[1])}]")
+        lines.append(f"    {site:<20} " + "; ".join(figures) + f"  ({sum(n_pos.values())} positives of "
+                     f"{len(n_pos)} classes)")
+    return "\n".join(lines)
 
 
 def tail_synthesis_line(summary: dict) -> str:

@@ -30,11 +30,16 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
                     ) -> tuple[list[tuple], dict]:
     """Registry rows ``(site, scope, class, metric, value, n)`` with metrics named ``zs_<set>_<metric>`` and the
     round's zero-shot summary: ``{set: {"pooled": {scope: {mAP, mAUC, mF1}}, "ci": {mAUC: [lo, hi], ...},
-    "sites": {site: {scope: {...}}}, "n_pos": {class: n}}}``."""
+    "sites": {site: {scope: {...}}}, "n_pos": {class: n}, "site_ci": {site: {mAUC: [lo, hi], ...}},
+    "site_n_pos": {site: {class: n}}, "site_released": {site: {mAP, mAUC, mF1}}}}``: intervals over scope 'all',
+    pooled and per site (``{}`` where no positive was scored). ``sites`` holds each site's exact figures;
+    ``site_released`` the macro means of the score histograms it released (bins merged under its small-count
+    rule), the figures its interval is drawn around, like the pooled ones."""
     rows: list[tuple] = []
     out: dict = {}
     for name, classes in sets.items():
-        entry: dict = {"classes": list(classes), "pooled": {}, "sites": {}, "ci": {}, "n_pos": {}}
+        entry: dict = {"classes": list(classes), "pooled": {}, "sites": {}, "ci": {}, "n_pos": {}, "site_ci": {},
+                       "site_n_pos": {}, "site_released": {}}
         for site, families in site_evals.items():
             entry["sites"][site] = {}
             for scope, ev in families[name].items():
@@ -43,6 +48,13 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
                 rows += [(site, scope, None, f"zs_{name}_{k}", v, ev.n) for k, v in s.items()]
                 rows += [(site, scope, cls, f"zs_{name}_{k}", float(ev.per_class[k][j]), int(ev.per_class["n_pos"][j]))
                          for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
+            ev = families[name]["all"]
+            entry["site_n_pos"][site] = {cls: int(v) for cls, v in zip(classes, ev.hist_pos.sum(1))}
+            entry["site_released"][site] = (summarise(spec.metrics(ev.hist_pos, ev.hist_neg)) if ev.hist_pos.sum()
+                                            else {k: float("nan") for k in MACRO})
+            ci, ci_rows = _intervals(ev.hist_pos, ev.hist_neg, ev.n, spec, replicates, seed, site, name)
+            entry["site_ci"][site] = ci
+            rows += ci_rows
         for scope in SCOPES:
             evs = [families[name][scope] for families in site_evals.values()]
             pos, neg = sum(e.hist_pos for e in evs), sum(e.hist_neg for e in evs)
@@ -55,14 +67,22 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
                      for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
             if scope == "all":
                 entry["n_pos"] = {cls: int(v) for cls, v in zip(classes, pc["n_pos"])}
-                if n and replicates > 0:
-                    ci = bootstrap_macro(pos, neg, spec, replicates, seed)
-                    entry["ci"] = {k: list(v) for k, v in ci.items()}
-                    for k, (lo, hi) in ci.items():
-                        rows += [(None, scope, None, f"zs_{name}_{k}_lo", lo, n),
-                                 (None, scope, None, f"zs_{name}_{k}_hi", hi, n)]
+                entry["ci"], ci_rows = _intervals(pos, neg, n, spec, replicates, seed, None, name)
+                rows += ci_rows
         out[name] = entry
     return rows, out
+
+
+def _intervals(pos: np.ndarray, neg: np.ndarray, n: int, spec: HistogramSpec, replicates: int, seed: int,
+               site: str | None, name: str) -> tuple[dict, list[tuple]]:
+    """95 % bootstrap intervals of the macro means over scope 'all' (``{}`` when nothing was scored) and their
+    registry rows (``site`` None: pooled)."""
+    if not (n and replicates > 0 and pos.sum()):
+        return {}, []
+    ci = bootstrap_macro(pos, neg, spec, replicates, seed)
+    rows = [(site, "all", None, f"zs_{name}_{k}_{end}", v, n) for k, bounds in ci.items()
+            for end, v in zip(("lo", "hi"), bounds)]
+    return {k: list(v) for k, v in ci.items()}, rows
 
 
 def proxy_score(summary: Mapping) -> float | None:

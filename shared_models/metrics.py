@@ -29,20 +29,26 @@ METRIC_NAMES = ("ap", "auroc", "f1")
 
 def _ranking_metrics(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
     """AP and AUROC from per-threshold counts ordered from the highest score to the lowest."""
+    ap, auroc = _ranking_metrics_rows(np.asarray(pos)[None], np.asarray(neg)[None])
+    return float(ap[0]), float(auroc[0])
+
+
+def _ranking_metrics_rows(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP and AUROC of each row of (R, B) per-threshold counts, ordered from the highest score to the lowest (the
+    bootstrap's replicates in one call: one call per replicate took ~0.8 s per zero-shot family and round)."""
     pos = np.asarray(pos, dtype=np.float64)
     neg = np.asarray(neg, dtype=np.float64)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    ap = auroc = float("nan")
-    if n_pos > 0:
-        tp = np.cumsum(pos)
-        fp = np.cumsum(neg)
-        keep = pos > 0  # recall only increases where positives sit
-        precision = tp[keep] / (tp[keep] + fp[keep])
-        ap = float(np.sum(pos[keep] / n_pos * precision))
-    if n_pos > 0 and n_neg > 0:
-        # Mann-Whitney with ties = trapezoidal ROC area: P(s+ > s-) + 0.5 P(s+ = s-).
-        neg_above = np.cumsum(neg) - neg  # negatives strictly above each threshold group
-        auroc = float(np.sum(pos * (n_neg - neg_above - 0.5 * neg)) / (n_pos * n_neg))
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # recall only increases where positives sit; there tp > 0
+        precision = np.where(pos > 0, tp / np.where(pos > 0, tp + fp, 1.0), 0.0)
+        ap = (pos * precision).sum(1) / n_pos
+        # Mann-Whitney with ties = trapezoidal ROC area: P(s+ > s-) + 0.5 P(s+ = s-); fp - neg: negatives strictly
+        # above each threshold group
+        auroc = (pos * (n_neg[:, None] - (fp - neg) - 0.5 * neg)).sum(1) / (n_pos * n_neg)
+    ap[n_pos == 0] = np.nan
+    auroc[(n_pos == 0) | (n_neg == 0)] = np.nan
     return ap, auroc
 
 
@@ -215,13 +221,16 @@ def bootstrap_macro(pos_hist: np.ndarray, neg_hist: np.ndarray, spec: HistogramS
         n_pos, n_neg = int(p.sum()), int(n.sum())
         if n_pos == 0:
             continue
-        ps = rng.multinomial(n_pos, p / n_pos, size=replicates)
-        ns = rng.multinomial(n_neg, n / n_neg, size=replicates) if n_neg else np.zeros_like(ps)
-        for r in range(replicates):
-            ap, auc = _ranking_metrics(ps[r, ::-1], ns[r, ::-1])
-            values["mAP"][r, j], values["mAUC"][r, j] = ap, auc
-            tp, fp = ps[r, half:].sum(), ns[r, half:].sum()
-            values["mF1"][r, j] = _f1(tp, fp, n_pos - tp)
+        # Only the bins holding a score can be redrawn, and empty bins neither rank nor consume the generator's
+        # draws, so the bootstrap runs on those (and the last bin, which takes a multinomial's remainder): the same
+        # draws as over all bins, ~20x less work with 1,000 bins. The replicates' metrics come as one array op.
+        used = np.union1d(np.flatnonzero(p + n), [len(p) - 1])
+        ps = rng.multinomial(n_pos, p[used] / n_pos, size=replicates)
+        ns = rng.multinomial(n_neg, n[used] / n_neg, size=replicates) if n_neg else np.zeros_like(ps)
+        values["mAP"][:, j], values["mAUC"][:, j] = _ranking_metrics_rows(ps[:, ::-1], ns[:, ::-1])
+        upper = used >= half
+        tp, fp = ps[:, upper].sum(1), ns[:, upper].sum(1)
+        values["mF1"][:, j] = 2 * tp / (2 * tp + fp + (n_pos - tp))  # > 0: n_pos > 0
     alpha = (1 - level) / 2
     out = {}
     for k, v in values.items():

@@ -226,6 +226,23 @@ def test_server_pools_zero_shot_summaries_like_one_site():
         assert summary[name]["pooled"]["all"]["mAUC"] == pytest.approx(float(np.nanmean(direct["auroc"])), abs=0.02)
         lo, hi = summary[name]["ci"]["mAUC"]
         assert lo <= summary[name]["pooled"]["all"]["mAUC"] <= hi
+        for k, s in enumerate(("s1", "s2")):  # each site's own interval and positives, from what it released
+            assert summary[name]["site_n_pos"][s] == dict(zip(classes, released[k][0].sum(1).tolist()))
+            lo, hi = summary[name]["site_ci"][s]["mAUC"]
+            assert lo < summary[name]["site_released"][s]["mAUC"] < hi
+            own = spec.metrics(*released[k])  # the site's own figure from what it released
+            assert summary[name]["site_released"][s]["mAUC"] == pytest.approx(float(np.nanmean(own["auroc"])))
+            assert (s, "all", None, f"zs_{name}_mAUC_lo", lo, 200) in rows
+        assert sum(sum(summary[name]["site_n_pos"][s].values()) for s in ("s1", "s2")) == sum(
+            summary[name]["n_pos"].values())
     assert proxy_score(summary) == summary["proxy"]["pooled"]["all"]["mAUC"]
     names = {r[3] for r in rows}
     assert {"zs_descriptive_mAUC", "zs_descriptive_mAUC_lo", "zs_template_auroc", "zs_proxy_ap"} <= names
+    # a site that released nothing (every class under its min_count) has no interval, and the pooled figures and
+    # intervals are those of the other sites
+    empty = {k: np.zeros_like(v) if "hist" in k else v for k, v in metrics.items()}
+    alone = zero_shot_round({"s2": sites["s2"]}, sets, spec, replicates=200)[1]
+    with_empty = zero_shot_round({"s2": sites["s2"], "s3": parse_zero_shot(empty, sets, spec)}, sets, spec, 200)[1]
+    assert with_empty["descriptive"]["site_ci"]["s3"] == {}
+    assert not any(with_empty["random"]["site_n_pos"]["s3"].values())
+    assert with_empty["descriptive"]["ci"] == alone["descriptive"]["ci"]

@@ -57,6 +57,28 @@ def test_every_prompt_family_is_scored_with_an_interval(zs_demo):
     assert "planted at 10%" in log
 
 
+def test_every_site_that_labels_held_out_classes_scores_every_family_with_an_interval(zs_demo):
+    """Per site: the PadChest and Open-i sites label held-out findings and score every prompt family on them with
+    an interval of their own, printed by the demo; the MIMIC site's CheXpert labels express none of them, so it
+    releases no zero-shot figure and the demo says so."""
+    out, log = zs_demo
+    last = json.loads((out / "summary.json").read_text())["zeroshot"]["last"]
+    n_pos = last["descriptive"]["site_n_pos"]
+    assert {site for site, n in n_pos.items() if sum(n.values())} == {"alicante-general", "indiana-outpatient"}
+    assert sum(sum(n.values()) for n in n_pos.values()) == sum(last["descriptive"]["n_pos"].values())
+    for family in FAMILIES:
+        f = last[family]
+        assert f["site_n_pos"] == n_pos  # every family on the same images
+        assert f["site_ci"]["boston-icu"] == {}
+        for site in ("alicante-general", "indiana-outpatient"):
+            lo, hi = f["site_ci"][site]["mAUC"]
+            auc = f["site_released"][site]["mAUC"]  # what its released histograms give (the interval's centre)
+            assert 0 <= lo <= auc <= hi <= 1 and hi - lo > 0
+            line = next(ln for ln in log.splitlines() if ln.strip().startswith(site) and "descriptive" in ln)
+            assert f"{family} {auc:.3f} [{lo:.3f}, {hi:.3f}]" in line
+    assert any(ln.strip().startswith("boston-icu") and "none released" in ln for ln in log.splitlines())
+
+
 def test_held_out_classes_never_reach_training(zs_demo):
     out, _ = zs_demo
     s = json.loads((out / "summary.json").read_text())
