@@ -199,3 +199,31 @@ def test_mimic_uncertain_policy_ones_zeros_ignore(synth_sites):
     assert np.array_equal(m_one, m_zero) and np.array_equal(t_one[~uncertain], t_zero[~uncertain])
     sure = m_ign > 0
     assert np.array_equal(t_ign[sure], t_one[sure]) and np.array_equal(m_ign[sure], m_one[sure])
+
+
+def test_evaluate_with_train_asks_each_train_message_to_evaluate_the_round_before(tmp_path, in_a_run):
+    """evaluate-with-train: round 1 evaluates nothing; round r's train messages carry r - 1, the round of the model
+    they hold, and the class bands an evaluation needs; only the last round gets an evaluation stage. With
+    fraction-train < 1 (evaluation asks every site, training a sample) rounds keep their own evaluation stage."""
+    from shared_models.messages import EVALUATE_FIRST
+
+    grid = FakeGrid({i: 0.0 for i in range(1, 4)})
+    arrays = to_record({"router.w": torch.zeros(2)})
+    strat = _strategy(tmp_path, fraction_train=1.0, fraction_evaluate=1.0, evaluate_with_train=True)
+    strat.last_round = 3
+    config = ConfigRecord({})
+    sent = strat.configure_train(1, arrays, config, grid)
+    assert {m.content["config"][EVALUATE_FIRST] for m in sent} == {0}
+    strat.train_pos, strat.train_annotated = np.array([1, 2]), np.array([10, 10])
+    strat.aggregate_train(1, [])  # no reply: the round's model is still the one round 2 evaluates
+    assert strat.configure_evaluate(1, arrays, ConfigRecord({}), grid) == []
+    sent = strat.configure_train(2, arrays, config, grid)
+    assert {m.content["config"][EVALUATE_FIRST] for m in sent} == {1}
+    assert all(len(m.content["config"]["class-bands"]) == 2 for m in sent)
+    strat.aggregate_train(2, [])
+    strat.configure_train(3, arrays, config, grid)
+    strat.aggregate_train(3, [])
+    assert len(strat.configure_evaluate(3, arrays, ConfigRecord({}), grid)) == 3  # the last round's own stage
+    sampled = _strategy(tmp_path / "b", fraction_train=0.5, fraction_evaluate=1.0, evaluate_with_train=True)
+    sampled.last_round = 3
+    assert not sampled.fold and len(sampled.configure_evaluate(1, arrays, ConfigRecord({}), grid)) == 3
