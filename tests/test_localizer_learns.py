@@ -1,6 +1,8 @@
-"""The prompt localiser learns boxes: on a handful of images with one bright square each, a few seconds of the set
-loss bring every top box to IoU > 0.5 with its square. Fails when the box loss, the matching or the box
-parameterisation is broken (a box that does not follow its target, or regions matched to the wrong target)."""
+"""The prompt localiser learns boxes: on a handful of images with one bright square each, 100 steps of the set
+loss (seconds on a quiet CPU) bring every top box to IoU > 0.5 with its square. Fails when the box loss, the
+matching or the box parameterisation is broken (a box that does not follow its target, or a presence that does
+not single out the matched region); that the matching is the minimum-cost assignment is tested in
+test_localization.py."""
 
 from __future__ import annotations
 
