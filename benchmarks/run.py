@@ -28,6 +28,7 @@ BENCHMARKS = {
     "scale": "benchmarks.bench_scale",
     "ct": "benchmarks.bench_ct",
     "trcgl": "benchmarks.bench_trcgl",
+    "localizer": "benchmarks.bench_localizer",
     "privacy_audit": "benchmarks.bench_privacy_audit",
     "real_accuracy": "benchmarks.bench_real_accuracy",
 }

@@ -64,9 +64,14 @@ def test_set_loss_against_its_formulas():
     from torchvision.ops import generalized_box_iou
 
     giou = 1 - generalized_box_iou(to_xyxy(boxes[0, :1]), to_xyxy(gt))[0, 0]
-    presence = F.binary_cross_entropy_with_logits(logits[:2], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    # presence: sigmoid focal loss (alpha 0.25, gamma 2) over the supervised regions, per matched box
+    p, t = torch.sigmoid(logits[:2]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    p_t = p * t + (1 - p) * (1 - t)
+    focal = (0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2 * F.binary_cross_entropy_with_logits(logits[:2], t,
+                                                                                            reduction="none")
+    presence = focal.sum() / 1
     weak = F.binary_cross_entropy_with_logits(logits[2].max(), torch.tensor(1.0))
-    expected = 5 * l1 + 2 * giou + presence + weak
+    expected = 5 * l1 + 2 * giou + 2 * (presence + weak)
     assert torch.allclose(out["total"], expected, atol=1e-6)
     assert float(out["matched"]) == 1
     out["total"].backward()

@@ -7,8 +7,9 @@ the step precision-recall curve (sklearn's definition: sum over thresholds of re
 
 Federated form: a site sends per class a histogram of true-positive and of false-positive detection scores and its
 number of ground-truth boxes; the server sums them and computes AP from the pooled histograms
-(``ap_from_histograms``), exact up to ties within a score bin. Mean IoU: over images with ground-truth boxes of
-the class, the IoU of the highest-scoring region with its best-overlapping ground-truth box.
+(``ap_from_histograms``), exact up to ties within a score bin (bins uniform in log-odds, ``score_bin``). Mean
+IoU: over images with ground-truth boxes of the class, the IoU of the highest-scoring region with its
+best-overlapping ground-truth box.
 """
 
 from __future__ import annotations
@@ -50,9 +51,21 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+LOGIT_RANGE = 12.0  # score bins are uniform in log-odds over [-12, 12]: the ends collect anything further out
+
+
+def score_bin(scores: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each score in [0, 1]: uniform in log-odds, not in probability. Detection scores of a rare class
+    sit near 0 (most below 0.1); bins uniform in probability (the first version) put them into a few bins and the
+    ties cost AP (0.029 against 0.041 exact on the synthetic test split)."""
+    p = np.clip(np.asarray(scores, np.float64), 1e-12, 1.0 - 1e-12)
+    z = (np.log(p) - np.log1p(-p) + LOGIT_RANGE) / (2 * LOGIT_RANGE)
+    return np.clip((z * bins).astype(int), 0, bins - 1)
+
+
 def score_histograms(scores: np.ndarray, tp: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(true-positive, false-positive) counts per score bin over [0, 1]."""
-    idx = np.clip((np.asarray(scores) * bins).astype(int), 0, bins - 1)
+    """(true-positive, false-positive) counts per score bin (``score_bin``)."""
+    idx = score_bin(scores, bins)
     tp = np.asarray(tp, bool)
     return (np.bincount(idx[tp], minlength=bins).astype(np.int64),
             np.bincount(idx[~tp], minlength=bins).astype(np.int64))
