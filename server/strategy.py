@@ -325,9 +325,7 @@ class FedChestAvg(FedAvg):
         for msg in replies:
             answered.add(self._node_of(msg))
             if msg.has_error():
-                site, reason = self._name(self._node_of(msg)), error_line(msg.error.reason)
-                self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
-                log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
+                self._train_failed(server_round, self._name(self._node_of(msg)), msg.error.reason)
                 continue
             site = self._site_of(msg)
             failed = msg.content.config_records.get(STAGE_ERRORS, {})
@@ -337,9 +335,7 @@ class FedChestAvg(FedAvg):
             elif folded is not None:
                 self._take_summary(pool, site, msg.content.metric_records.get(EVALUATION), folded)
             if "train" in failed:
-                reason = error_line(str(failed["train"]))
-                self.registry.add_event(self.run_id, "train_error", reason, server_round, site)
-                log(WARNING, "round %s: %s failed to train: %s", server_round, site, reason)
+                self._train_failed(server_round, site, str(failed["train"]))
                 continue
             update, norms, m = self._check_update(msg, site, server_round, rows)
             del msg
@@ -424,6 +420,12 @@ class FedChestAvg(FedAvg):
         new = {k: new.pop(k) for k in self.reference}  # the global model's key order
         # one buffer at a time: the new record grows as the aggregate is released
         return to_record(new, consume=True), scalar_mean(kept, self.weighted_by_key)
+
+    def _train_failed(self, server_round: int, site: str, reason: str | None) -> None:
+        """A site's training failed (an error reply, or a refusal in a reply that also evaluated)."""
+        line = error_line(reason)
+        self.registry.add_event(self.run_id, "train_error", line, server_round, site)
+        log(WARNING, "round %s: %s failed to train: %s", server_round, site, line)
 
     def _check_update(self, msg: Message, site: str, server_round: int, rows: list
                       ) -> tuple[SiteUpdate | None, dict[str, float], MetricRecord | None]:

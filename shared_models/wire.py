@@ -117,23 +117,33 @@ def pack(state: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None
     return dict(iter_pack(state, groups))
 
 
+def _uint8(data: Any, where: str) -> np.ndarray:
+    raw = np.asarray(data)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise WireError(f"{where}: expected a 1-D uint8 array, got {raw.dtype} of shape {raw.shape}")
+    return raw
+
+
+def _json_list(raw: np.ndarray, where: str, fmt: str, version: int, key: str, what: str = "") -> list:
+    """The list under ``key`` of the JSON object in ``raw`` (UTF-8), checked to be ``fmt`` at ``version``: the
+    header shape the pack's index and the bundle share. ``what`` names the JSON in the decoding error."""
+    try:
+        obj = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"{where}: {what}not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise WireError(f"{where}: expected a JSON object with format {fmt!r}")
+    if obj.get("version") != version:
+        raise WireError(f"{where}: format version {obj.get('version')!r}; this side reads version {version}")
+    if not isinstance(obj.get(key), list):
+        raise WireError(f"{where}: '{key}' must be a list")
+    return obj[key]
+
+
 def _index(buffers: Mapping[str, np.ndarray]) -> list:
     if INDEX not in buffers:
         raise WireError(f"no {INDEX} array (got {sorted(buffers)[:3]}): not a fedchest pack")
-    raw = np.asarray(buffers[INDEX])
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise WireError(f"{INDEX}: expected a 1-D uint8 array, got {raw.dtype} of shape {raw.shape}")
-    try:
-        index = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{INDEX}: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise WireError(f"{INDEX}: expected a JSON object with format {FORMAT!r}")
-    if index.get("version") != VERSION:
-        raise WireError(f"{INDEX}: format version {index.get('version')!r}; this side reads version {VERSION}")
-    if not isinstance(index.get("entries"), list):
-        raise WireError(f"{INDEX}: 'entries' must be a list")
-    return index["entries"]
+    return _json_list(_uint8(buffers[INDEX], INDEX), INDEX, FORMAT, VERSION, "entries")
 
 
 def _entry(i: int, e: Any) -> tuple[str, str, int, tuple[int, ...], str]:
@@ -229,27 +239,15 @@ def pack_bundle(state: MutableMapping[str, Any] | Mapping[str, Any], groups: Map
 
 def unbundle(data: np.ndarray) -> dict[str, np.ndarray]:
     """The buffers of a bundle as zero-copy views on it; ``WireError`` saying what is wrong otherwise."""
-    raw = np.asarray(data)
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise WireError(f"{BUNDLE}: expected a 1-D uint8 array, got {raw.dtype} of shape {raw.shape}")
+    raw = _uint8(data, BUNDLE)
     if raw.size < 8:
         raise WireError(f"{BUNDLE}: {raw.size} bytes, shorter than its 8-byte header length")
     length = int.from_bytes(raw[:8].tobytes(), "little")
     if 8 + length > raw.size:
         raise WireError(f"{BUNDLE}: header of {length} bytes does not fit in {raw.size} bytes")
-    try:
-        header = json.loads(raw[8:8 + length].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{BUNDLE}: header is not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != BUNDLE_FORMAT:
-        raise WireError(f"{BUNDLE}: expected a JSON object with format {BUNDLE_FORMAT!r}")
-    if header.get("version") != BUNDLE_VERSION:
-        raise WireError(f"{BUNDLE}: format version {header.get('version')!r}; this side reads version "
-                        f"{BUNDLE_VERSION}")
-    if not isinstance(header.get("buffers"), list):
-        raise WireError(f"{BUNDLE}: 'buffers' must be a list")
+    buffers = _json_list(raw[8:8 + length], BUNDLE, BUNDLE_FORMAT, BUNDLE_VERSION, "buffers", what="header is ")
     start, end, out = _aligned(8 + length), 0, {}
-    for i, e in enumerate(header["buffers"]):
+    for i, e in enumerate(buffers):
         if (not isinstance(e, list) or len(e) != 4 or not isinstance(e[0], str) or not isinstance(e[1], str)
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e[2:])):
             raise WireError(f"{BUNDLE} buffer {i}: expected [name, dtype, offset >= 0, count >= 0], got {str(e)[:120]}")
