@@ -211,6 +211,29 @@ def test_a_bundle_holds_each_buffer_at_an_aligned_offset_as_a_view():
     assert np.array_equal(whole, data)  # written in place, the same bytes as bundling the pack
 
 
+def test_bundle_boundaries_header_and_buffers_may_end_at_the_last_byte():
+    """Off-by-one edges of the bundle layout: the writer and the reader agree on where the data starts for every
+    header length modulo the 64-byte alignment; a header (no buffers) or a buffer ending at the bundle's last byte
+    fits; a zero header length is 8 bytes long enough, with a header that is not JSON."""
+    for n in range(1, 70):  # the header grows a byte per name character: every residue mod 64
+        name = "x" * n
+        assert np.array_equal(unbundle(bundle({name: np.arange(3, dtype=np.int16)}))[name], np.arange(3)), n
+    head = json.dumps({"format": "fedchest-bundle", "version": 1, "buffers": []}).encode()
+    assert unbundle(np.frombuffer(len(head).to_bytes(8, "little") + head, np.uint8)) == {}  # no padding after it
+    full = _bundle_with({"format": "fedchest-bundle", "version": 1, "buffers": [["a", "uint8", 0, 64]]}, b"\2" * 64)
+    assert np.array_equal(unbundle(full)["a"], np.full(64, 2, np.uint8))
+    with pytest.raises(WireError, match="header is not valid UTF-8 JSON"):
+        unbundle(np.zeros(8, np.uint8))
+
+
+def test_pack_bundle_leaves_the_state_whole_unless_told_to_consume_it():
+    state = _mixed_state()
+    pack_bundle(state)
+    assert list(state) == list(_mixed_state())
+    pack_bundle(state, consume=True)
+    assert state == {}
+
+
 def test_pack_refuses_what_it_cannot_send():
     with pytest.raises(WireError, match="in two groups"):
         pack({"k": np.zeros(1)}, {"a": ["k"], "b": ["k"]})
