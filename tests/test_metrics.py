@@ -135,6 +135,25 @@ def test_a_class_with_one_positive_has_ap_and_auroc():
     assert binned["f1"][0] == pytest.approx(2 / 3)  # threshold 0.5: tp 1, fp 1, fn 0
 
 
+def _check_bootstrap_by_hand(pos, neg, spec, reps, got) -> None:
+    """``got`` (bootstrap_macro at seed 4, level 0.95) against the same bootstrap written out with scikit-learn."""
+    draw = np.random.default_rng(4)
+    per = {k: np.zeros((reps, len(pos))) for k in ("mAP", "mAUC", "mF1")}
+    bins = np.arange(spec.bins)
+    for j in range(len(pos)):
+        ps = draw.multinomial(pos[j].sum(), pos[j] / pos[j].sum(), size=reps)
+        ns = draw.multinomial(neg[j].sum(), neg[j] / neg[j].sum(), size=reps)
+        for r in range(reps):
+            scores = np.concatenate([np.repeat(bins, ps[r]), np.repeat(bins, ns[r])])
+            truth = np.concatenate([np.ones(ps[r].sum()), np.zeros(ns[r].sum())])
+            per["mAUC"][r, j] = roc_auc_score(truth, scores)
+            per["mAP"][r, j] = average_precision_score(truth, scores)
+            per["mF1"][r, j] = f1_score(truth, scores >= spec.bins // 2)
+    for k, v in per.items():
+        macro = v.mean(1)
+        assert got[k] == pytest.approx((np.quantile(macro, 0.025), np.quantile(macro, 0.975)), abs=1e-9), k
+
+
 def test_bootstrap_macro_is_a_stratified_percentile_bootstrap_by_hand():
     """bootstrap_macro against the same bootstrap written out: per class,
     positives and negatives redrawn in their numbers from their own histograms (the generator's draws in the same
@@ -147,21 +166,11 @@ def test_bootstrap_macro_is_a_stratified_percentile_bootstrap_by_hand():
     pos, neg = spec.histograms(y, p)
     reps = 200
     got = bootstrap_macro(pos, neg, spec, reps, seed=4, level=0.95)
-    draw = np.random.default_rng(4)
-    per = {k: np.zeros((reps, 2)) for k in ("mAP", "mAUC", "mF1")}
-    bins = np.arange(spec.bins)
-    for j in range(2):
-        ps = draw.multinomial(pos[j].sum(), pos[j] / pos[j].sum(), size=reps)
-        ns = draw.multinomial(neg[j].sum(), neg[j] / neg[j].sum(), size=reps)
-        for r in range(reps):
-            scores = np.concatenate([np.repeat(bins, ps[r]), np.repeat(bins, ns[r])])
-            truth = np.concatenate([np.ones(ps[r].sum()), np.zeros(ns[r].sum())])
-            per["mAUC"][r, j] = roc_auc_score(truth, scores)
-            per["mAP"][r, j] = average_precision_score(truth, scores)
-            per["mF1"][r, j] = f1_score(truth, scores >= spec.bins // 2)
-    for k, v in per.items():
-        macro = v.mean(1)
-        assert got[k] == pytest.approx((np.quantile(macro, 0.025), np.quantile(macro, 0.975)), abs=1e-9), k
+    _check_bootstrap_by_hand(pos, neg, spec, reps, got)
+    # a bin holding as many positives as negatives still counts as occupied (it would not if occupancy were
+    # read from their difference)
+    tied_pos, tied_neg = np.array([[0, 3, 0, 2, 0, 4, 1, 0]]), np.array([[2, 3, 5, 2, 1, 0, 1, 0]])
+    _check_bootstrap_by_hand(tied_pos, tied_neg, spec, reps, bootstrap_macro(tied_pos, tied_neg, spec, reps, seed=4))
     narrow = bootstrap_macro(pos, neg, spec, reps, seed=4, level=0.5)
     assert got["mAUC"][0] < narrow["mAUC"][0] < narrow["mAUC"][1] < got["mAUC"][1]
     single = np.zeros((1, spec.bins), np.int64)

@@ -186,6 +186,14 @@ def _bad_bundles() -> dict[str, tuple[np.ndarray, str]]:
                     "buffer b: offset 64, expected a multiple of 64 at or after 65"),
         "twice": (_bundle_with({**head, "buffers": [["a", "uint8", 0, 1], ["a", "uint8", 64, 1]]}, b"\1" * 128),
                   "buffer a appears twice"),
+        "name not a string": (one([5, "uint8", 0, 1]), "buffer 0: expected [name, dtype, offset >= 0, count >= 0]"),
+        "dtype not a string": (one(["a", 5, 0, 1]), "buffer 0: expected [name, dtype, offset >= 0, count >= 0]"),
+        "overlap in elements of 8 bytes": (
+            _bundle_with({**head, "buffers": [["a", "float64", 0, 9], ["b", "uint8", 64, 1]]}, b"\1" * 192),
+            "buffer b: offset 64, expected a multiple of 64 at or after 72"),
+        "outside past an offset": (  # an 80-byte header: the data starts at byte 128
+            _bundle_with({**head, "buffers": [["a", "uint8", 64, 65]]}, b"\1" * 128),
+            "buffer a: bytes [192, 257) are outside the bundle (256 bytes)"),
     }
 
 
@@ -224,6 +232,8 @@ def test_bundle_boundaries_header_and_buffers_may_end_at_the_last_byte():
     assert np.array_equal(unbundle(full)["a"], np.full(64, 2, np.uint8))
     with pytest.raises(WireError, match="header is not valid UTF-8 JSON"):
         unbundle(np.zeros(8, np.uint8))
+    empty = unbundle(bundle({"e": np.zeros(0, np.float32), "f": np.ones(2, np.float32)}))
+    assert empty["e"].shape == (0,) and empty["e"].dtype == np.float32 and list(empty["f"]) == [1, 1]
 
 
 def test_pack_bundle_leaves_the_state_whole_unless_told_to_consume_it():
