@@ -6,7 +6,8 @@ the SuperLink drops it), every absence is an event naming the site, the site rej
 Each message starts a ClientApp task at the SuperNode (forked from the warm worker, or a fresh process with
 --cold), so on 2 loaded cores a reply's time varies widely: after rejoining, the site may still miss a round's deadline
 (CI once saw it train in round 4 and 5 and miss round 6). That is the deadline working, so the test asks that it
-trained again after rejoining and that every round it missed names it in an event. CI also saw the run fail in
+trained again after rejoining and that every round it missed names it in an event (or, for a round sampled
+before it rejoined, is that round's nodes_missing event). CI also saw the run fail in
 round 1 on a busy SuperLink (HTTP 500 on its locked state); that is what test_busy_link.py covers. Marker: e2e."""
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import time
 
 import pytest
 
-from server.demo import make_sites
+from server.demo import site_plan
 from server.deploy.local import LocalConsortium
-from tests.deployments import submit_in_background
+from tests.deployments import make_sites_here, stop_all, submit_in_background
 from tests.test_resume import _last_checkpoint, _rows
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +39,13 @@ def _wait_round(url: str, rnd: int, runner: threading.Thread, result: dict, time
 
 
 def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
-    sites = sorted(make_sites(tmp_path, 3, 80, 32, 4).glob("*/site.toml"))
     run_dir = tmp_path / "run"
     url = f"sqlite:///{run_dir / 'registry.db'}"
     with LocalConsortium(tmp_path / "deployment", insecure=True) as c:
+        # the warm workers preload (~40 s on a loaded machine) and the link starts while the sites are made
+        c.start_workers([folder for _, _, folder in site_plan(3)])
         c.start_superlink()
+        sites = make_sites_here(tmp_path, 3, 80, 32, 4)
         procs = c.start_sites(sites)
         config = {"num-server-rounds": 5, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
                   "min-nodes": 3, "out-dir": str(run_dir), "seed": 1, "run-name": "dropout-test",
@@ -59,6 +62,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
         runner.join(1500)
         assert "error" not in result, result.get("error")
         assert c.status(result["run"]) == "finished:completed"
+        stop_all(c)
     name = victim.split("-", 1)[1]
     events = _rows(url, "SELECT kind, site, round, message FROM events")
     # the link reports the dead node (no heartbeat) or its deadline passes: either way an event names the site,
@@ -74,5 +78,8 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
     trained = {r for (r,) in _rows(url, "SELECT round FROM metrics WHERE name = 'train_loss' AND site = :s", s=name)}
     assert 1 in trained and not {2, 3} <= trained and trained & {4, 5}, (trained, events)  # it left and came back
     absent = {r for k, s, r, _ in events if s == name and k in ("straggler", "dropout", "train_error")}
-    assert set(range(1, 6)) - trained <= absent | {2, 3}, (trained, events)  # every later miss is named
+    # every later miss is accounted for: an event naming it (connected, but late or failed), or the round's
+    # nodes_missing event (its nodes were sampled before it rejoined: rounds overlap, so under load round 4 was
+    # often sampled before round 3's checkpoint, the moment the test restarts it; seen with the old and new test)
+    assert set(range(1, 6)) - trained <= absent | missing | {2, 3}, (trained, events)
     assert _rows(url, "SELECT max(round) FROM checkpoints")[0][0] == 5
