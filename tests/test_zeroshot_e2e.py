@@ -1,6 +1,6 @@
 """End-to-end: a federated run with the zero-shot branch (the demo CLI with --zeroshot: 3 synthetic sites x 400
-images, 32 px, tiny preset, 2 rounds, Flower simulation). Held-out classes are never in any training label and never
-named in any report.
+images, 32 px, tiny preset, 2 rounds of one local epoch, Flower simulation). Held-out classes are never in any
+training label and never named in any report.
 
 What this checks is the machinery `make demo` shows: with the demo's held-out enrichment (each held-out finding
 planted at 10 % of images, `fedchest demo --zeroshot`) every prompt family (descriptive, template, random) is scored
@@ -27,7 +27,8 @@ FAMILIES = ("descriptive", "template", "random")
 def zs_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zs-demo")
     r = subprocess.run([str(BIN / "fedchest"), "demo", "--out", str(out), "--rounds", "2", "--zeroshot",
-                        "--images-per-site", "400", "--image-size", "32", "--preset", "tiny"],
+                        "--images-per-site", "400", "--image-size", "32", "--preset", "tiny",
+                        "--local-epochs", "1"],
                        capture_output=True, text=True, env=_env(), timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout + r.stderr
