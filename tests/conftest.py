@@ -100,6 +100,14 @@ def tiny_run_with_references(tiny_run) -> tuple[str, str, list[str]]:
 
 
 @pytest.fixture(scope="session")
+def demo_registry(tmp_path_factory):
+    """A registry made like `make demo`'s plus a DP run (tests/demo_registry.py), built once per session."""
+    from tests import demo_registry
+
+    return demo_registry.shared(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def postgres(tmp_path_factory):
     """A PostgreSQL server for this test session, or a skip that says why there is none."""
     from tests.pg import PostgresUnavailable, TempPostgres
