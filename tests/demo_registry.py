@@ -4,7 +4,9 @@ its runs.
 The registry holds three real federated runs, each from the demo CLI at a small size (one round, 120 images per
 site, 32 px, the tiny preset): `make demo`'s own command line (three radiograph sites with PA / AP / lateral
 views and the zero-shot branch, one chest-CT site, then the box-latent run on the first run's experts), and a run
-under DP-SGD at two sites, written into the same registry (``FEDCHEST_DB_URL``). It is built once per test
+under DP-SGD at two sites, written into the same registry (``FEDCHEST_DB_URL``). The DP run keeps the run config's
+default ``dp-eval-noise-multiplier = 0``: its sites withhold every evaluation summary, so the pages that need one
+must say why they have nothing to show. It is built once per test
 session: under pytest-xdist the first worker to ask builds it, the others wait for it (a file lock) and reuse it.
 """
 
@@ -22,7 +24,7 @@ from tests.conftest import REPO
 SIZE = ["--rounds", "1", "--images-per-site", "120", "--image-size", "32", "--preset", "tiny", "--seed", "2"]
 # `make demo`'s flags (Makefile), one round of the box-latent run
 MAKE_DEMO = ["--zeroshot", "--box-latent", "--ct-sites", "1", "--box-latent-rounds", "1"]
-DP_RUN = ["--dp", "--sites", "2"]
+DP_RUN = ["--dp", "--dp-eval-noise-multiplier", "0", "--sites", "2"]  # the run config's default
 
 
 @dataclass(frozen=True)
@@ -109,17 +111,18 @@ _CLASSES = Expect(("AP per class: pooled (all sites), projection all, round 1",)
 _GEN = Expect(("mAP: model x evaluating site",), 1)
 _HEALTH = Expect(("Durations per site", "Straggler of each round", "Dropouts, errors and rejected updates"), 3, 1)
 _RUNS = Expect(("Pick a run and a page in the sidebar",), 0, 1)
+_WITHHELD = _absent("No evaluation results: every site that answered trains under differential privacy")
 
 # page slug ("" = the Runs page) -> run kind -> what the page shows
 EXPECTED: dict[str, dict[str, Expect]] = {
     "": {"main": _RUNS, "box": _RUNS, "dp": _RUNS},
-    "overview": {"main": _OVERVIEW, "box": _OVERVIEW, "dp": _OVERVIEW},
-    "sites": {"main": Expect(_SITES.texts + ("Router accuracy",), 2), "box": _SITES, "dp": _SITES},
+    "overview": {"main": _OVERVIEW, "box": _OVERVIEW, "dp": _WITHHELD},
+    "sites": {"main": Expect(_SITES.texts + ("Router accuracy",), 2), "box": _SITES, "dp": _WITHHELD},
     "classes": {"main": Expect(_CLASSES.texts + ("Zero-shot classes (never in any training label)",
                                                  "The chest-CT sites' classes (their own label set) are on the CT"),
                                1, 2),
-                "box": _CLASSES, "dp": _CLASSES},
-    "generalisation": {"main": _GEN, "box": _GEN, "dp": _GEN},
+                "box": _CLASSES, "dp": _WITHHELD},
+    "generalisation": {"main": _GEN, "box": _GEN, "dp": _WITHHELD},
     "ct": {"main": Expect(("Text-to-volume retrieval (pooled)", "Disease scores and localisation (pooled)",
                            "Per site, round 1", "Per class (pooled), round 1"), 2, 1),
            "box": _NO_CT, "dp": _NO_CT},

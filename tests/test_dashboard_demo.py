@@ -60,16 +60,27 @@ def test_every_page_of_every_run_shows_its_content(demo_registry, monkeypatch, s
         assert any("Synthetic data" in w.value for w in at.warning), where
 
 
+def _runs_table(demo_registry, monkeypatch) -> pd.DataFrame:
+    return _page(demo_registry.url, monkeypatch, demo_registry.runs["main"], "").dataframe[0].value.set_index("id")
+
+
 def test_runs_page_lists_the_three_runs(demo_registry, monkeypatch):
-    at = _page(demo_registry.url, monkeypatch, demo_registry.runs["main"], "")
-    table = at.dataframe[0].value.set_index("id")
+    table = _runs_table(demo_registry, monkeypatch)
     assert set(table.index) == set(demo_registry.runs.values())
-    assert (table["status"] == "completed").all() and (table["rounds_done"] == 1).all()
+    assert (table["status"] == "completed").all()
+    assert (table.loc[[demo_registry.runs["main"], demo_registry.runs["box"]], "rounds_done"] == 1).all()
     n_main = len(demo_registry.radiograph_sites) + len(demo_registry.ct_sites)
     assert table.loc[demo_registry.runs["main"], "heads"] == "routed-experts+zeroshot+ct"
     assert table.loc[demo_registry.runs["box"], "heads"] == "box-latent"
     assert table.loc[[demo_registry.runs[k] for k in ("main", "box", "dp")], "sites"].tolist() == [
         n_main, len(demo_registry.radiograph_sites), len(demo_registry.dp_epsilon)]
+
+
+@pytest.mark.xfail(strict=True, reason="server/strategy.py records no finished round when every site withheld its "
+                   "evaluation (_pool_evaluation returns before registry.finish_round), so the Runs page says 0 "
+                   "rounds done of a completed run; strategy.py is another engineer's to change")
+def test_runs_page_counts_the_rounds_of_a_run_whose_evaluation_was_withheld(demo_registry, monkeypatch):
+    assert _runs_table(demo_registry, monkeypatch).loc[demo_registry.runs["dp"], "rounds_done"] == 1
 
 
 def test_sites_page_has_every_projection_of_the_radiograph_sites(demo_registry, monkeypatch):
@@ -127,4 +138,11 @@ def test_privacy_page_shows_each_dp_sites_epsilon(demo_registry, monkeypatch):
     assert spent.to_dict() == pytest.approx(demo_registry.dp_epsilon)
     modes = at.dataframe[0].value
     assert set(modes["site"]) == set(demo_registry.dp_epsilon)
-    assert all(m.startswith("noised") for m in modes["evaluation summary"])  # the demo's --dp-eval-noise-multiplier
+    assert all(m.startswith("withheld") for m in modes["evaluation summary"])  # dp-eval-noise-multiplier 0
+
+
+def test_pages_without_evaluation_name_the_sites_that_withheld_it(demo_registry, monkeypatch):
+    for slug in ("overview", "sites", "classes", "generalisation"):
+        at = _page(demo_registry.url, monkeypatch, demo_registry.runs["dp"], slug)
+        note = at.info[0].value
+        assert "still training" not in note and all(site in note for site in demo_registry.dp_epsilon), slug
