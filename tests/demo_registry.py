@@ -6,8 +6,7 @@ site, 32 px, the tiny preset): `make demo`'s own command line (three radiograph 
 views and the zero-shot branch, one chest-CT site, then the box-latent run on the first run's experts), and a run
 under DP-SGD at two sites, written into the same registry (``FEDCHEST_DB_URL``). The DP run keeps the run config's
 default ``dp-eval-noise-multiplier = 0``: its sites withhold every evaluation summary, so the pages that need one
-must say why they have nothing to show. It is built once per test
-session: under pytest-xdist the first worker to ask builds it, the others wait for it (a file lock) and reuse it.
+must say why they have nothing to show. Built once per test session (tests/conftest.py, once_per_session).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, once_per_session
 
 SIZE = ["--rounds", "1", "--images-per-site", "120", "--image-size", "32", "--preset", "tiny", "--seed", "2"]
 # `make demo`'s flags (Makefile), one round of the box-latent run
@@ -35,12 +34,8 @@ class DemoRegistry:
     ct_sites: tuple[str, ...]
     dp_epsilon: dict[str, float]  # the DP run's epsilon per site after its round, from its summary.json
 
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
     @classmethod
-    def from_json(cls, text: str) -> "DemoRegistry":
-        d = json.loads(text)
+    def from_dict(cls, d: dict) -> "DemoRegistry":
         return cls(d["url"], d["runs"], tuple(d["radiograph_sites"]), tuple(d["ct_sites"]), d["dp_epsilon"])
 
 
@@ -71,19 +66,9 @@ def _site_name(site_toml: Path) -> str:
 
 
 def shared(tmp_path_factory) -> DemoRegistry:
-    """The session's demo registry, built by the first xdist worker that asks and reused by the others."""
-    from filelock import FileLock
-
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
-        return build(tmp_path_factory.mktemp("demo-registry"))
-    root = tmp_path_factory.getbasetemp().parent / "demo-registry"  # shared by this session's workers
-    root.mkdir(exist_ok=True)
-    stamp = root / "registry.json"
-    with FileLock(str(root / "build.lock")):
-        if not stamp.exists():
-            stamp.write_text(build(root).to_json())
-    return DemoRegistry.from_json(stamp.read_text())
+    """The session's demo registry, built once."""
+    return DemoRegistry.from_dict(once_per_session(tmp_path_factory, "demo-registry",
+                                                   lambda root: build(root).__dict__))
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,8 @@ def test_missing_registry_file(tmp_path, monkeypatch):
     assert not (tmp_path / "nope.db").exists()  # the dashboard never creates a registry
 
 
-def test_dashboard_engine_is_read_only(tiny_run):
-    url, _, _ = tiny_run
+def test_dashboard_engine_is_read_only(tiny_run_with_references):
+    url, _, _ = tiny_run_with_references
     with pytest.raises(OperationalError, match="readonly"):
         with engine_for(url).begin() as c:
             c.execute(text("DELETE FROM events"))
