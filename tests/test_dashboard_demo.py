@@ -76,10 +76,9 @@ def test_runs_page_lists_the_three_runs(demo_registry, monkeypatch):
         n_main, len(demo_registry.radiograph_sites), len(demo_registry.dp_epsilon)]
 
 
-@pytest.mark.xfail(strict=True, reason="server/strategy.py records no finished round when every site withheld its "
-                   "evaluation (_pool_evaluation returns before registry.finish_round), so the Runs page says 0 "
-                   "rounds done of a completed run; strategy.py is another engineer's to change")
 def test_runs_page_counts_the_rounds_of_a_run_whose_evaluation_was_withheld(demo_registry, monkeypatch):
+    """A round in which every site withheld its evaluation (DP) is still a finished round (it was recorded as
+    unfinished, so the Runs page said 0 rounds done of a completed run)."""
     assert _runs_table(demo_registry, monkeypatch).loc[demo_registry.runs["dp"], "rounds_done"] == 1
 
 
