@@ -24,6 +24,11 @@ the ontology's synonym map; masked classes never count) and mAP over the same cl
 ``federated_over_pooled_mAUC`` the AUROC one. Small real data (688 images at 64 px): wide intervals, far from
 published NIH figures.
 
+Budget: the demo's recipe (server/real_demo.py REAL_RECIPE) at 5 rounds x 2 local epochs (10 passes) instead of
+its 15 x 2, for all three arms alike: on the shared 2-core machine under a load of 12-16 from other work, one seed
+at 10 rounds took about 45 min (federated 6 min, pooled 18 min, local-only at 0.1-0.5 batches/s), so three seeds
+would not have fitted in 2 h.
+
 Each seed's result is kept in ``WORK/seed-N/result.json`` with the commit and parameters it measured; a later run
 with the same ``--work``, the same commit (clean tree) and the same parameters reuses it instead of training again
 (the record lists the reused seeds).
@@ -155,7 +160,7 @@ def cached_seed(out: Path, seed: int, params: dict) -> dict:
     return {**result, "reused": False}
 
 
-def run(out: Path, seeds: tuple[int, ...] = (0, 1, 2), rounds: int | None = 10, local_epochs: int | None = None,
+def run(out: Path, seeds: tuple[int, ...] = (0, 1, 2), rounds: int | None = 5, local_epochs: int | None = None,
         preset: str | None = None, image_size: int = 64) -> dict:
     from server.real_demo import REAL_RECIPE, find_real_data
 

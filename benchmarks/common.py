@@ -121,9 +121,11 @@ def write_results(updates: dict) -> Path:
 
 def markdown(results: dict) -> str:
     lines = ["# fedchest benchmarks (latest run)", "",
-             "Synthetic data: these figures measure the machinery on this machine; they are not clinical results.", "",
+             "Synthetic data unless a benchmark is marked (small real data): these figures measure the machinery on "
+             "this machine; none of them is a clinical result.", "",
              "| benchmark | figure | value | command | date | cores | commit |", "|---|---|---|---|---|---|---|"]
-    for name, res in sorted(results.items()):
+    for key, res in sorted(results.items()):
+        name = key if res.get("synthetic", True) else f"{key} (small real data)"
         commit = str(res.get("commit") or "not recorded")[:10] + (" (dirty)" if res.get("tree_dirty") else "")
         for k, v in res.get("headline", {}).items():
             val = f"{v:.4g}" if isinstance(v, float) else str(v)
