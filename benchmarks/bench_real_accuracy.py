@@ -26,8 +26,8 @@ published NIH figures.
 
 Budget: the demo's recipe (server/real_demo.py REAL_RECIPE) at 5 rounds x 2 local epochs (10 passes) instead of
 its 15 x 2, for all three arms alike: on the shared 2-core machine under a load of 12-16 from other work, one seed
-at 10 rounds took about 45 min (federated 6 min, pooled 18 min, local-only at 0.1-0.5 batches/s), so three seeds
-would not have fitted in 2 h.
+at 10 rounds was on course for about 45 min (federated 6 min, pooled 18 min, local-only at 0.1 batches/s: two
+torch threads, see CENTRAL_THREADS), so three seeds would not have fitted in 2 h.
 
 Each seed's result is kept in ``WORK/seed-N/result.json`` with the commit and parameters it measured; a later run
 with the same ``--work``, the same commit (clean tree) and the same parameters reuses it instead of training again
@@ -58,6 +58,10 @@ from shared_models.ontology import load_label_set
 
 MIN_POSITIVES = 5
 BATCH = 32
+# Pooled and local-only train on one torch thread, as each simulated site does (FEDCHEST_THREADS=1). On the shared
+# 2-core machine under a load of 11-19, tiny-generalist at 64 px trained at 0.5-0.9 batches/s on one thread and
+# 0.07-0.11 on two (the threads wait on each other whenever one is descheduled): two threads made pooled crawl.
+CENTRAL_THREADS = 1
 ARMS = ("federated", "pooled", "local_only")
 FIGURES = ("federated_over_pooled", "federated_over_pooled_mAUC", *(f"{a}_{m}" for a in ARMS for m in ("mAP", "mAUC")))
 
@@ -79,12 +83,18 @@ def steps(n: int, passes: int) -> int:
 
 def train(data: SiteData, epochs: int, preset: str, num_classes: int, image_size: int, seed: int,
           recipe: dict) -> object:
+    """One model trained centrally with the sites' own ``train_local``, on CENTRAL_THREADS torch thread(s)."""
     import torch
 
     torch.manual_seed(seed)
     model = build_model(preset, num_classes, image_size=image_size)
-    train_local(model, data, epochs, recipe["lr"], BATCH, select_device(), seed=seed,
-                weight_decay=recipe["weight-decay"], loss=recipe["loss"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(CENTRAL_THREADS)
+    try:
+        train_local(model, data, epochs, recipe["lr"], BATCH, select_device(), seed=seed,
+                    weight_decay=recipe["weight-decay"], loss=recipe["loss"])
+    finally:
+        torch.set_num_threads(before)
     return model
 
 
