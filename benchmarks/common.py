@@ -38,6 +38,11 @@ def tree_changes() -> list[str]:
     return [x[3:] for x in lines if not x[3:].startswith("benchmarks/results/")]
 
 
+def head_commit() -> str:
+    """The commit checked out (what a record says it measured)."""
+    return _git("rev-parse", "HEAD").strip()
+
+
 def record(figures: dict, command: str, seeds: list[int] | None = None) -> dict:
     """A benchmark's record: its figures, the command, date, machine, and the commit it measured (``tree_dirty``
     when tracked files differed from it: ``make bench`` refuses that unless ``--allow-dirty``)."""
@@ -49,7 +54,7 @@ def record(figures: dict, command: str, seeds: list[int] | None = None) -> dict:
         "machine": platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "synthetic": figures.get("synthetic", True),
-        "commit": _git("rev-parse", "HEAD").strip(),
+        "commit": head_commit(),
         "tree_dirty": bool(tree_changes()),
     }
     if seeds is not None:
@@ -116,9 +121,11 @@ def write_results(updates: dict) -> Path:
 
 def markdown(results: dict) -> str:
     lines = ["# fedchest benchmarks (latest run)", "",
-             "Synthetic data: these figures measure the machinery on this machine; they are not clinical results.", "",
+             "Synthetic data unless a benchmark is marked (small real data): these figures measure the machinery on "
+             "this machine; none of them is a clinical result.", "",
              "| benchmark | figure | value | command | date | cores | commit |", "|---|---|---|---|---|---|---|"]
-    for name, res in sorted(results.items()):
+    for key, res in sorted(results.items()):
+        name = key if res.get("synthetic", True) else f"{key} (small real data)"
         commit = str(res.get("commit") or "not recorded")[:10] + (" (dirty)" if res.get("tree_dirty") else "")
         for k, v in res.get("headline", {}).items():
             val = f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -26,6 +26,7 @@ from client.dp_release import ReleasedCounts, evaluation_release
 from client.local_round import outgoing_state, site_release, train_round
 from client.records import from_record, to_record
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
+from client.small_records import small_records_mod
 from client.timeline import mark_ready, timeline_mod
 from client.training import predict
 from shared_models.boxlatent import BoxLatentNet, build_box_model
@@ -42,7 +43,8 @@ from shared_models.networks.heads import head_spec
 from shared_models.synthesis.config import synthesis_spec
 from shared_models.zeroshot.config import zeroshot_spec
 
-app = ClientApp(mods=[outbound_guard, timeline_mod])  # the guard sees the timeline stamps it lets out
+# the guard sees the timeline stamps it lets out; the small records travel as one (client/small_records.py)
+app = ClientApp(mods=[small_records_mod, outbound_guard, timeline_mod])
 _DATA: dict[tuple[str, str], tuple[float, SiteData]] = {}
 
 

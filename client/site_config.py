@@ -63,6 +63,15 @@ class SiteConfig:
         return bytes.fromhex(p.read_text().strip())
 
 
+def pin_split_salt(site_toml: str | Path, key: int) -> None:
+    """Write a fixed ``site-secret.key`` (from the integer ``key``) into the site's work folder, before the site is
+    first indexed, so its patient-level splits are the same on every run. For benchmarks and tests that must be
+    reproducible; a hospital keeps the random secret ``secret_salt`` makes."""
+    work = load_site_config(site_toml).work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "site-secret.key").write_text(f"{int(key):064x}")
+
+
 def _privacy(table: dict, path: Path) -> PrivacyPolicy:
     try:
         return PrivacyPolicy.from_table(table, str(path))

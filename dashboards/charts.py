@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 
 PROJECTION_ORDER = ["all", "PA", "AP", "LAT"]
-GROUP_COLOURS = alt.Scale(domain=["head", "medium", "tail", "not annotated"],
+GROUP_COLOURS = alt.Scale(domain=["head", "medium", "tail", "no result"],
                           range=["#1f77b4", "#ff7f0e", "#d62728", "#bbbbbb"])
 
 

@@ -72,11 +72,28 @@ class RunContext:
         return sorted(int(r) for r in agg.loc[agg["name"] == "mAP", "round"].unique())
 
 
+def no_evaluation(ctx: RunContext) -> None:
+    """The note of a page that needs evaluation results when the run has none: still training, or every site's
+    summary withheld (DP sites whose policy releases none), or none recorded."""
+    ev = ctx.events()
+    withheld = ev[ev["kind"] == "evaluation_withheld"] if not ev.empty else ev
+    if not withheld.empty:
+        st.info(f"No evaluation results: every site that answered trains under differential privacy and released no "
+                f"evaluation summary ({', '.join(sorted(set(withheld['site'].dropna())))}). A run config with "
+                "dp-eval-noise-multiplier > 0 asks for a noised release charged to each site's ledger; a site may "
+                "send exact summaries with [privacy] dp_exact_evaluation = true. The Privacy and Health pages "
+                "still apply.")
+    elif ctx.run["status"] == "running":
+        st.info("This run has no evaluation results yet: the first round is still training.")
+    else:
+        st.info(f"This run recorded no evaluation results (status: {ctx.run['status']}).")
+
+
 def round_picker(ctx: RunContext, key: str) -> int | None:
     """A round slider over the evaluated rounds (the last by default); None, with a note, when there is none."""
     rounds = ctx.evaluated_rounds()
     if not rounds:
-        st.info("This run has no evaluation results yet: the first round is still training.")
+        no_evaluation(ctx)
         return None
     if len(rounds) == 1:
         return rounds[0]

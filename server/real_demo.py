@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,12 +90,21 @@ def write_site(folder: Path, name: str, real: Path, images: str, patients: list[
     return toml
 
 
-def make_real_sites(out: Path, image_size: int, seed: int, images: str = "nih64") -> Path:
-    """Three checked NIH sites under ``out/real-sites`` (reused when the parameters match)."""
+def make_real_sites(out: Path, image_size: int, seed: int, images: str = "nih64",
+                    pin_salt: Callable[[Path, int], None] | None = None, salt_key: int | None = None) -> Path:
+    """Three checked NIH sites under ``out/real-sites`` (reused when the parameters match).
+
+    ``seed`` draws which PA-only patients go to the outpatient site. Each site's patient-level test split is
+    decided by its secret salt: random (a fresh secret per site, as at a hospital) unless ``salt_key`` is given,
+    then ``pin_salt(site_toml, 16 * salt_key + site_index)`` writes a fixed one before the site is first indexed
+    (the benchmarks pass ``client.site_config.pin_split_salt``), so the same key gives the same held-out
+    patients on every run."""
+    if (pin_salt is None) != (salt_key is None):
+        raise ValueError("make_real_sites: pin_salt and salt_key go together (both given, or neither)")
     real = find_real_data(images)
     sites_dir = out / "real-sites"
     params = {"real": str(real.resolve()), "images": images, "image_size": image_size, "seed": seed,
-              "test": TEST_FRACTION, "val": VAL_FRACTION}
+              "test": TEST_FRACTION, "val": VAL_FRACTION, "salt_key": salt_key}
     stamp = sites_dir / "demo-params.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
         print(f"reusing real NIH sites in {sites_dir}")
@@ -102,6 +112,9 @@ def make_real_sites(out: Path, image_size: int, seed: int, images: str = "nih64"
     shutil.rmtree(sites_dir, ignore_errors=True)
     jobs = [(name, write_site(sites_dir / f"{i:02d}-{name}", name, real, images, patients, image_size), len(patients))
             for i, (name, patients) in enumerate(assign_patients(real, images, seed).items())]
+    if pin_salt is not None:
+        for i, (_name, toml, _n) in enumerate(jobs):
+            pin_salt(toml, 16 * salt_key + i)
 
     def check(job) -> str:
         name, toml, _ = job

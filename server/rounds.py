@@ -11,6 +11,7 @@ reach a later round. ``DeadlineGrid`` wraps the ServerApp's grid with this; the 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 
 from server.link_guard import prompt_object_pulls, retrying
+from server.small_records import unpack_reply
 
 POLL_FIRST, POLL_MAX = 0.05, 0.2  # a reply is picked up within 0.2 s of reaching the link (Flower's grid: 3 s). A
 # link whose state is an SQLite file locked under this (3 nodes, 2 cores) when each poll was its own transaction
 # next to the nodes' pushes; ``fedchest deploy local`` keeps the link's state in memory, and a busy answer is
 # still tried again (``retrying``)
 
+
+PULL_BUDGET_ENV, PULL_BUDGET_MB = "FEDCHEST_PULL_BUDGET_MB", 256  # replies one pull may bring in at once (estimate)
 
 COMPUTE_KEYS = ("train_seconds", "eval_seconds")  # what a site reports of its own compute time
 
@@ -102,6 +106,7 @@ class DeadlineGrid:
         self._grid, self.timer, self.on_late, self.on_reply = grid, timer, on_late, on_reply
         self.pushed: tuple[float, float] | None = None  # Unix times the last push started and ended
         self.last_pull: float | None = None  # Unix time the last reply was pulled
+        self.budget = pull_budget()  # read at the start: a bad value fails the run before its first round
         if hasattr(type(grid), "_runtime_client"):  # a deployed run's HTTP grid, not the simulation's
             prompt_object_pulls()
 
@@ -128,7 +133,8 @@ class DeadlineGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
         """Pushes now; the replies come as they are pulled, one message at a time, so a consumer that folds each
-        reply in and lets it go holds one update, not the round's (``FedChestAvg.aggregate_train`` does)."""
+        reply in and lets it go holds at most one pull's replies (``pull_groups``: a budget of bytes), not the
+        round's (``FedChestAvg.aggregate_train`` does)."""
         messages = list(messages)
         start, wall = time.monotonic(), time.time()
         ids = self.push_messages(messages) if messages else []
@@ -141,9 +147,10 @@ class DeadlineGrid:
             if timeout is not None:
                 limit = min(limit, timeout)
             pending[mid] = (node, stage, limit, size)
-        return self._replies(pending, start)
+        return self._replies(pending, dict(zip(ids, messages)), start)
 
-    def _replies(self, pending: dict[str, tuple[int, str, float, int]], start: float) -> Iterator[Message]:
+    def _replies(self, pending: dict[str, tuple[int, str, float, int]], sent: dict[str, Message], start: float
+                 ) -> Iterator[Message]:
         poll = POLL_FIRST
         while pending:
             elapsed = time.monotonic() - start
@@ -151,11 +158,13 @@ class DeadlineGrid:
                 if elapsed >= limit:
                     del pending[mid]
                     self.on_late(node, stage, limit, self.timer.expected(node, stage, size))
-            for mid in list(pending):  # one id per pull: a reply is folded in and let go before the next arrives
-                for reply in self.pull_messages([mid]):
-                    if reply.metadata.reply_to_message_id != mid or mid not in pending:
+            for group in pull_groups(pending, self.budget):
+                for reply in self.pull_messages(group):
+                    mid = reply.metadata.reply_to_message_id
+                    if mid not in pending:
                         continue
                     node, stage, limit, size = pending.pop(mid)
+                    reply = unpack_reply(reply, sent.pop(mid))
                     took, self.last_pull = time.monotonic() - start, time.time()
                     if not reply.has_error():
                         self.timer.observe(node, stage, took, size, message_bytes(reply), compute_seconds(reply))
@@ -166,6 +175,35 @@ class DeadlineGrid:
                 next_deadline = min(limit for _, _, limit, _ in pending.values()) - (time.monotonic() - start)
                 time.sleep(max(0.01, min(poll, next_deadline)))
                 poll = min(POLL_MAX, 2 * poll)
+
+
+def pull_budget() -> int:
+    """Bytes of replies one pull may bring in (``FEDCHEST_PULL_BUDGET_MB``, default 256 MiB)."""
+    raw = os.environ.get(PULL_BUDGET_ENV, str(PULL_BUDGET_MB))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{PULL_BUDGET_ENV} = {raw!r}: expected a positive number of MiB (the replies one pull "
+                         "of the ServerApp may hold in memory at once)")
+    return int(value * (1 << 20))
+
+
+def pull_groups(pending: dict[str, tuple[int, str, float, int]], budget: int) -> list[list[str]]:
+    """The pending message ids in pulls of at most ``budget`` bytes of expected replies (each reply estimated at
+    the size of the message it answers; a message bigger than the budget is a pull of its own). Small replies,
+    such as a tiny model's or any evaluation summary, all come in one request per poll instead of one each; a
+    large model's updates still arrive, and are folded in and let go, one at a time."""
+    groups: list[list[str]] = []
+    used = budget
+    for mid, (_node, _stage, _limit, size) in pending.items():
+        if not groups or used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(mid)
+        used += size
+    return groups
 
 
 class TooFewNodes(RuntimeError):

@@ -264,7 +264,6 @@ class FedChestAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        self.registry.start_round(self.run_id, server_round)
         self.current = from_record(arrays)
         config["aggregation"] = self.aggregation
         if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
@@ -276,6 +275,9 @@ class FedChestAvg(FedAvg):
         if self.folding is not None:
             self._add_bands(config)
         messages = self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+        # the round starts when its sites are asked: waiting for nodes to come online (a deployment's first round,
+        # a lost SuperNode's node-wait) is not a round's work
+        self.registry.start_round(self.run_id, server_round)
         self.asked["train"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
@@ -538,9 +540,10 @@ class FedChestAvg(FedAvg):
         stage was an evaluation stage of this round."""
         evals, ct_evals, timing = pool.evals, pool.ct, pool.timing + stage_rows
         log(INFO, "aggregate_evaluate: %s site summaries", len(evals) + len(ct_evals))
-        if not evals and not ct_evals:
-            if timing:  # e.g. every site trains under DP and withholds its evaluation
+        if not evals and not ct_evals:  # e.g. every site trains under DP and withholds its evaluation
+            if timing:
                 self.registry.add_metrics(self.run_id, server_round, timing)
+            self.registry.finish_round(self.run_id, server_round, self.n_train, 0)  # done: nothing more will come
             return None
         groups = prevalence_groups(self.train_pos, self.train_annotated)
         if evals:

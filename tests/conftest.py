@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,21 +54,42 @@ def padchest_site(synth_sites, tmp_path):
     return cfg
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> tuple[str, str, list[str]]:
-    """A real federated run (the demo CLI: 3 synthetic sites, 2 rounds, tiny preset, 32 px) and its registry:
-    (URL, run id, site names)."""
+def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)``'s result (JSON values), made once per test session: under pytest-xdist the first worker
+    that asks builds it under a file lock, the others wait and read it back (a federated run made on each worker
+    takes a core for minutes)."""
+    import json
+
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / name  # the session's folder, shared by its workers
+    root.mkdir(exist_ok=True)
+    stamp = root / "result.json"
+    with FileLock(str(root / "build.lock")):
+        if not stamp.exists():
+            stamp.write_text(json.dumps(build(root)))
+    return json.loads(stamp.read_text())
+
+
+def _tiny_run_with_references(out: Path) -> list:
     import json
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("tiny-run")
+    from server.registry import Registry
+
     r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
                         "--images-per-site", "90", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
                         "--seed", "5"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    return summary["db_url"], summary["run_id"], summary["sites"]
+    url, run_id, sites = summary["db_url"], summary["run_id"], summary["sites"]
+    Registry(url).add_references(
+        run_id, [(f"local-only:{a}", b, "all", "mAP", 0.1 + 0.1 * (a == b)) for a in sites for b in sites]
+        + [("pooled", None, "all", "mAP", 0.3)])
+    return [url, run_id, sites]
 
 
 @pytest.fixture(scope="session")
@@ -88,15 +111,20 @@ def tiny_box_run(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_run_with_references(tiny_run) -> tuple[str, str, list[str]]:
-    """The tiny run plus the local-only and pooled references a benchmark records next to its run."""
-    from server.registry import Registry
+def tiny_run_with_references(tmp_path_factory) -> tuple[str, str, list[str]]:
+    """A real federated run (the demo CLI: 3 synthetic sites, 2 rounds, tiny preset, 32 px) and its registry, with
+    the local-only and pooled references a benchmark records next to its run: (URL, run id, site names). Made once
+    per session."""
+    url, run_id, sites = once_per_session(tmp_path_factory, "tiny-run", _tiny_run_with_references)
+    return url, run_id, sites
 
-    url, run_id, sites = tiny_run
-    Registry(url).add_references(
-        run_id, [(f"local-only:{a}", b, "all", "mAP", 0.1 + 0.1 * (a == b)) for a in sites for b in sites]
-        + [("pooled", None, "all", "mAP", 0.3)])
-    return tiny_run
+
+@pytest.fixture(scope="session")
+def demo_registry(tmp_path_factory):
+    """A registry made like `make demo`'s plus a DP run (tests/demo_registry.py), built once per session."""
+    from tests import demo_registry
+
+    return demo_registry.shared(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

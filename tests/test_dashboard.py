@@ -74,7 +74,7 @@ def test_classes_sorted_by_prevalence_with_bands(tiny_run_with_references, monke
     assert len(table) == 30  # the CXR-LT 2026 seen classes
     prev = table["train_prevalence"].dropna().to_numpy()
     assert (prev[:-1] >= prev[1:]).all()
-    assert set(table["band"]) <= {"head", "medium", "tail", "not annotated"}
+    assert set(table["band"]) <= {"head", "medium", "tail", "not annotated", "no result"}
     at.selectbox(key="classes_site").set_value(sites[0]).run()
     at.selectbox(key="classes_projection").set_value("LAT").run()
     assert not at.exception
@@ -144,8 +144,8 @@ def test_missing_registry_file(tmp_path, monkeypatch):
     assert not (tmp_path / "nope.db").exists()  # the dashboard never creates a registry
 
 
-def test_dashboard_engine_is_read_only(tiny_run):
-    url, _, _ = tiny_run
+def test_dashboard_engine_is_read_only(tiny_run_with_references):
+    url, _, _ = tiny_run_with_references
     with pytest.raises(OperationalError, match="readonly"):
         with engine_for(url).begin() as c:
             c.execute(text("DELETE FROM events"))

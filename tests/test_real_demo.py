@@ -132,3 +132,31 @@ def test_demo_real_short_run_then_evaluate_at_a_site(real_data, tmp_path):
     assert set(result["by_projection"]) == {"PA", "AP"}
     rows = scores.read_text().splitlines()
     assert len(rows) == 1 + result["all"]["images"] and rows[1].split(",")[0].endswith(".png")
+
+
+@pytest.mark.real
+def test_pinned_split_salts_make_the_real_sites_held_out_patients_reproducible(real_data, tmp_path, monkeypatch):
+    """real_accuracy's seeds: the same salt key gives the same held-out images at every site in a fresh folder,
+    another key other ones (the random per-site secret gave a different split in every fresh folder)."""
+    import server.real_demo as real_demo
+    from client.index import load_split, sample_paths
+    from client.site_config import pin_split_salt
+
+    def check(_command, _flag, toml):  # index in-process instead of the site CLI's subprocess
+        prepare_site(load_site_config(toml))
+        return subprocess.CompletedProcess([], 0, stdout="site: indexed\n", stderr="")
+
+    monkeypatch.setenv(REAL_ENV, str(real_data))
+    monkeypatch.setattr(real_demo, "_site_cli", check)
+
+    def held_out(folder: Path, key: int) -> list[list[str]]:
+        sites = real_demo.make_real_sites(folder, 32, seed=0, pin_salt=pin_split_salt, salt_key=key)
+        cfgs = [load_site_config(p) for p in sorted(sites.glob("*/site.toml"))]
+        return [sorted(Path(p).name for p in sample_paths(c, load_split(c, "test").rows)) for c in cfgs]
+
+    first = held_out(tmp_path / "a", 1)
+    assert len(first) == len(SITES) and all(first)
+    assert held_out(tmp_path / "b", 1) == first
+    assert held_out(tmp_path / "c", 2) != first
+    with pytest.raises(ValueError, match="go together"):
+        real_demo.make_real_sites(tmp_path / "d", 32, seed=0, salt_key=1)

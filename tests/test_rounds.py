@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from server.records import to_record
 from server.registry import Event, Registry
-from server.rounds import DeadlineGrid, ReplyTimer, TooFewNodes, sample_nodes_bounded
+from server.rounds import DeadlineGrid, ReplyTimer, TooFewNodes, pull_budget, pull_groups, sample_nodes_bounded
 from server.strategy import FedChestAvg
 from shared_models.metrics import HistogramSpec
 
@@ -80,16 +80,33 @@ def test_deadlines_split_compute_from_transfer_so_bigger_messages_get_more_time(
     assert t.deadline(2, "train", 10**9) == 10.0 and 2 not in t.link
 
 
-def test_replies_are_pulled_one_message_at_a_time():
+def test_replies_within_the_pull_budget_come_in_one_request_and_big_ones_one_at_a_time(monkeypatch):
     grid = FakeGrid({1: 0.0, 2: 0.0, 3: 0.0})
     asked = []
     pull = grid.pull_messages
     grid.pull_messages = lambda ids: (asked.append(list(ids)), pull(ids))[1]
     dg = DeadlineGrid(grid, ReplyTimer(), lambda *a: None)
     replies = dg.send_and_receive([_msg(n) for n in (1, 2, 3)])
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3] and asked == [["m1", "m2", "m3"]]
+
+    monkeypatch.setattr("server.rounds.message_bytes", lambda msg: 3 << 20)  # each reply ~3 MiB, budget 5 MiB
+    monkeypatch.setenv("FEDCHEST_PULL_BUDGET_MB", "5")
+    asked.clear()
+    dg = DeadlineGrid(grid, ReplyTimer(), lambda *a: None)
+    replies = dg.send_and_receive([_msg(n) for n in (1, 2, 3)])
     first = next(replies)
-    assert first.metadata.src_node_id == 1 and asked == [["m1"]]  # nothing else pulled yet
-    assert sorted(r.metadata.src_node_id for r in replies) == [2, 3] and all(len(a) == 1 for a in asked)
+    assert first.metadata.src_node_id == 1 and asked == [["m4"]]  # nothing else pulled yet
+    assert sorted(r.metadata.src_node_id for r in replies) == [2, 3] and asked == [["m4"], ["m5"], ["m6"]]
+
+
+def test_pull_groups_fill_the_budget_in_order(monkeypatch):
+    pending = {f"m{i}": (i, "train", 9.0, size) for i, size in enumerate([4, 4, 2, 9, 0, 1, 30, 1])}
+    assert pull_groups(pending, 10) == [["m0", "m1", "m2"], ["m3", "m4", "m5"], ["m6"], ["m7"]]
+    assert pull_groups({"a": (1, "train", 1.0, 0)}, 10) == [["a"]]
+    for bad in ("0", "-1", "lots"):
+        monkeypatch.setenv("FEDCHEST_PULL_BUDGET_MB", bad)
+        with pytest.raises(ValueError, match="FEDCHEST_PULL_BUDGET_MB"):
+            pull_budget()
 
 
 def test_a_silent_node_costs_its_deadline_not_the_round_timeout_and_its_late_reply_never_returns():

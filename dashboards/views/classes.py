@@ -17,10 +17,26 @@ SLUG = "classes"
 METRICS = {"AP": "ap", "AUROC": "auroc", "F1 at 0.5": "f1"}
 
 
+NO_RESULT = "no result"  # the band of a class nothing was released for in the chosen test split
+
+
 def band(prevalence: float) -> str:
     if prevalence is None or np.isnan(prevalence):
         return "not annotated"
     return "head" if prevalence > HEAD_THRESHOLD else "tail" if prevalence < TAIL_THRESHOLD else "medium"
+
+
+def withheld_note(agg: pd.DataFrame, rnd: int, site: str | None, proj: str) -> str:
+    """Why a class can have no released result: not annotated, or withheld under the small-count rule. The sites
+    record only how many classes they withheld per scope (``withheld_classes``), not which; pooled, a class has no
+    result when every site either did not annotate it or withheld it."""
+    rows = agg[(agg["round"] == rnd) & (agg["name"] == "withheld_classes") & (agg["projection"] == proj)
+               & (agg["site"].notna() if site is None else agg["site"] == site)]
+    if rows.empty:
+        return "not annotated in this test split"
+    counts = ", ".join(f"{s} {int(v)}" for s, v in sorted(zip(rows["site"], rows["value"])))
+    return ("not annotated in this test split, or withheld under the site's small-count rule (fewer test positives "
+            f"or negatives than its min_count; classes withheld: {counts})")
 
 
 def train_prevalence(cm: pd.DataFrame) -> pd.Series:
@@ -58,19 +74,21 @@ def render(ctx: RunContext) -> None:
     df["train_prevalence"] = df["class_name"].map(prev).astype(float)
     df["band"] = df["train_prevalence"].map(band)
     df["annotated"] = df["class_name"].map(annotated).fillna(0).astype(int)
-    df.loc[df["annotated"] == 0, "band"] = "not annotated"
+    df.loc[df["annotated"] == 0, "band"] = NO_RESULT
     st.subheader(f"{label} per class: {site}, projection {proj}, round {rnd}")
     shown = df[df["train_prevalence"] > 0]
     st.altair_chart(charts.class_bars(shown, f"{label} (0-1)"), width="stretch")
     missing = df.loc[df["annotated"] == 0, "class_name"].tolist()
     no_pos = df.loc[(df["annotated"] > 0) & df["value"].isna(), "class_name"].tolist()
     if missing:
-        st.warning(f"Not annotated in this test split ({len(missing)}): {', '.join(missing)}")
+        why = withheld_note(ctx.aggregates(), rnd, None if site.startswith("pooled") else site, proj)
+        st.warning(f"No result ({len(missing)} classes: {why}): {', '.join(missing)}")
     if no_pos:
         st.caption(f"Annotated but without positives in this test split, so {label} is undefined: {', '.join(no_pos)}")
     unseen = df.loc[~(df["train_prevalence"] > 0), "class_name"].tolist()
     if unseen:
-        st.caption(f"No training positives anywhere in the consortium (not plotted): {', '.join(unseen)}")
+        st.caption("No training positives released by any site (none, or fewer than the site's min_count; not "
+                   f"plotted): {', '.join(unseen)}")
     st.dataframe(df.sort_values("train_prevalence", ascending=False).round(4), hide_index=True,
                  width="stretch")
     zero_shot(ctx, rnd, cm[at_site & (cm["projection"] == proj)], site, proj, METRICS[label])

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.data import RunContext
+from dashboards.data import RunContext, no_evaluation
 
 TITLE = "Run overview"
 SLUG = "overview"
@@ -18,7 +18,7 @@ def render(ctx: RunContext) -> None:
     agg = ctx.aggregates()
     pooled = agg[agg["site"].isna() & (agg["projection"] == "all")]
     if pooled[pooled["name"] == "mAP"].empty:
-        st.info("No evaluation results yet: the curves appear after the first round's federated evaluation.")
+        no_evaluation(ctx)
         return
     base = pooled[pooled["name"] == "prevalence_mAP"].sort_values("round")["value"].dropna()
     baseline = float(base.iloc[-1]) if len(base) else None

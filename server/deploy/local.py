@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import shutil
@@ -186,8 +187,7 @@ class LocalConsortium:
         self._wait_port(proc)
         self.registered = set()
         if not self.insecure and not self.persistent_state:
-            for public in sorted(self.keys.glob("*.pub")):
-                self.register(public.stem)
+            self.register_all([public.stem for public in sorted(self.keys.glob("*.pub"))])
         return proc
 
     def _wait_port(self, proc: Proc, timeout: float = 60.0) -> None:
@@ -212,6 +212,11 @@ class LocalConsortium:
     def register(self, site: str) -> None:
         self.flwr("supernode", "register", str(self.keys / f"{site}.pub"), CONNECTION, "--name", site)
         self.registered.add(site)
+
+    def register_all(self, sites: list[str]) -> None:
+        """``register`` for each site, side by side: each is a ``flwr`` CLI process, mostly start-up."""
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(sites)))) as pool:
+            list(pool.map(self.register, sites))
 
     def supernodes(self) -> list[dict]:
         r = self.flwr("supernode", "ls", CONNECTION, "--format", "json")
@@ -286,12 +291,10 @@ class LocalConsortium:
         first), returned once all of them are online."""
         procs = {}
         self.start_workers([cfg.parent.name for cfg in site_configs])
-        for cfg in site_configs:
-            site = cfg.parent.name
-            if not self.insecure:
-                self.site_key(site)
-                if site not in self.registered:
-                    self.register(site)
+        if not self.insecure:
+            for cfg in site_configs:
+                self.site_key(cfg.parent.name)
+            self.register_all([cfg.parent.name for cfg in site_configs if cfg.parent.name not in self.registered])
         self.wait_workers()
         for cfg in site_configs:
             site = cfg.parent.name
@@ -422,15 +425,24 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
         print(f"SuperLink on 127.0.0.1:{c.port} (state {'in memory' if c.state_db == IN_MEMORY else c.state_db}, "
               f"logs {c.logs})")
         c.start_workers([folder for _, _, folder in site_plan(n_sites)])  # they preload while the sites are made
-        sites_dir = make_sites(out, n_sites, images, image_size, seed)
-        site_configs = sorted(sites_dir.glob("*/site.toml"))
-        c.start_sites(site_configs)
-        print(f"{n_sites} SuperNodes online {time.perf_counter() - t0:.1f}s after start (site synthesis included); "
-              "submitting the run with flwr run")
         run_config = {"num-server-rounds": rounds, "local-epochs": local_epochs, "model-preset": preset,
                       "image-size": image_size, "min-nodes": n_sites, "out-dir": str(run_dir), "seed": seed,
-                      "run-name": f"deploy-local-{n_sites}sites", "round-timeout": 1800.0, **(extra_config or {})}
-        run_id = c.submit(run_config)
+                      "run-name": f"deploy-local-{n_sites}sites", "round-timeout": 1800.0,
+                      "node-wait": 1800.0, **(extra_config or {})}
+        # the run is submitted now: the ServerApp starts up while the sites are made and their SuperNodes start,
+        # and its first round waits for them: a site that does not come fails start_sites' own waits (workers,
+        # SuperNodes online), which ends the deployment, so the run's node-wait need not guess how long that takes
+        # (on an error here the consortium stops its processes on the way out, which ends `flwr run` too)
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            submitted = pool.submit(c.submit, run_config)
+            sites_dir = make_sites(out, n_sites, images, image_size, seed)
+            c.start_sites(sorted(sites_dir.glob("*/site.toml")))
+            print(f"{n_sites} SuperNodes online {time.perf_counter() - t0:.1f}s after start (site synthesis "
+                  "included); the run was submitted with flwr run at the start")
+            run_id = submitted.result()
+        finally:
+            pool.shutdown(wait=False)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
