@@ -59,6 +59,8 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote synthetic {args.format} site {toml.parent} ({args.images} images, {args.image_size}px); config "
           f"{toml}")
+    if args.check:  # in this process: no second start-up importing torch
+        return _check(argparse.Namespace(config=str(toml), json=False, k=None))
     return 0
 
 
@@ -316,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--real-structure", action="store_true",
                    help="label sets drawn from NIH ChestX-ray14's real co-occurrence and long tail, and findings that "
                         "look different on AP and lateral views (the benchmark testbed; still synthetic images)")
+    s.add_argument("--check", action="store_true",
+                   help="then index the new site as `fedchest-site check --config DIR/site.toml` does (exit code "
+                        "included)")
     s.set_defaults(fn=_synth)
     c = sub.add_parser("check", help="scan, index and cache the site's data; report what was and was not read")
     c.add_argument("--config", required=True, help="path to site.toml")

@@ -68,17 +68,14 @@ def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
     def synth_and_check(job):
         fmt, name, folder = job
         r = _site_cli("synth", "--out", str(folder), "--format", fmt, "--name", name, "--images", str(images),
-                      "--image-size", str(image_size), "--seed", str(seed), *options)
+                      "--image-size", str(image_size), "--seed", str(seed), *options, "--check")
         if r.returncode:
-            raise RuntimeError(f"fedchest-site synth failed for {name}:\n{r.stderr[-2000:]}")
-        r = _site_cli("check", "--config", str(folder / "site.toml"))
-        if r.returncode:
-            raise RuntimeError(f"fedchest-site check failed for {name}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        return r.stdout
+            raise RuntimeError(f"fedchest-site synth --check failed for {name}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        return next((line for line in r.stdout.splitlines() if line.startswith("site ")), r.stdout.strip())
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for (fmt, _name, _), out_text in zip(jobs, pool.map(synth_and_check, jobs)):
-            print(f"[{fmt}] " + out_text.splitlines()[0])
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one site CLI process per site: synthesis and check
+        for (fmt, _name, _), line in zip(jobs, pool.map(synth_and_check, jobs)):
+            print(f"[{fmt}] " + line)
     print(f"made {n_sites} synthetic sites in {time.perf_counter() - t0:.1f}s")
     stamp.write_text(json.dumps(params))
     return sites_dir

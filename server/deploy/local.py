@@ -312,7 +312,7 @@ class LocalConsortium:
             nodes = self.supernodes()
             if sum(1 for x in nodes if str(x.get("status", "")).lower() == "online") >= n:
                 return nodes
-            time.sleep(0.25)
+            time.sleep(1.0)  # each look is a `flwr` CLI process; the run, submitted already, does not wait on this
         raise DeployError(f"only {sum(1 for x in nodes if x.get('status') == 'online')} of {n} SuperNodes came "
                           f"online within {timeout:.0f} s; see {self.logs}")
 
@@ -388,7 +388,12 @@ class LocalConsortium:
             self.procs.remove(proc)
 
     def close(self) -> None:
-        for proc in reversed(list(self.procs)):  # SuperNodes first, then the warm workers, the SuperLink last
+        """Every process stopped: the SuperNodes and warm workers signalled at once, the SuperLink last."""
+        for proc in self.procs:
+            if proc.name != "superlink" and proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+        for proc in reversed(list(self.procs)):  # each waited for (and killed after its timeout), the link last
             self.stop(proc)
         if self.workers:
             shutil.rmtree(self.warm_dir, ignore_errors=True)
