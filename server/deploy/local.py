@@ -448,12 +448,14 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
             run_id = submitted.result()
         finally:
             pool.shutdown(wait=False)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
-    summary = json.loads(summary_path.read_text())
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            raise DeployError(f"the ServerApp wrote no {summary_path}; see {c.logs / 'flwr-run.log'}")
+        summary = json.loads(summary_path.read_text())
+        # read before the processes are stopped: what they log while shutting down (a SuperExec's request cut off
+        # by its SuperNode's exit) is not a fault of the run
+        faults = link_faults(c.logs, summary["db_url"], summary["run_id"])
     overheads = round_overheads(summary["db_url"], summary["run_id"])
-    faults = link_faults(c.logs, summary["db_url"], summary["run_id"])
     summary["deploy"] = {"flower_run_id": run_id, "wall_seconds": time.perf_counter() - t0, "sites": n_sites,
                          "tls": not insecure, "node_auth": not insecure, "logs": str(c.logs),
                          "link_state": "persistent" if persistent_state else "in-memory",
