@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 from pathlib import Path
 
@@ -26,17 +23,6 @@ def submit_in_background(c: LocalConsortium, config: dict, timeout: float) -> tu
     runner = threading.Thread(target=submit)
     runner.start()
     return runner, result
-
-
-def stop_all(c: LocalConsortium) -> None:
-    """Stop every process of ``c``: SIGTERM to the SuperNodes and warm workers at once, then ``close()`` (which
-    waits for each and stops the SuperLink last). ``close()`` alone signals and waits for one process after the
-    other: about 20 s for three sites on a loaded machine."""
-    for proc in c.procs:
-        if proc.name != "superlink" and proc.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-    c.close()
 
 
 def make_sites_here(out: Path, n_sites: int, images: int, image_size: int, seed: int) -> list[Path]:

@@ -21,7 +21,7 @@ import pytest
 
 from server.demo import site_plan
 from server.deploy.local import LocalConsortium
-from tests.deployments import make_sites_here, stop_all, submit_in_background
+from tests.deployments import make_sites_here, submit_in_background
 from tests.test_resume import _last_checkpoint, _rows
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
         runner.join(1500)
         assert "error" not in result, result.get("error")
         assert c.status(result["run"]) == "finished:completed"
-        stop_all(c)
+        c.close()  # every process signalled at once, the link last
     name = victim.split("-", 1)[1]
     events = _rows(url, "SELECT kind, site, round, message FROM events")
     # the link reports the dead node (no heartbeat) or its deadline passes: either way an event names the site,
