@@ -24,6 +24,7 @@ from shared_models.boxlatent import BoxLatentNet, BoxSpec, CaseIndex, box_loss, 
 from shared_models.boxlatent.calibration import reliability_table
 from shared_models.boxlatent.shifts import OOD_KINDS, corrupt, device_shift, held_out_device, non_chest_images
 from shared_models.losses import AsymmetricLoss
+from shared_models.messages import TRAIN_LOSS, TRAIN_SECONDS
 from shared_models.metrics import HistogramSpec
 
 OOD_HISTOGRAM = HistogramSpec(400, 10.0)  # mean log radius, binned as sigmoid(score): 0.05-wide bins on [-10, 10]
@@ -70,8 +71,8 @@ def train_box(model: BoxLatentNet, data: SiteData, spec: BoxSpec, epochs: int, l
             gap_total += float(((first.centre - second.centre).abs() - first.radius - second.radius).clamp(min=0)
                                .sum(1).mean().detach())
             steps += 1
-    return {"train_loss": total / max(steps, 1), "box_gap": gap_total / max(steps, 1), "steps": steps,
-            "train_seconds": time.perf_counter() - t0}
+    return {TRAIN_LOSS: total / max(steps, 1), "box_gap": gap_total / max(steps, 1), "steps": steps,
+            TRAIN_SECONDS: time.perf_counter() - t0}
 
 
 @dataclass

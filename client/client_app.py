@@ -25,6 +25,7 @@ from client.index import SiteData, load_split, prepare_site
 from client.dp_release import ReleasedCounts, evaluation_release
 from client.local_round import outgoing_state, site_release, train_round
 from client.records import from_record, to_record
+from client.reply import summary_record, train_record
 from client.site_config import SiteConfig, SiteConfigError, load_site_config
 from client.small_records import small_records_mod
 from client.timeline import mark_ready, timeline_mod
@@ -35,7 +36,8 @@ from shared_models.ct.model import CT_PREFIX
 from shared_models.localization.config import loc_spec
 from shared_models.localization.model import LOC_PREFIX
 from shared_models.device import limit_threads, select_device
-from shared_models.messages import EVALUATE_FIRST, EVALUATION, STAGE_ERRORS
+from shared_models.messages import (EVAL_SECONDS, EVALUATE_FIRST, EVALUATION, ROUTER_CORRECT, ROUTER_TOTAL,
+                                     STAGE_ERRORS, TRAIN_LOSS, TRAIN_SECONDS, EvalSummary, TrainReply)
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, parameter_group, radiograph_state
 from shared_models.ontology import load_label_set
@@ -160,43 +162,37 @@ def update_statistics(model, data: SiteData, aggregation: str
 
 
 def exact_train_metrics(model, data: SiteData, site: SiteConfig, aggregation: str, stats: dict[str, float]
-                        ) -> tuple[dict, dict[str, float], bool]:
-    """(metrics, group counts, plain FedAvg) of a round without DP: exact counts under the small-count rule."""
+                        ) -> tuple[TrainReply, dict[str, float], bool]:
+    """(train reply, group counts, plain FedAvg) of a round without DP: exact counts under the small-count rule."""
     c = model.num_classes
     counts, positives, fedavg = update_statistics(model, data, aggregation)
     k = site.privacy.suppress
     train_pos, train_annotated = data.class_counts(c)
-    metrics = {
-        "num-examples": len(data),
-        **{f"count.{g}": k(v) for g, v in counts.items()},
-        **{f"pos.{g}": [k(float(x)) for x in v] for g, v in positives.items()},
-        "train_loss": float(stats["train_loss"]),
-        **{key: float(stats[key]) for key in ("contrastive_loss", "box_gap") if key in stats},
-        "train_pos": [int(k(v)) for v in train_pos],
-        "train_annotated": [int(k(v)) for v in train_annotated],
-        **{f"n.{p}": int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
-    }
-    return metrics, counts, fedavg
+    reply = TrainReply(
+        len(data), {g: k(v) for g, v in counts.items()},
+        {g: [k(float(x)) for x in v] for g, v in positives.items()},
+        train_pos=[int(k(v)) for v in train_pos], train_annotated=[int(k(v)) for v in train_annotated],
+        views={p: int(k(int((data.projection == i).sum()))) for i, p in enumerate(PROJECTIONS)},
+        extra={TRAIN_LOSS: float(stats[TRAIN_LOSS]),
+               **{key: float(stats[key]) for key in ("contrastive_loss", "box_gap") if key in stats}})
+    return reply, counts, fedavg
 
 
 def released_train_metrics(model: RoutedExperts, release: ReleasedCounts, aggregation: str
-                           ) -> tuple[dict, dict[str, float], bool]:
-    """(metrics, group counts, plain FedAvg) of a DP round: every count from the site's released statistics
+                           ) -> tuple[TrainReply, dict[str, float], bool]:
+    """(train reply, group counts, plain FedAvg) of a DP round: every count from the site's released statistics
     (post-processing of a charged Gaussian release); no loss, no clipped fraction, nothing exact."""
     counts, positives = release.group_statistics({parameter_group(k) for k in model.state_dict()})
     fedavg = aggregation == "fedavg"
     if fedavg:
         counts = {g: float(release.public_size) for g in counts}
     train_pos, train_annotated = release.class_counts()
-    metrics = {
-        "num-examples": release.public_size,
-        **{f"count.{g}": float(v) for g, v in counts.items()},
-        **{f"pos.{g}": [float(x) for x in v] for g, v in positives.items()},
-        "train_pos": [int(v) for v in train_pos],
-        "train_annotated": [int(v) for v in train_annotated],
-        **{f"n.{p}": int(round(float(v))) for p, v in zip(PROJECTIONS, release.views)},
-    }
-    return metrics, counts, fedavg
+    reply = TrainReply(
+        release.public_size, {g: float(v) for g, v in counts.items()},
+        {g: [float(x) for x in v] for g, v in positives.items()},
+        train_pos=[int(v) for v in train_pos], train_annotated=[int(v) for v in train_annotated],
+        views={p: int(round(float(v))) for p, v in zip(PROJECTIONS, release.views)})
+    return reply, counts, fedavg
 
 
 def _site_record(site: SiteConfig) -> ConfigRecord:
@@ -237,8 +233,8 @@ def _train(msg: Message, site: SiteConfig) -> Message:
     if is_ct_site(site):  # the CT and box-latent modules are imported by the runs that use them
         from client.ct.federated import train_ct_round
 
-        state, metrics = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
-        return Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics),
+        state, reply = train_ct_round(msg.content["config"], site, global_state(msg.content["arrays"], CT_PREFIX))
+        return Message(RecordDict({"arrays": to_record(state), "metrics": train_record(reply),
                                    "site": _site_record(site)}), reply_to=msg)
     config = msg.content["config"]
     data, model = _setup(config, msg.content["arrays"], "train", site)
@@ -253,32 +249,31 @@ def _train(msg: Message, site: SiteConfig) -> Message:
     release = site_release(config, site, data, c)  # under DP the only dataset statistics used or sent
     stats, privacy = train_round(config, site, train_data, model, release)
     if release is None:
-        metrics, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)
+        reply, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)
     else:
-        metrics, counts, fedavg = released_train_metrics(model, release, aggregation)
+        reply, counts, fedavg = released_train_metrics(model, release, aggregation)
     state = outgoing_state(model, site, counts, fedavg)
-    sent_groups = {parameter_group(k) for k in state}
-    metrics = {key: v for key, v in metrics.items()
-               if not key.startswith(("count.", "pos.")) or key.split(".", 1)[1] in sent_groups}
-    metrics.update({"train_seconds": time.perf_counter() - t0,  # data loading included: all the site's work
-                    **privacy, **synthesis})
+    reply.keep_groups({parameter_group(k) for k in state})
+    reply.extra.update({TRAIN_SECONDS: time.perf_counter() - t0,  # data loading included: all the site's work
+                        **privacy, **synthesis})
     loc = loc_spec(config)
     if loc is not None:  # the prompt localiser trains beside the classifier on the same split
         from client.localization import train_loc_round
 
-        loc_state, loc_metrics = train_loc_round(config, site, data, loc, global_state(msg.content["arrays"],
-                                                                                       part=LOC_PREFIX), c)
+        loc_state, loc_counts, loc_metrics = train_loc_round(
+            config, site, data, loc, global_state(msg.content["arrays"], part=LOC_PREFIX), c)
         state.update(loc_state)
-        metrics.update(loc_metrics)
-        metrics["train_seconds"] = time.perf_counter() - t0
+        reply.group_counts.update(loc_counts)
+        reply.extra.update(loc_metrics)
+        reply.extra[TRAIN_SECONDS] = time.perf_counter() - t0
     spec = head_spec(config)
     if spec is not None and spec.label_graph:  # pair counts for the consortium's label graph (server/label_graph.py)
         from client.cooccurrence import site_pair_counts
 
-        metrics["cooc"], metrics["cooc_den"] = site_pair_counts(site, data, c, config)
+        reply.cooc, reply.cooc_den = site_pair_counts(site, data, c, config)
     content = RecordDict({
         "arrays": to_record(state),  # the packed wire format (shared_models/wire.py)
-        "metrics": MetricRecord(metrics),
+        "metrics": train_record(reply),
         "site": _site_record(site),
     })
     return Message(content, reply_to=msg)
@@ -299,7 +294,8 @@ def _evaluation(config: ConfigRecord, arrays: ArrayRecord, site: SiteConfig) -> 
     if is_ct_site(site):
         from client.ct.federated import evaluate_ct_round
 
-        return MetricRecord(evaluate_ct_round(config, site, global_state(arrays, CT_PREFIX), spec, split))
+        return summary_record(EvalSummary.from_metrics(
+            evaluate_ct_round(config, site, global_state(arrays, CT_PREFIX), spec, split)))
     data, model = _setup(config, arrays, split, site)
     c = model.num_classes
     label_set = load_label_set(str(config["label-set"]))
@@ -331,13 +327,13 @@ def _evaluation(config: ConfigRecord, arrays: ArrayRecord, site: SiteConfig) -> 
         summary.update(evaluate_loc_round(config, site, data, split, loc, global_state(arrays, part=LOC_PREFIX), c))
     known = data.projection >= 0
     k = site.privacy.suppress
-    summary["router_total"] = int(k(int(known.sum()))) if routes is not None else 0
-    summary["router_correct"] = (int(k(int((routes[known] == data.projection[known]).sum())))
-                                 if routes is not None and summary["router_total"] else 0)
+    summary[ROUTER_TOTAL] = int(k(int(known.sum()))) if routes is not None else 0
+    summary[ROUTER_CORRECT] = (int(k(int((routes[known] == data.projection[known]).sum())))
+                               if routes is not None and summary[ROUTER_TOTAL] else 0)
     if bool(config.get("dp", False)):  # what a DP site's evaluation may carry (client/dp_release.py)
         summary = evaluation_release(config, site, summary, probs, data.targets[:, :c], data.mask[:, :c],
                                      data.projection, spec, families=bool(extra) or loc is not None)
-        summary.setdefault("router_total", 0)
-        summary.setdefault("router_correct", 0)
-    summary["eval_seconds"] = time.perf_counter() - t0
-    return MetricRecord(summary)
+        summary.setdefault(ROUTER_TOTAL, 0)
+        summary.setdefault(ROUTER_CORRECT, 0)
+    summary[EVAL_SECONDS] = time.perf_counter() - t0
+    return summary_record(EvalSummary.from_metrics(summary))

@@ -35,6 +35,7 @@ import numpy as np
 
 from client.privacy import PolicyRefusal
 from client.site_config import SiteConfig
+from shared_models.messages import DP_DELTA, DP_EPSILON, DP_EVALUATION
 from shared_models.metrics import HistogramSpec
 from shared_models.networks import PROJECTIONS
 from shared_models.privacy.randomness import secure_numpy_generator
@@ -190,12 +191,12 @@ def evaluation_release(config: Mapping[str, Any], site: SiteConfig, exact: dict[
     from client.local_round import charged
 
     if site.privacy.dp_exact_evaluation:
-        return {**exact, "dp_evaluation": EXACT}
+        return {**exact, DP_EVALUATION: EXACT}
     z = float(config.get("dp-eval-noise-multiplier", 0.0))
     c = targets.shape[1]
     if z <= 0:
         empty = np.zeros((0, c))
-        return {**evaluation_summary(empty, empty, empty, np.zeros(0, np.int64), spec), "dp_evaluation": WITHHELD}
+        return {**evaluation_summary(empty, empty, empty, np.zeros(0, np.int64), spec), DP_EVALUATION: WITHHELD}
     if families:
         raise PolicyRefusal("zero-shot, box-latent and localiser evaluation summaries have no noised release: a DP "
                             "site sends them only with [privacy] dp_exact_evaluation = true (or run without "
@@ -208,4 +209,4 @@ def evaluation_release(config: Mapping[str, Any], site: SiteConfig, exact: dict[
                            lambda: dp_release_summary(probs, targets, mask, projection, spec, z, coarse,
                                                       secure_numpy_generator()),
                            what="releasing this round's evaluation summary", declines="send it")
-    return {**summary, "dp_evaluation": NOISED, "dp_epsilon": eps, "dp_delta": site.privacy.delta}
+    return {**summary, DP_EVALUATION: NOISED, DP_EPSILON: eps, DP_DELTA: site.privacy.delta}

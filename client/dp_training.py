@@ -12,6 +12,7 @@ import torch
 
 from client.index import SiteData
 from client.training import ZeroShotTraining, _batch, augment, objective
+from shared_models.messages import TRAIN_LOSS, TRAIN_SECONDS
 from shared_models.networks import RoutedExperts
 from shared_models.privacy import DPSettings, clipped_gradient_sum, dp_schedule, is_dp_compatible, privatise
 from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
@@ -94,6 +95,6 @@ def train_local_dp(
                 params[k].grad = g.to(params[k].dtype)
             opt.step()
             opt.zero_grad(set_to_none=True)
-    return {"train_loss": total / max(seen, 1), "steps": steps, "sample_rate": sample_rate,
+    return {TRAIN_LOSS: total / max(seen, 1), "steps": steps, "sample_rate": sample_rate,
             "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
-            "clipped_fraction": clipped / max(seen, 1), "train_seconds": time.perf_counter() - t0}
+            "clipped_fraction": clipped / max(seen, 1), TRAIN_SECONDS: time.perf_counter() - t0}

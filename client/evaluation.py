@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared_models.messages import EXACT, NOISED, WITHHELD  # noqa: F401 - ``dp_evaluation`` values, used from here
+from shared_models.messages import NUM_EXAMPLES, ScopeSummary, scope_key
 from shared_models.metrics import GROUPS, HistogramSpec, band_means, per_class_metrics
 from shared_models.networks import PROJECTIONS
 
@@ -53,7 +55,6 @@ def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec
                   ) -> dict[str, list[float] | list[int] | int]:
     """One scope's keys (``<prefix>ap.<scope>`` ... ``<prefix>withheld.<scope>``) under the small-count rule; with
     ``bands`` (a group code per class), ``<prefix>band_map.<scope>`` computed before it."""
-    out: dict = {}
     c, n = probs.shape[1], int(len(probs))
     if n and n >= min_count:
         pc = per_class_metrics(targets, probs, mask)
@@ -62,25 +63,20 @@ def scope_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, spec
         n = 0
         pc = {k: np.full(c, np.nan) for k in ("ap", "auroc", "f1")}
         pos = neg = np.zeros((c, spec.bins), np.int64)
-    if bands is not None:
-        out[f"{prefix}band_map.{scope}"] = band_summary(pc["ap"], pos.sum(1), neg.sum(1), bands, min_count)
+    band_map = None if bands is None else band_summary(pc["ap"], pos.sum(1), neg.sum(1), bands, min_count)
     small = ((pos.sum(1) < min_count) | (neg.sum(1) < min_count)) & ((pos.sum(1) + neg.sum(1)) > 0)
     pos, neg = np.where(small[:, None], 0, pos), np.where(small[:, None], 0, neg)
     pos, neg = merge_small_bins(pos, neg, min_count)
-    for k in ("ap", "auroc", "f1"):
-        out[f"{prefix}{k}.{scope}"] = [float("nan") if s else float(v) for v, s in zip(pc[k], small)]
-    out[f"{prefix}hist_pos.{scope}"] = pos.reshape(-1).astype(int).tolist()
-    out[f"{prefix}hist_neg.{scope}"] = neg.reshape(-1).astype(int).tolist()
-    out[f"{prefix}n.{scope}"] = n
-    out[f"{prefix}withheld.{scope}"] = int(small.sum())
-    return out
+    ap, auroc, f1 = ([float("nan") if s else float(v) for v, s in zip(pc[k], small)] for k in ("ap", "auroc", "f1"))
+    return ScopeSummary(pos.reshape(-1).astype(int).tolist(), neg.reshape(-1).astype(int).tolist(), ap, auroc, f1,
+                        n, int(small.sum()), band_map).to_metrics(scope, prefix)
 
 
 def evaluation_summary(
     probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, projection: np.ndarray, spec: HistogramSpec,
     min_count: int = 0, bands: np.ndarray | None = None,
 ) -> dict[str, list[float] | list[int] | int]:
-    out: dict[str, list[float] | list[int] | int | float] = {"num-examples": int(len(probs))}
+    out: dict[str, list[float] | list[int] | int | float] = {NUM_EXAMPLES: int(len(probs))}
     for scope in SCOPES:
         sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)
         out.update(scope_summary(probs[sel], targets[sel], mask[sel], spec, min_count, scope, bands=bands))
@@ -124,8 +120,6 @@ def merge_small_bins(pos: np.ndarray, neg: np.ndarray, k: int) -> tuple[np.ndarr
     return out_p, out_n
 
 
-WITHHELD, NOISED, EXACT = 0, 1, 2  # ``dp_evaluation``: what a DP site's evaluation summary is
-
 
 def release_sensitivity(num_classes: int) -> float:
     """L2 sensitivity of a DP evaluation release to one image: one bin (positive or negative) per annotated class
@@ -149,13 +143,12 @@ def dp_release_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray,
         sel = np.ones(len(probs), bool) if scope == "all" else projection == PROJECTIONS.index(scope)
         pos, neg = spec.histograms(targets[sel], probs[sel], mask[sel])
         width = spec.bins // coarse
-        for key, h in (("hist_pos", pos), ("hist_neg", neg)):
+        hists = []
+        for h in (pos, neg):
             released = np.zeros_like(h)
             released[:, width // 2::width] = noisy(h.reshape(c, coarse, width).sum(2))
-            out[f"{key}.{scope}"] = released.reshape(-1).astype(int).tolist()
-        for k in ("ap", "auroc", "f1"):
-            out[f"{k}.{scope}"] = [float("nan")] * c
-        out[f"n.{scope}"] = int(noisy(float(sel.sum())))
-        out[f"withheld.{scope}"] = 0
-    out["num-examples"] = out["n.all"]
+            hists.append(released.reshape(-1).astype(int).tolist())
+        nan = [float("nan")] * c
+        out.update(ScopeSummary(*hists, nan, nan, nan, int(noisy(float(sel.sum()))), 0).to_metrics(scope))
+    out[NUM_EXAMPLES] = out[scope_key("n", "all")]
     return out

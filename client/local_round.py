@@ -19,6 +19,8 @@ from client.site_config import SiteConfig
 from client.training import ZeroShotTraining, train_local
 from shared_models.boxlatent.config import box_spec
 from shared_models.device import select_device
+from shared_models.messages import (DP_DELTA, DP_EPSILON, DP_EPSILON_BUDGET, DP_MAX_GRAD_NORM, DP_NOISE_MULTIPLIER,
+                                     DP_SAMPLE_RATE, DP_STEPS)
 from shared_models.metrics import prevalence as class_prevalence
 from shared_models.networks import RoutedExperts, parameter_group
 from shared_models.networks.heads import head_spec
@@ -153,10 +155,10 @@ def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: 
     composed); data-dependent values (loss, clipped fraction) stay at the site."""
     policy = site.privacy
     stats, eps = charged(site, config, dp.noise_multiplier, rate, steps, head, train)
-    report = {"dp_epsilon": eps, "dp_delta": policy.delta, "dp_noise_multiplier": dp.noise_multiplier,
-              "dp_max_grad_norm": dp.max_grad_norm, "dp_steps": float(steps), "dp_sample_rate": rate}
+    report = {DP_EPSILON: eps, DP_DELTA: policy.delta, DP_NOISE_MULTIPLIER: dp.noise_multiplier,
+              DP_MAX_GRAD_NORM: dp.max_grad_norm, DP_STEPS: float(steps), DP_SAMPLE_RATE: rate}
     if math.isfinite(policy.epsilon_budget):
-        report["dp_epsilon_budget"] = policy.epsilon_budget
+        report[DP_EPSILON_BUDGET] = policy.epsilon_budget
     return stats, report
 
 

@@ -239,8 +239,10 @@ def loc_model(spec: LocRunSpec, state: Mapping[str, torch.Tensor]) -> PromptLoca
 
 
 def train_loc_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, spec: LocRunSpec,
-                    state: Mapping[str, torch.Tensor], num_classes: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """One local round of the localiser: (the groups that leave, under ``loc.``; the metrics that leave)."""
+                    state: Mapping[str, torch.Tensor], num_classes: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict]:
+    """One local round of the localiser: (the groups that leave, under ``loc.``; the samples behind each group
+    (the train reply's group counts); the other metrics that leave)."""
     if bool(config.get("dp", False)):
         raise ValueError(f"{site.name}: the prompt localiser has no DP-SGD training; run it with dp = false")
     t0 = time.perf_counter()
@@ -255,11 +257,11 @@ def train_loc_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData,
     count = float(k(len(data)))
     out = {key: v for key, v in prefixed(model.state_dict()).items()
            if count > 0 and not site.privacy.withheld(loc_parameter_group(key))}
-    metrics = {**{f"count.{g}": count for g in sorted({loc_parameter_group(key) for key in out})},
-               **{key: float(v) for key, v in stats.items()},
+    counts = {g: count for g in sorted({loc_parameter_group(key) for key in out})}
+    metrics = {**{key: float(v) for key, v in stats.items()},
                "loc_box_images": int(k(len({i for i, _ in boxes.boxes}))),
                "loc_seconds": time.perf_counter() - t0}
-    return out, metrics
+    return out, counts, metrics
 
 
 def evaluate_loc_round(config: Mapping[str, Any], site: SiteConfig, data: SiteData, split: str, spec: LocRunSpec,

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from client.audit import outbound_guard
 from client.client_app import resolve_site, run_model, site_data
 from client.local_round import site_release, train_round
+from shared_models.messages import TRAIN_LOSS
 from shared_models.networks import float_state_keys
 
 
@@ -36,7 +37,7 @@ class SiteClient(NumPyClient):
         out = model.cpu().state_dict()
         if release is not None:  # no exact loss or count leaves a DP site
             return [out[k].numpy() for k in keys], release.public_size, privacy
-        return [out[k].numpy() for k in keys], len(data), {"train_loss": float(stats["train_loss"]), **privacy}
+        return [out[k].numpy() for k in keys], len(data), {TRAIN_LOSS: float(stats[TRAIN_LOSS]), **privacy}
 
 
 def _client_fn(context: Context):

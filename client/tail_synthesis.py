@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from client.index import SiteData
 from client.site_config import SiteConfig
+from shared_models.messages import GENERATOR_SECONDS, SYNTH_IMAGES
 from shared_models.metrics import TAIL_THRESHOLD, prevalence
 from shared_models.ontology import load_label_set
 from shared_models.synthesis import ConditionalUNet, DiffusionSchedule, ddim_sample, diffusion_loss
@@ -86,7 +87,7 @@ def train_generator(data: SiteData, prompts: torch.Tensor, tails: np.ndarray, sp
         sched.step()
         losses.append(float(loss.detach()))
     tail_loss = float(np.mean(losses[-max(1, len(losses) // 10):]))
-    return model.eval(), {"generator_seconds": time.perf_counter() - t0, "generator_loss": tail_loss}
+    return model.eval(), {GENERATOR_SECONDS: time.perf_counter() - t0, "generator_loss": tail_loss}
 
 
 def synthesize(model: ConditionalUNet, prompts: torch.Tensor, classes: np.ndarray, spec: SynthesisSpec,
@@ -129,7 +130,7 @@ def tail_training_data(config: Mapping[str, Any], site: SiteConfig, data: SiteDa
     cache = folder / f"{run}.npz"
     if cache.exists():
         with np.load(cache) as z:
-            images, labels, info = z["images"], z["labels"], {"generator_seconds": 0.0,
+            images, labels, info = z["images"], z["labels"], {GENERATOR_SECONDS: 0.0,
                                                               "generator_loss": float(z["loss"])}
     else:
         label_set = load_label_set(str(config["label-set"]))
@@ -141,10 +142,10 @@ def tail_training_data(config: Mapping[str, Any], site: SiteConfig, data: SiteDa
             images, labels = synthesize(model, prompts, tails, spec, data.pixels.shape[-1], seed + 1)
         else:
             images, labels = np.zeros((0,) + data.pixels.shape[1:], np.uint8), np.zeros(0, np.int64)
-            info = {"generator_seconds": 0.0, "generator_loss": float("nan")}
+            info = {GENERATOR_SECONDS: 0.0, "generator_loss": float("nan")}
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(cache, images=images, labels=labels, loss=info["generator_loss"])
     k = site.privacy.suppress
-    report = {"synth_images": float(k(len(labels))), "synth_classes": float(k(len(np.unique(labels)))),
-              "generator_seconds": info["generator_seconds"]}
+    report = {SYNTH_IMAGES: float(k(len(labels))), "synth_classes": float(k(len(np.unique(labels)))),
+              GENERATOR_SECONDS: info[GENERATOR_SECONDS]}
     return with_synthetic(data, images, labels), report

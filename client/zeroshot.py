@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from client.index import SiteData
+from shared_models.messages import NUM_EXAMPLES
 from shared_models.ontology import LabelSet
 from shared_models.zeroshot import (TemplatePromptGenerator, class_embeddings, clip_loss, load_prompt_bank,
                                     siglip_loss, zero_shot_probabilities)
@@ -211,7 +212,7 @@ def zero_shot_evaluation(model: DualBranch, data: SiteData, label_set: LabelSet,
         scores = zero_shot_scores(model, image_emb, classes, prompt_set, label_set.name, cache)
         part = evaluation_summary(scores, split.targets[:, cols], split.mask[:, cols], split.projection,
                                   SCORE_HISTOGRAM, site.privacy.min_count)
-        extra.update({f"zs.{name}.{k}": v for k, v in part.items() if k != "num-examples"})
+        extra.update({f"zs.{name}.{k}": v for k, v in part.items() if k != NUM_EXAMPLES})
 
     for prompt_set in PROMPT_SETS:
         summary(prompt_set, data, emb, label_set.zeroshot, slice(label_set.num_seen, None), prompt_set)

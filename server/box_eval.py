@@ -11,6 +11,7 @@ import numpy as np
 
 from shared_models.boxlatent.calibration import brier_from_table, calibration_ci, ece_from_table
 from shared_models.boxlatent.shifts import OOD_KINDS
+from shared_models.messages import MetricRow
 from shared_models.metrics import HistogramSpec, bootstrap_macro, summarise
 
 OOD_HISTOGRAM = HistogramSpec(400, 10.0)  # the sites' binning of the mean log radius (client/boxlatent.py)
@@ -72,11 +73,11 @@ def site_similarity(stats: Mapping[str, Mapping[str, np.ndarray]], classes: tupl
 
 
 def box_round(site_evals: Mapping[str, dict], samples: tuple[int, ...], primary: int, classes: tuple[str, ...],
-              spec: HistogramSpec, replicates: int, seed: int = 0) -> tuple[list[tuple], dict]:
+              spec: HistogramSpec, replicates: int, seed: int = 0) -> tuple[list[MetricRow], dict]:
     """Registry rows ``(site, scope, class, metric, value, n)`` (metrics ``box_*``) and the round's box summary:
     ``{"by_samples": {N: {mAUC, mAUC_ci, brier_raw, brier, brier_ci, ece_raw, ece, ece_ci}}, "primary": N,
     "ood": {kind: {auroc, ci, n}}, "similarity": {...}, "temperature": {site: T}}``."""
-    rows: list[tuple] = []
+    rows: list[MetricRow] = []
     out: dict = {"primary": primary, "by_samples": {}, "ood": {}, "temperature": {}}
     for n in samples:
         pos = sum(e["n"][n]["pos"] for e in site_evals.values())
@@ -92,31 +93,31 @@ def box_round(site_evals: Mapping[str, dict], samples: tuple[int, ...], primary:
             entry[f"brier{key}_ci"], entry[f"ece{key}_ci"] = list(ci.get("brier", ())), list(ci.get("ece", ()))
         out["by_samples"][n] = entry
         for k in ("mAUC", "brier", "ece", "brier_raw", "ece_raw"):
-            rows.append((None, "all", None, f"box_n{n}_{k}", entry[k], None))
+            rows.append(MetricRow(None, "all", None, f"box_n{n}_{k}", entry[k], None))
         for k in ("mAUC", "brier", "ece"):
             ci = entry[f"{k}_ci"]
             if ci:
-                rows += [(None, "all", None, f"box_n{n}_{k}_lo", ci[0], None),
-                         (None, "all", None, f"box_n{n}_{k}_hi", ci[1], None)]
+                rows += [MetricRow(None, "all", None, f"box_n{n}_{k}_lo", ci[0], None),
+                         MetricRow(None, "all", None, f"box_n{n}_{k}_hi", ci[1], None)]
         for site, e in site_evals.items():
             out["temperature"].setdefault(site, {})[n] = e["n"][n]["temperature"]
             if n == primary:
-                rows.append((site, "all", None, "box_temperature", e["n"][n]["temperature"], None))
+                rows.append(MetricRow(site, "all", None, "box_temperature", e["n"][n]["temperature"], None))
     id_hist = sum(e["ood"]["id"] for e in site_evals.values())
     for kind in OOD_KINDS:
         hist = sum(e["ood"][kind] for e in site_evals.values())
         auroc, ci = ood_auroc(id_hist, hist, replicates, seed)
         out["ood"][kind] = {"auroc": auroc, "ci": ci, "n": int(hist.sum()), "n_id": int(id_hist.sum())}
-        rows += [(None, "all", None, f"box_ood_{kind}_auroc", auroc, int(hist.sum())),
+        rows += [MetricRow(None, "all", None, f"box_ood_{kind}_auroc", auroc, int(hist.sum())),
                  (None, "all", None, f"box_ood_{kind}_auroc_lo", ci[0], None),
                  (None, "all", None, f"box_ood_{kind}_auroc_hi", ci[1], None)]
         for site, e in site_evals.items():
             a, _ = ood_auroc(e["ood"]["id"], e["ood"][kind], 0, seed)
-            rows.append((site, "all", None, f"box_ood_{kind}_auroc", a, int(e["ood"][kind].sum())))
+            rows.append(MetricRow(site, "all", None, f"box_ood_{kind}_auroc", a, int(e["ood"][kind].sum())))
     sim = site_similarity({s: e["stats"] for s, e in site_evals.items()}, classes)
     out["similarity"] = sim
     # one row per ordered pair: the other site goes in the class column (a site name, never a class)
     for i, a in enumerate(sim["sites"]):
         for j, b in enumerate(sim["sites"]):
-            rows.append((a, "all", b, "box_site_similarity", sim["matrix"][i][j], None))
+            rows.append(MetricRow(a, "all", b, "box_site_similarity", sim["matrix"][i][j], None))
     return rows, out

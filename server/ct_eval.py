@@ -18,6 +18,7 @@ import numpy as np
 
 from server.federated_eval import ScopeEval, parse_site_eval
 from shared_models.ct.metrics import youden_from_histograms
+from shared_models.messages import MetricRow
 from shared_models.metrics import HistogramSpec
 
 KS = (1, 5, 10)
@@ -49,7 +50,7 @@ def parse_ct(metrics: Mapping, num_classes: int, spec: HistogramSpec) -> CTSiteE
 
 
 def _figures(auroc: np.ndarray, f1: np.ndarray, n_pos: np.ndarray, r_n: int, hits: list[int], chance: list[float],
-             loc_n: int, loc_abs: float, loc_centre: float, classes: tuple[str, ...]) -> tuple[dict, list[tuple]]:
+             loc_n: int, loc_abs: float, loc_centre: float, classes: tuple[str, ...]) -> tuple[dict, list[MetricRow]]:
     """One scope's summary and its registry rows (site filled in by the caller)."""
     nan = float("nan")
     out = {"mAUC": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else nan,
@@ -62,18 +63,18 @@ def _figures(auroc: np.ndarray, f1: np.ndarray, n_pos: np.ndarray, r_n: int, hit
     for k, h, ch in zip(KS, hits, chance):
         out[f"R@{k}"] = h / r_n if r_n else nan
         out[f"R@{k}_chance"] = ch / r_n if r_n else nan
-    rows = [(None, SCOPE, c, name, v[name], v["n_pos"]) for c, v in out["per_class"].items()
+    rows = [MetricRow(None, SCOPE, c, name, v[name], v["n_pos"]) for c, v in out["per_class"].items()
             for name in ("auroc", "youden_f1")]
-    rows += [(None, SCOPE, None, name, out[name], r_n) for name in
+    rows += [MetricRow(None, SCOPE, None, name, out[name], r_n) for name in
              ("mAUC", "mean_youden_f1", *(f"R@{k}" for k in KS), *(f"R@{k}_chance" for k in KS))]
-    rows += [(None, SCOPE, None, name, out[name], loc_n) for name in ("loc_mae_mm", "loc_centre_mae_mm")]
+    rows += [MetricRow(None, SCOPE, None, name, out[name], loc_n) for name in ("loc_mae_mm", "loc_centre_mae_mm")]
     return out, rows
 
 
 def ct_round(evals: Mapping[str, CTSiteEval], classes: tuple[str, ...], spec: HistogramSpec
-             ) -> tuple[list[tuple], dict]:
+             ) -> tuple[list[MetricRow], dict]:
     """Registry rows and the round's CT summary: ``pooled`` and ``sites``."""
-    rows: list[tuple] = []
+    rows: list[MetricRow] = []
     summary: dict = {"sites": {}}
     for site, e in evals.items():
         f1 = youden_from_histograms(e.scores.hist_pos, e.scores.hist_neg)["f1"]
@@ -81,7 +82,7 @@ def ct_round(evals: Mapping[str, CTSiteEval], classes: tuple[str, ...], spec: Hi
         s, r = _figures(e.scores.per_class["auroc"], f1, e.scores.per_class["n_pos"], e.r_n, e.r_hits, chance,
                         e.loc_n, e.loc_abs_mm, e.loc_centre_abs_mm, classes)
         summary["sites"][site] = s
-        rows += [(site, *row[1:]) for row in r]
+        rows += [row._replace(site=site) for row in r]
     pos = sum(e.scores.hist_pos for e in evals.values())
     neg = sum(e.scores.hist_neg for e in evals.values())
     pc = spec.metrics(pos, neg)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from shared_models.localization.metrics import BoxTally
+from shared_models.messages import MetricRow
 
 
 def check_loc_run(cfg: Mapping, box) -> None:
@@ -52,7 +53,7 @@ def _scope(tally: BoxTally, classes: tuple[str, ...]) -> dict:
                           for c in np.flatnonzero(scored)}}
 
 
-def loc_round(tallies: dict[str, BoxTally], classes: tuple[str, ...]) -> tuple[list[tuple], dict | None]:
+def loc_round(tallies: dict[str, BoxTally], classes: tuple[str, ...]) -> tuple[list[MetricRow], dict | None]:
     """Registry rows and the round's summary: pooled and per site."""
     with_boxes = {s: t for s, t in tallies.items() if t.images.sum() > 0}
     if not with_boxes:
@@ -61,11 +62,11 @@ def loc_round(tallies: dict[str, BoxTally], classes: tuple[str, ...]) -> tuple[l
     for t in with_boxes.values():
         pooled.merge(t)
     out = {"pooled": _scope(pooled, classes), "sites": {s: _scope(t, classes) for s, t in with_boxes.items()}}
-    rows = []
+    rows: list[MetricRow] = []
     for site, entry in [(None, out["pooled"]), *out["sites"].items()]:
         for c, e in entry["per_class"].items():
-            rows += [(site, "all", c, "box_AP50", e["AP50"], e["images"]),
-                     (site, "all", c, "box_mIoU", e["mIoU"], e["images"])]
-        rows += [(site, "all", None, "box_mAP50", entry["mAP50"], entry["images_with_boxes"]),
-                 (site, "all", None, "box_mIoU", entry["mIoU"], entry["images_with_boxes"])]
+            rows += [MetricRow(site, "all", c, "box_AP50", e["AP50"], e["images"]),
+                     MetricRow(site, "all", c, "box_mIoU", e["mIoU"], e["images"])]
+        rows += [MetricRow(site, "all", None, "box_mAP50", entry["mAP50"], entry["images_with_boxes"]),
+                 MetricRow(site, "all", None, "box_mIoU", entry["mIoU"], entry["images_with_boxes"])]
     return rows, out

@@ -27,6 +27,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from server.checkpoints import save_checkpoint
 from server.registry import Registry, resolve_db_url
 from server.server_app import DEFAULTS, run_for_sites
+from shared_models.messages import DP_EPSILON, TRAIN_LOSS, MetricRow
 from shared_models.networks import build_model, float_state_keys
 from shared_models.ontology import load_label_set
 
@@ -100,13 +101,13 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_fit_metrics(results: list[tuple[int, dict]]) -> dict:
         n = sum(k for k, _ in results)
-        reported = [(k, float(m["train_loss"])) for k, m in results if "train_loss" in m]  # DP sites send no loss
+        reported = [(k, float(m[TRAIN_LOSS])) for k, m in results if TRAIN_LOSS in m]  # DP sites send no loss
         weight = sum(k for k, _ in reported)
         loss = sum(k * v for k, v in reported) / weight if weight else float("nan")
-        eps = [float(m["dp_epsilon"]) for _, m in results if "dp_epsilon" in m]
-        history.append({"sites": len(results), "examples": n, "train_loss": loss,
+        eps = [float(m[DP_EPSILON]) for _, m in results if DP_EPSILON in m]
+        history.append({"sites": len(results), "examples": n, TRAIN_LOSS: loss,
                         "max_dp_epsilon": max(eps, default=None)})
-        return {"train_loss": loss}
+        return {TRAIN_LOSS: loss}
 
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=int(cfg["min-nodes"]),
                       min_available_clients=int(cfg["min-nodes"]), min_evaluate_clients=0,
@@ -134,7 +135,8 @@ def main(grid: Grid, context: Context) -> None:
             registry.add_checkpoint(run_id, rounds, str(path), digest, size)
         for rnd, h in enumerate(history, 1):
             registry.finish_round(run_id, rnd, h["sites"], 0)
-            registry.add_metrics(run_id, rnd, [(None, "all", None, "train_loss", h["train_loss"], h["examples"])])
+            registry.add_metrics(run_id, rnd,
+                                 [MetricRow(None, "all", None, TRAIN_LOSS, h[TRAIN_LOSS], h["examples"])])
         (out_dir / "summary.json").write_text(json.dumps({
             "run_id": run_id, "status": status, "secure_aggregation": "SecAgg+", "rounds_completed": len(history),
             "rounds": history, "checkpoints": str(ckpt_dir), "wall_seconds": time.perf_counter() - t0,

@@ -21,7 +21,7 @@ from server.aggregation import MODES, RunningMean, ServerOptimizer, SiteUpdate, 
 from server.box_eval import box_round, parse_box
 from server.ct_eval import SCOPE, ct_round, is_ct_summary, parse_ct
 from server.loc_eval import loc_round, parse_loc
-from server.federated_eval import parse_site_eval, round_metrics
+from server.federated_eval import round_metrics, site_scopes
 from server.label_graph import LabelGraph
 from server.registry import Registry
 from server.robust import RobustRule
@@ -31,9 +31,13 @@ from server.timeline import TIMELINE, phase_rows, round_rows, site_phases
 from server.validation import (NormHistory, check_train_metrics, nonfinite_reason, reference_of, update_norms,
                                validate_update)
 from server.zeroshot_eval import parse_zero_shot, proxy_score, zero_shot_round
-from shared_models.messages import EVALUATE_FIRST, EVALUATION, STAGE_ERRORS
+from server.reply import read_summary, read_train
+from shared_models.messages import (DP_DELTA, DP_EPSILON, DP_EPSILON_BUDGET, DP_EVALUATION, EVAL_SECONDS,
+                                     EVALUATE_FIRST, EVALUATION, GENERATOR_SECONDS, NUM_EXAMPLES, PRIVACY_KEYS,
+                                     STAGE_ERRORS, SYNTH_IMAGES, TRAIN_LOSS, TRAIN_SECONDS, WITHHELD, MetricRow,
+                                     TrainReply, scope_key)
 from shared_models.metrics import HistogramSpec, group_codes, prevalence, prevalence_groups
-from shared_models.networks import group_keys
+from shared_models.networks import PROJECTIONS, group_keys
 from shared_models.wire import WireError
 from shared_models.zeroshot.scoring import SCORE_HISTOGRAM
 
@@ -52,9 +56,6 @@ def scalar_mean(records: list[MetricRecord], weight_key: str) -> MetricRecord:
     return MetricRecord(out)
 
 
-PRIVACY_KEYS = ("dp_epsilon", "dp_epsilon_budget", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm",
-                "dp_steps", "dp_sample_rate")
-DP_EVALUATION_WITHHELD = 0  # client/evaluation.py WITHHELD (the wire value; server/ does not import client/)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -88,7 +89,7 @@ class EvalPool:
     ct: dict = field(default_factory=dict)
     loc: dict = field(default_factory=dict)
     routed: dict[str, tuple[int, int]] = field(default_factory=dict)
-    timing: list[tuple] = field(default_factory=list)
+    timing: list[MetricRow] = field(default_factory=list)
 
 
 class FedChestAvg(FedAvg):
@@ -149,8 +150,8 @@ class FedChestAvg(FedAvg):
         self.timer = timer or ReplyTimer()  # per-site reply deadlines (server/rounds.py)
         self.quorum, self.node_wait = quorum, node_wait  # rounds go on with >= quorum nodes after node_wait seconds
         self.late: dict[str, set[int]] = {}  # stage -> nodes past their deadline this round
-        self.reply_rows: list[tuple] = []
-        self.phase_rows: list[tuple] = []  # per-site phases of the replies pulled (server/timeline.py)
+        self.reply_rows: list[tuple] = []  # (node, name, seconds, deadline)
+        self.phase_rows: list[MetricRow] = []  # per-site phases of the replies pulled (server/timeline.py)
         self.link: DeadlineGrid | None = None
         self.reply_node: dict[str, int] = {}  # message id -> the node it was sent to
         self.round_now = 0
@@ -250,11 +251,11 @@ class FedChestAvg(FedAvg):
         do not carry the node's id, the message they answer does."""
         return self.reply_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
 
-    def _timing_rows(self) -> list[tuple]:
-        rows = [(self._name(node), "all", None, name, value, None) for node, name, value, _ in self.reply_rows]
-        rows += [(self._name(node), "all", None, name.replace("reply_seconds", "deadline_seconds"), limit, None)
+    def _timing_rows(self) -> list[MetricRow]:
+        rows = [MetricRow(self._name(node), "all", None, name, value) for node, name, value, _ in self.reply_rows]
+        rows += [MetricRow(self._name(node), "all", None, name.replace("reply_seconds", "deadline_seconds"), limit)
                  for node, name, _, limit in self.reply_rows]
-        rows += [(self._name(node), "all", None, "link_seconds_per_MB", self.timer.link[node] * 1e6, None)
+        rows += [MetricRow(self._name(node), "all", None, "link_seconds_per_MB", self.timer.link[node] * 1e6)
                  for node in sorted({r[0] for r in self.reply_rows}) if node in self.timer.link]
         rows += self.phase_rows
         self.reply_rows, self.phase_rows = [], []
@@ -321,7 +322,7 @@ class FedChestAvg(FedAvg):
         pair_den = np.zeros_like(pairs)
         paired = False
         ct_ann = np.zeros(len(self.ct_classes), np.int64)
-        rows = []
+        rows: list[MetricRow] = []
         answered: set[int] = set()
         folded, pool = self.folding, EvalPool()  # the round whose model these replies also evaluated, if any
         for msg in replies:
@@ -339,36 +340,36 @@ class FedChestAvg(FedAvg):
             if "train" in failed:
                 self._train_failed(server_round, site, str(failed["train"]))
                 continue
-            update, norms, m = self._check_update(msg, site, server_round, rows)
+            update, norms, m, reply = self._check_update(msg, site, server_round, rows)
             del msg
             if update is None:
                 continue
-            if "train_pos" in m:  # a radiograph site (CT sites count their own label set)
-                pos += np.asarray(m["train_pos"], np.int64)
-                ann += np.asarray(m["train_annotated"], np.int64)
-            if (self.label_graph is not None and len(m.get("cooc", [])) == pairs.size
-                    and len(m.get("cooc_den", [])) == pairs.size):
-                pairs += np.asarray(m["cooc"], np.int64).reshape(pairs.shape)
-                pair_den += np.asarray(m["cooc_den"], np.int64).reshape(pairs.shape)
+            if reply.train_pos is not None:  # a radiograph site (CT sites count their own label set)
+                pos += np.asarray(reply.train_pos, np.int64)
+                ann += np.asarray(reply.train_annotated, np.int64)
+            if (self.label_graph is not None and len(reply.cooc or []) == pairs.size
+                    and len(reply.cooc_den or []) == pairs.size):
+                pairs += np.asarray(reply.cooc, np.int64).reshape(pairs.shape)
+                pair_den += np.asarray(reply.cooc_den, np.int64).reshape(pairs.shape)
                 paired = True
-            if self.ct_classes and "ct_train_pos" in m:
-                ct_pos += np.asarray(m["ct_train_pos"], np.int64)
-                ct_ann += np.asarray(m["ct_train_annotated"], np.int64)
+            if self.ct_classes and reply.ct_train_pos is not None:
+                ct_pos += np.asarray(reply.ct_train_pos, np.int64)
+                ct_ann += np.asarray(reply.ct_train_annotated, np.int64)
             if streaming:
                 running.add(update)
                 update = SiteUpdate(update.site, {}, update.group_counts, update.class_pos)
             else:
                 updates.append(update)
             accepted.append((update, norms))
-            rows.append((site, "all", None, "update_norm", float(sum(v * v for v in norms.values()) ** 0.5), None))
-            for key in ("train_loss", "train_seconds", "num-examples", "n.PA", "n.AP", "n.LAT", "synth_images",
-                        "generator_seconds", *PRIVACY_KEYS):
+            rows.append(MetricRow(site, "all", None, "update_norm", float(sum(v * v for v in norms.values()) ** 0.5)))
+            for key in (TRAIN_LOSS, TRAIN_SECONDS, NUM_EXAMPLES, *(scope_key("n", p) for p in PROJECTIONS),
+                        SYNTH_IMAGES, GENERATOR_SECONDS, *PRIVACY_KEYS):
                 if key in m:
-                    rows.append((site, "all", None, key, float(m[key]), int(m["num-examples"])))
-            if "dp_epsilon" in m:
+                    rows.append(MetricRow(site, "all", None, key, float(m[key]), int(reply.num_examples)))
+            if DP_EPSILON in m:
                 self.privacy.setdefault(str(server_round), {})[site] = {
-                    "epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", float("nan"))),
-                    "budget": float(m["dp_epsilon_budget"]) if "dp_epsilon_budget" in m else None}
+                    "epsilon": float(m[DP_EPSILON]), "delta": float(m.get(DP_DELTA, float("nan"))),
+                    "budget": float(m[DP_EPSILON_BUDGET]) if DP_EPSILON_BUDGET in m else None}
             kept.append(m)
         self._record_dropouts("train", server_round, answered)
         if folded is not None:  # before this round's counts replace the last round's, as a stage of its own
@@ -411,13 +412,13 @@ class FedChestAvg(FedAvg):
         if self.label_graph is not None:  # the graph buffers are the server's, never an average
             if paired:
                 self.label_graph.update(pairs, pair_den)
-                rows.append((None, "all", None, "label_graph_edges",
-                             float((self.label_graph.a_hat > 0).sum() - len(self.classes)), None))
+                rows.append(MetricRow(None, "all", None, "label_graph_edges",
+                                      float((self.label_graph.a_hat > 0).sum() - len(self.classes))))
             new = self.label_graph.apply(new)
         for group, sites in contributors.items():
             proj = group.split(".")[-1] if group.startswith("experts.") else "all"
-            rows += [(u.site, proj, None, "group_samples", u.group_counts.get(group, 0.0) if u.site in sites else 0.0,
-                      None) for u, _ in accepted]
+            rows += [MetricRow(u.site, proj, None, "group_samples",
+                               u.group_counts.get(group, 0.0) if u.site in sites else 0.0) for u, _ in accepted]
         self.registry.add_metrics(self.run_id, server_round, rows)
         new = {k: new.pop(k) for k in self.reference}  # the global model's key order
         # one buffer at a time: the new record grows as the aggregate is released
@@ -430,13 +431,13 @@ class FedChestAvg(FedAvg):
         log(WARNING, "round %s: %s failed to train: %s", server_round, site, line)
 
     def _check_update(self, msg: Message, site: str, server_round: int, rows: list
-                      ) -> tuple[SiteUpdate | None, dict[str, float], MetricRecord | None]:
-        """The update in a train reply (views on its bytes), its per-group norms and its metrics, or None with the
-        reason recorded as an ``update_rejected`` event."""
+                      ) -> tuple[SiteUpdate | None, dict[str, float], MetricRecord | None, TrainReply | None]:
+        """The update in a train reply (views on its bytes), its per-group norms, its metric record and that record
+        read (shared_models/messages.py), or None with the reason recorded as an ``update_rejected`` event."""
         def reject(reason: str):
             log(WARNING, "round %s: update from %s rejected: %s", server_round, site, reason)
             self.registry.add_event(self.run_id, "update_rejected", reason, server_round, site)
-            return None, {}, None
+            return None, {}, None, None
 
         metrics = [name for name in msg.content.metric_records if name != EVALUATION]
         if len(msg.content.array_records) != 1 or len(metrics) != 1:
@@ -450,8 +451,8 @@ class FedChestAvg(FedAvg):
             text = "the site sent no parameter group (too few training samples under its small-count rule)"
             log(INFO, "round %s: %s: %s", server_round, site, text)
             self.registry.add_event(self.run_id, "nothing_sent", text, server_round, site)
-            return None, {}, None
-        rows.append((site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values())), None))
+            return None, {}, None, None
+        rows.append(MetricRow(site, "all", None, "update_bytes", float(sum(len(a.data) for a in arrays.values()))))
         m = msg.content.metric_records[metrics[0]]
         reason = validate_update(local, self.reference, None if self.aggregation == "fedavg" else self.groups,
                                  values=False)
@@ -464,14 +465,13 @@ class FedChestAvg(FedAvg):
         if reason:
             return reject(reason)
         try:
-            update = SiteUpdate(site, local, {g: float(m.get(f"count.{g}", 0.0)) for g in self.groups},
-                                {g: np.asarray(m[f"pos.{g}"]) for g in self.groups if f"pos.{g}" in m})
-            for key in ("train_pos", "train_annotated", "ct_train_pos", "ct_train_annotated"):
-                if key in m:
-                    np.asarray(m[key], np.int64)
+            reply = read_train(m)
+            update = SiteUpdate(site, local, {g: float(reply.group_counts.get(g, 0.0)) for g in self.groups},
+                                {g: np.asarray(reply.group_positives[g]) for g in self.groups
+                                 if g in reply.group_positives})
         except (KeyError, ValueError, TypeError) as exc:
             return reject(f"malformed train metrics: {exc}")
-        return update, norms, m
+        return update, norms, m, reply
 
     # -- evaluate ----------------------------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -501,25 +501,27 @@ class FedChestAvg(FedAvg):
         try:
             if m is None:
                 raise KeyError("no MetricRecord")
-            if "dp_evaluation" in m:  # a DP site: withheld, noised and charged, or exact by its policy
-                pool.timing.append((site, "all", None, "dp_evaluation", float(m["dp_evaluation"]), None))
-                if "dp_epsilon" in m:  # a charged evaluation release: the site's epsilon after it
-                    pool.timing.append((site, "all", None, "dp_epsilon_after_evaluation", float(m["dp_epsilon"]),
-                                        None))
+            summary = read_summary(m)
+            if summary.dp_evaluation is not None:  # a DP site: withheld, noised and charged, or exact by its policy
+                pool.timing.append(MetricRow(site, "all", None, DP_EVALUATION, float(summary.dp_evaluation)))
+                if summary.dp_epsilon is not None:  # a charged evaluation release: the site's epsilon after it
+                    pool.timing.append(MetricRow(site, "all", None, "dp_epsilon_after_evaluation",
+                                                 float(summary.dp_epsilon)))
                     entry = self.privacy.setdefault(str(server_round), {}).setdefault(
-                        site, {"epsilon": 0.0, "delta": float(m.get("dp_delta", float("nan"))), "budget": None})
-                    entry["epsilon"] = max(entry["epsilon"], float(m["dp_epsilon"]))
-                if int(m["dp_evaluation"]) == DP_EVALUATION_WITHHELD:
+                        site, {"epsilon": 0.0, "delta": float(summary.dp_delta if summary.dp_delta is not None
+                                                              else float("nan")), "budget": None})
+                    entry["epsilon"] = max(entry["epsilon"], float(summary.dp_epsilon))
+                if int(summary.dp_evaluation) == WITHHELD:
                     self.registry.add_event(self.run_id, "evaluation_withheld", "the site trains under DP and "
                                             "its policy releases no evaluation summary", server_round, site)
                     return
             if is_ct_summary(m):
                 pool.ct[site] = parse_ct(m, len(self.ct_classes), self.spec)
-                if "eval_seconds" in m:
-                    pool.timing.append((site, SCOPE, None, "eval_seconds", float(m["eval_seconds"]),
-                                        int(m["num-examples"])))
+                if summary.eval_seconds is not None:
+                    pool.timing.append(MetricRow(site, SCOPE, None, EVAL_SECONDS, float(summary.eval_seconds),
+                                                 int(summary.require("num_examples"))))
                 return
-            pool.evals[site] = parse_site_eval(m, len(self.classes), self.spec)
+            pool.evals[site] = site_scopes(summary, len(self.classes), self.spec)
             if self.zeroshot_sets:
                 pool.zs[site] = parse_zero_shot(m, self.zeroshot_sets, SCORE_HISTOGRAM)
             if self.box_samples:
@@ -527,14 +529,14 @@ class FedChestAvg(FedAvg):
             tally = parse_loc(m, len(self.classes))
             if tally is not None:
                 pool.loc[site] = tally
-            if "eval_seconds" in m:
-                pool.timing.append((site, "all", None, "eval_seconds", float(m["eval_seconds"]),
-                                    int(m["num-examples"])))
-            pool.routed[site] = (int(m.get("router_correct", 0)), int(m.get("router_total", 0)))
+            if summary.eval_seconds is not None:
+                pool.timing.append(MetricRow(site, "all", None, EVAL_SECONDS, float(summary.eval_seconds),
+                                             int(summary.require("num_examples"))))
+            pool.routed[site] = (int(summary.router_correct or 0), int(summary.router_total or 0))
         except (KeyError, ValueError) as exc:
             self.registry.add_event(self.run_id, "evaluate_rejected", f"malformed summary: {exc}", server_round, site)
 
-    def _pool_evaluation(self, server_round: int, pool: EvalPool, stage_rows: list[tuple]) -> MetricRecord | None:
+    def _pool_evaluation(self, server_round: int, pool: EvalPool, stage_rows: list[MetricRow]) -> MetricRecord | None:
         """Round ``server_round``'s pooled evaluation from the sites' summaries: registry rows, the round's summary
         and its printout. ``stage_rows``: the timing rows of the stage that carried the summaries, when that
         stage was an evaluation stage of this round."""
@@ -554,15 +556,15 @@ class FedChestAvg(FedAvg):
                                  "baseline": {"prevalence_mAP": None}}
         if ct_evals:
             ct_rows, summary["ct"] = ct_round(dict(sorted(ct_evals.items())), self.ct_classes, self.spec)
-            rows += ct_rows + [(None, SCOPE, c, "train_prevalence", p / a if a else None, int(a))
+            rows += ct_rows + [MetricRow(None, SCOPE, c, "train_prevalence", p / a if a else None, int(a))
                                for c, p, a in zip(self.ct_classes, self.ct_train_pos, self.ct_train_annotated)]
         rows += timing
         correct, total = (sum(v[i] for v in pool.routed.values()) for i in (0, 1))
         summary["router_accuracy"] = correct / total if total else None
-        rows += [(site, "all", None, "router_accuracy", c / t if t else None, t)
+        rows += [MetricRow(site, "all", None, "router_accuracy", c / t if t else None, t)
                  for site, (c, t) in pool.routed.items()]
-        rows.append((None, "all", None, "router_accuracy", summary["router_accuracy"], total))
-        rows += [(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
+        rows.append(MetricRow(None, "all", None, "router_accuracy", summary["router_accuracy"], total))
+        rows += [MetricRow(None, "all", cls, "train_prevalence", p / a if a else None, int(a))
                  for cls, p, a in zip(self.classes, self.train_pos, self.train_annotated)]
         if pool.zs:
             zs_rows, summary["zeroshot"] = zero_shot_round(dict(sorted(pool.zs.items())), self.zeroshot_sets,

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from shared_models.messages import MetricRow
+
 TIMELINE = "timeline"  # the reply's ConfigRecord of stamps (client/timeline.py writes it)
 SITE_PHASES = ("to_site", "dispatch", "runtime", "imports", "setup", "compute", "reply")
 ROUND_PHASES = ("push", "aggregate", "checkpoint")
@@ -67,12 +69,12 @@ def _get(stamps: Mapping[str, float], key: str) -> float | None:
         return None
 
 
-def phase_rows(site: str, stage: str, phases: Mapping[str, float]) -> list[tuple]:
+def phase_rows(site: str, stage: str, phases: Mapping[str, float]) -> list[MetricRow]:
     """Registry metric rows ``phase.<stage>.<name>`` for one site."""
-    return [(site, "all", None, f"phase.{stage}.{name}", round(float(v), 4), None) for name, v in phases.items()]
+    return [MetricRow(site, "all", None, f"phase.{stage}.{name}", round(float(v), 4)) for name, v in phases.items()]
 
 
-def round_rows(stage: str, phases: Mapping[str, float]) -> list[tuple]:
+def round_rows(stage: str, phases: Mapping[str, float]) -> list[MetricRow]:
     """Registry metric rows ``phase.<stage>.<name>`` (no site) for the server's own phases."""
-    return [(None, "all", None, f"phase.{stage}.{name}", round(float(v), 4), None) for name, v in phases.items()]
+    return [MetricRow(None, "all", None, f"phase.{stage}.{name}", round(float(v), 4)) for name, v in phases.items()]
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from shared_models.arrays import as_tensor
+from shared_models.messages import (CT_TRAIN_ANNOTATED, CT_TRAIN_POS, NUM_EXAMPLES, TRAIN_ANNOTATED, TRAIN_POS,
+                                     count_key)
 
 
 def reference_of(state: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -52,7 +54,7 @@ def _nonfinite(v: np.ndarray) -> bool:
     return v.dtype.kind == "f" and not all(np.isfinite(v[i:i + CHUNK]).all() for i in range(0, v.size, CHUNK))
 
 
-REQUIRED_TRAIN_METRICS = ("num-examples",)
+REQUIRED_TRAIN_METRICS = (NUM_EXAMPLES,)
 CT_GROUP_PREFIX = "ct."  # the CT model's groups (shared_models/ct/model.py)
 
 
@@ -61,12 +63,12 @@ def check_train_metrics(metrics, groups_sent: set[str], num_classes: int, num_ct
     per-class counts for the radiograph label set from a site that sent radiograph groups, for the CT label set
     from one that sent CT groups."""
     missing = [k for k in REQUIRED_TRAIN_METRICS if k not in metrics]
-    missing += [f"count.{g}" for g in sorted(groups_sent) if f"count.{g}" not in metrics]
+    missing += [count_key(g) for g in sorted(groups_sent) if count_key(g) not in metrics]
     lists = []
     if any(not g.startswith(CT_GROUP_PREFIX) for g in groups_sent) or not groups_sent:
-        lists += [("train_pos", num_classes), ("train_annotated", num_classes)]
+        lists += [(TRAIN_POS, num_classes), (TRAIN_ANNOTATED, num_classes)]
     if any(g.startswith(CT_GROUP_PREFIX) for g in groups_sent):
-        lists += [("ct_train_pos", num_ct_classes), ("ct_train_annotated", num_ct_classes)]
+        lists += [(CT_TRAIN_POS, num_ct_classes), (CT_TRAIN_ANNOTATED, num_ct_classes)]
     missing += [k for k, _ in lists if k not in metrics]
     if missing:
         return f"metric record lacks required keys {missing}"

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from server.federated_eval import SCOPES, ScopeEval, parse_site_eval
+from shared_models.messages import MetricRow
 from shared_models.metrics import HistogramSpec, bootstrap_macro, summarise
 
 PROMPT_SETS = ("descriptive", "template", "random")
@@ -27,7 +28,7 @@ def parse_zero_shot(metrics: Mapping, sets: Mapping[str, tuple[str, ...]], spec:
 
 def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]],
                     sets: Mapping[str, tuple[str, ...]], spec: HistogramSpec, replicates: int, seed: int = 0
-                    ) -> tuple[list[tuple], dict]:
+                    ) -> tuple[list[MetricRow], dict]:
     """Registry rows ``(site, scope, class, metric, value, n)`` with metrics named ``zs_<set>_<metric>`` and the
     round's zero-shot summary: ``{set: {"pooled": {scope: {mAP, mAUC, mF1}}, "ci": {mAUC: [lo, hi], ...},
     "sites": {site: {scope: {...}}}, "n_pos": {class: n}, "site_ci": {site: {mAUC: [lo, hi], ...}},
@@ -35,7 +36,7 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
     pooled and per site (``{}`` where no positive was scored). ``sites`` holds each site's exact figures;
     ``site_released`` the macro means of the score histograms it released (bins merged under its small-count
     rule), the figures its interval is drawn around, like the pooled ones."""
-    rows: list[tuple] = []
+    rows: list[MetricRow] = []
     out: dict = {}
     for name, classes in sets.items():
         entry: dict = {"classes": list(classes), "pooled": {}, "sites": {}, "ci": {}, "n_pos": {}, "site_ci": {},
@@ -45,8 +46,9 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
             for scope, ev in families[name].items():
                 s = summarise(ev.per_class) if ev.n else {k: float("nan") for k in MACRO}
                 entry["sites"][site][scope] = s
-                rows += [(site, scope, None, f"zs_{name}_{k}", v, ev.n) for k, v in s.items()]
-                rows += [(site, scope, cls, f"zs_{name}_{k}", float(ev.per_class[k][j]), int(ev.per_class["n_pos"][j]))
+                rows += [MetricRow(site, scope, None, f"zs_{name}_{k}", v, ev.n) for k, v in s.items()]
+                rows += [MetricRow(site, scope, cls, f"zs_{name}_{k}", float(ev.per_class[k][j]),
+                                   int(ev.per_class["n_pos"][j]))
                          for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
             ev = families[name]["all"]
             entry["site_n_pos"][site] = {cls: int(v) for cls, v in zip(classes, ev.hist_pos.sum(1))}
@@ -62,8 +64,8 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
             pc = spec.metrics(pos, neg)
             s = summarise(pc) if n else {k: float("nan") for k in MACRO}
             entry["pooled"][scope] = s
-            rows += [(None, scope, None, f"zs_{name}_{k}", v, n) for k, v in s.items()]
-            rows += [(None, scope, cls, f"zs_{name}_{k}", float(pc[k][j]), int(pc["n_pos"][j]))
+            rows += [MetricRow(None, scope, None, f"zs_{name}_{k}", v, n) for k, v in s.items()]
+            rows += [MetricRow(None, scope, cls, f"zs_{name}_{k}", float(pc[k][j]), int(pc["n_pos"][j]))
                      for j, cls in enumerate(classes) for k in ("ap", "auroc", "f1")]
             if scope == "all":
                 entry["n_pos"] = {cls: int(v) for cls, v in zip(classes, pc["n_pos"])}
@@ -74,13 +76,13 @@ def zero_shot_round(site_evals: Mapping[str, Mapping[str, dict[str, ScopeEval]]]
 
 
 def _intervals(pos: np.ndarray, neg: np.ndarray, n: int, spec: HistogramSpec, replicates: int, seed: int,
-               site: str | None, name: str) -> tuple[dict, list[tuple]]:
+               site: str | None, name: str) -> tuple[dict, list[MetricRow]]:
     """95 % bootstrap intervals of the macro means over scope 'all' (``{}`` when nothing was scored) and their
     registry rows (``site`` None: pooled)."""
     if not (n and replicates > 0 and pos.sum()):
         return {}, []
     ci = bootstrap_macro(pos, neg, spec, replicates, seed)
-    rows = [(site, "all", None, f"zs_{name}_{k}_{end}", v, n) for k, bounds in ci.items()
+    rows = [MetricRow(site, "all", None, f"zs_{name}_{k}_{end}", v, n) for k, bounds in ci.items()
             for end, v in zip(("lo", "hi"), bounds)]
     return {k: list(v) for k, v in ci.items()}, rows
 

@@ -69,7 +69,8 @@ def test_a_ct_site_sends_its_groups_and_counts_only(ct_site, tmp_path):
     with pytest.raises(NotACTRun, match="ct = true"):
         train_ct_round({**RUN, "ct": False}, site, _global())
     start = _global()
-    state, metrics = train_ct_round(RUN, site, start)
+    state, reply = train_ct_round(RUN, site, start)
+    metrics = reply.to_metrics()
     n = int(load_ct_site(site, ct_spec(RUN)).splits["train"].x.shape[0])
     assert set(state) == set(start) and all(k.startswith("ct.") for k in state)
     assert any(not torch.equal(state[k], start[k]) for k in state)  # it trained
@@ -81,15 +82,16 @@ def test_a_ct_site_sends_its_groups_and_counts_only(ct_site, tmp_path):
     words = {w for p in reports for w in p.read_text().split() if len(w) > 12}
     assert words and not any(w in sent for w in words)  # no report text leaves
     # the small-count rule: fewer training volumes than min_count -> nothing leaves, counts 0
-    state, metrics = train_ct_round(RUN, _cfg(ct_site, tmp_path / "w", min_count=n + 1), start)
-    assert state == {} and metrics["num-examples"] == 0
+    state, reply = train_ct_round(RUN, _cfg(ct_site, tmp_path / "w", min_count=n + 1), start)
+    assert state == {} and reply.num_examples == 0 and reply.group_counts == {}
 
 
 def test_dp_sgd_on_the_ct_model_writes_the_ledger(ct_site, tmp_path):
     site = _cfg(ct_site, tmp_path / "w", epsilon_budget=50.0)
     config = {**RUN, "dp": True, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0}
     start = _global()
-    state, metrics = train_ct_round(config, site, start)
+    state, reply = train_ct_round(config, site, start)
+    metrics = reply.to_metrics()
     entries = ledger_for(site).entries()
     assert [e["head"] for e in entries] == ["site-statistics", "ct-vlm"] and metrics["dp_epsilon_budget"] == 50.0
     history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
@@ -100,7 +102,7 @@ def test_dp_sgd_on_the_ct_model_writes_the_ledger(ct_site, tmp_path):
     assert metrics["ct_train_pos"] == release.class_counts()[0].tolist()
     assert any(not torch.equal(state[k], start[k]) for k in state)
     _, again = train_ct_round({**config, "server-round": 2}, site, start)
-    assert again["dp_epsilon"] > metrics["dp_epsilon"]  # the ledger composes rounds
+    assert again.extra["dp_epsilon"] > metrics["dp_epsilon"]  # the ledger composes rounds
 
 
 def test_per_volume_gradients_are_each_volumes_own(ct_site, tmp_path):

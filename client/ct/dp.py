@@ -21,6 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from client.ct.training import CTTrainConfig, SiteTensors
 from shared_models.ct.losses import depth_targets, localisation_logits, pos_weights, prompt_disease_loss
 from shared_models.ct.model import CTVLM, feature_valid, grid_to_feature
+from shared_models.messages import TRAIN_SECONDS
 from shared_models.privacy import DPSettings, dp_schedule, privatise
 from shared_models.privacy.randomness import SecureStream, secure_global_rng, secure_poisson_batches
 
@@ -111,4 +112,4 @@ def train_ct_dp(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, dp
             opt.zero_grad(set_to_none=True)
     mean = total / max(seen, 1)
     return {"ct_total_loss": mean, "ct_steps": steps, "clipped_fraction": clipped / max(seen, 1),
-            "train_seconds": time.perf_counter() - t0}
+            TRAIN_SECONDS: time.perf_counter() - t0}

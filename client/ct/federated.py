@@ -31,6 +31,8 @@ from client.site_config import SiteConfig
 from shared_models.ct.config import CTRunSpec, ct_spec
 from shared_models.ct.metrics import retrieval_hits
 from shared_models.ct.model import CTVLM, ct_parameter_group, prefixed, unprefixed
+from shared_models.messages import (DP_EVALUATION, EVAL_SECONDS, NUM_EXAMPLES, TRAIN_LOSS, TRAIN_SECONDS,
+                                     TrainReply)
 from shared_models.metrics import HistogramSpec
 from shared_models.privacy import DPSettings, dp_schedule
 
@@ -100,8 +102,8 @@ def class_counts(data: SiteTensors) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mapping[str, torch.Tensor]
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """One local round; returns (the groups that leave, under the ``ct.`` prefix; the metrics that leave)."""
+                   ) -> tuple[dict[str, torch.Tensor], TrainReply]:
+    """One local round; returns (the groups that leave, under the ``ct.`` prefix; the train reply that leaves)."""
     t0 = time.perf_counter()
     spec = _spec(config, site)
     dp = bool(config.get("dp", False))
@@ -130,21 +132,15 @@ def train_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mapping[s
         stats, privacy = train_ct(model, train, data.prompts, cfg, torch.as_tensor(pos), torch.as_tensor(ann)), {}
         pos, ann = [k(float(v)) for v in pos], [k(float(v)) for v in ann]
         count = float(k(n))
-        exact = {"train_loss": float(stats["ct_total_loss"]),
+        exact = {TRAIN_LOSS: float(stats["ct_total_loss"]),
                  **{key: float(v) for key, v in stats.items() if key.startswith("ct_") and key.endswith("_loss")}}
     out = {key: v for key, v in prefixed(model.state_dict()).items()
            if count > 0 and not site.privacy.withheld(ct_parameter_group(key))}
     groups = {ct_parameter_group(key) for key in out}
-    metrics: dict[str, Any] = {
-        "num-examples": int(count),
-        **{f"count.{g}": count for g in sorted(groups)},
-        "ct_train_pos": [int(v) for v in pos],
-        "ct_train_annotated": [int(v) for v in ann],
-        **exact,
-        "train_seconds": time.perf_counter() - t0,
-        **privacy,
-    }
-    return out, metrics
+    reply = TrainReply(int(count), {g: count for g in sorted(groups)}, ct_train_pos=[int(v) for v in pos],
+                       ct_train_annotated=[int(v) for v in ann],
+                       extra={**exact, TRAIN_SECONDS: time.perf_counter() - t0, **privacy})
+    return out, reply
 
 
 def _train_dp(config, site: SiteConfig, model: CTVLM, train: SiteTensors, data: CTSiteData, cfg: CTTrainConfig,
@@ -182,7 +178,7 @@ def evaluate_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mappin
         ev = evaluate_ct(model, tensors, data.prompts, data.grid.spacing[0])
         probs = 1.0 / (1.0 + np.exp(-float(model.t.detach().exp()) * ev["scores"]))
         targets, mask = tensors.targets.numpy(), tensors.mask.numpy()
-    out: dict[str, Any] = {"num-examples": int(k(ev["n"])), "ct.volumes": int(k(ev["n"]))}
+    out: dict[str, Any] = {NUM_EXAMPLES: int(k(ev["n"])), "ct.volumes": int(k(ev["n"]))}
     out.update(scope_summary(probs, targets, mask, hist, min_count, "all", prefix="ct."))
     n = ev["n"] if ev["n"] >= max(min_count, 1) else 0
     hits = retrieval_hits(ev["text"], ev["volume"], RECALL_KS) if n else {kk: 0 for kk in RECALL_KS}
@@ -196,8 +192,8 @@ def evaluate_ct_round(config: Mapping[str, Any], site: SiteConfig, state: Mappin
     else:
         out.update({"ct.loc_n": 0, "ct.loc_abs_mm": 0.0, "ct.loc_centre_abs_mm": 0.0})
     if mode is not None:
-        out["dp_evaluation"] = mode
-    out["eval_seconds"] = time.perf_counter() - t0
+        out[DP_EVALUATION] = mode
+    out[EVAL_SECONDS] = time.perf_counter() - t0
     return out
 
 

@@ -22,6 +22,7 @@ from client.ct.snippets import strip_references
 from shared_models.ct.losses import localisation_logits, localisation_loss, pos_weights, prompt_disease_loss
 from shared_models.ct.metrics import localisation_mae_mm, per_class_youden, recall_at_k
 from shared_models.ct.model import CTVLM, feature_valid, grid_to_feature
+from shared_models.messages import TRAIN_SECONDS
 from shared_models.zeroshot.losses import siglip_loss
 
 PROMPTS = (("{a}.", "No {a}."), ("There is {a}.", "There is no {a}."), ("{a} is present.", "{a} is not present."))
@@ -146,7 +147,7 @@ def train_ct(model: CTVLM, data: SiteTensors, prompts, cfg: CTTrainConfig, train
             for k, val in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(val.detach())
     return {**{f"ct_{k}_loss": val / max(steps, 1) for k, val in sums.items()}, "ct_steps": steps,
-            "train_seconds": time.perf_counter() - t0}
+            TRAIN_SECONDS: time.perf_counter() - t0}
 
 
 @torch.no_grad()
