@@ -109,8 +109,8 @@ def box_round(site_evals: Mapping[str, dict], samples: tuple[int, ...], primary:
         auroc, ci = ood_auroc(id_hist, hist, replicates, seed)
         out["ood"][kind] = {"auroc": auroc, "ci": ci, "n": int(hist.sum()), "n_id": int(id_hist.sum())}
         rows += [MetricRow(None, "all", None, f"box_ood_{kind}_auroc", auroc, int(hist.sum())),
-                 (None, "all", None, f"box_ood_{kind}_auroc_lo", ci[0], None),
-                 (None, "all", None, f"box_ood_{kind}_auroc_hi", ci[1], None)]
+                 MetricRow(None, "all", None, f"box_ood_{kind}_auroc_lo", ci[0], None),
+                 MetricRow(None, "all", None, f"box_ood_{kind}_auroc_hi", ci[1], None)]
         for site, e in site_evals.items():
             a, _ = ood_auroc(e["ood"]["id"], e["ood"][kind], 0, seed)
             rows.append(MetricRow(site, "all", None, f"box_ood_{kind}_auroc", a, int(e["ood"][kind].sum())))

@@ -3,9 +3,12 @@ records and config keys that are not Flower's own. One place, so neither side sp
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
 
 EVALUATE_FIRST = "evaluate-first"
 """Train config key: the round of the model the message carries, to be evaluated before training on it (the run's
@@ -147,19 +150,17 @@ class ReplyError(ValueError):
 
 
 def _number(kind: str, key: str, value: Any) -> Number:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ReplyError(f"{kind}: {key!r} must be a number, got {type(value).__name__} {value!r:.40}")
     return value
 
 
 def _numbers(kind: str, key: str, value: Any) -> list:
-    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+    """A list of numbers (a sequence or 1-D array of them, read as a list)."""
+    array = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iuf"):
         raise ReplyError(f"{kind}: {key!r} must be a list of numbers, got {type(value).__name__} {value!r:.40}")
-    return list(value)
-
-
-def _optional(kind: str, items: Mapping[str, Any], key: str, read) -> Any:
-    return read(kind, key, items[key]) if key in items else None
+    return value if isinstance(value, list) else array.tolist()
 
 
 def _with_extra(out: dict[str, Any], reply: TrainReply | EvalSummary) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from server.registry.models import Base, Checkpoint, Event, Metric, Reference, Round, Run, Site, utcnow
+from shared_models.messages import MetricRow
 
 __all__ = ["Registry", "RegistryUnavailable", "SQLITE_BUSY_MS", "migrate", "resolve_db_url", "Base", "Checkpoint",
            "Event", "Metric", "Reference", "Round", "Run", "Site"]
@@ -131,8 +132,9 @@ class Registry:
         with Session(self.engine) as s:
             return s.scalar(select(Round.finished_at).where(Round.run_id == run_id, Round.round == rnd)) is not None
 
-    def add_metrics(self, run_id: str, rnd: int, rows: Iterable[tuple]) -> int:
-        """rows: (site or None, projection, class or None, name, value, n). One executemany in one transaction
+    def add_metrics(self, run_id: str, rnd: int, rows: Iterable[MetricRow | tuple]) -> int:
+        """rows: ``MetricRow`` (site or None, projection, class or None, name, value, n), or a tuple in its order.
+        One executemany in one transaction
         (a 50-site round writes tens of thousands of rows; ORM objects made that take seconds)."""
         values = [
             {"run_id": run_id, "round": rnd, "site": site, "projection": proj, "class_name": cls, "name": name,
