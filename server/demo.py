@@ -18,6 +18,7 @@ from pathlib import Path
 from server.report import fmt
 from server.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
 from server.zeroshot_eval import PROMPT_SETS
+from shared_models.messages import SYNTH_IMAGES, TRAIN_LOSS
 
 FORMATS = ("padchest", "mimic", "openi", "dicom")
 SITE_NAMES = {"padchest": "alicante-general", "mimic": "boston-icu", "openi": "indiana-outpatient",
@@ -146,7 +147,7 @@ def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, 
     if secagg:
         print("\n=== fedchest demo (secure aggregation, SecAgg+) finished: synthetic data ===")
         print(f"run {summary['run_id']}: {summary['rounds_completed']} rounds; train loss per round: "
-              + ", ".join(f"{h['train_loss']:.3f}" for h in summary["rounds"]))
+              + ", ".join(f"{h[TRAIN_LOSS]:.3f}" for h in summary["rounds"]))
         print(f"final model: {summary['checkpoints']} (evaluate it with `fedchest-site predict` at a site)")
         return summary
     if not summary["rounds"]:
@@ -236,8 +237,8 @@ def tail_synthesis_line(summary: dict) -> str:
     from server.registry import Registry
 
     with Registry(summary["db_url"]).engine.connect() as con:
-        made = dict(con.execute(text("SELECT site, value FROM metrics WHERE run_id = :r AND name = 'synth_images' "
-                                     "ORDER BY round DESC"), {"r": summary["run_id"]}).fetchall())
+        made = dict(con.execute(text("SELECT site, value FROM metrics WHERE run_id = :r AND name = :name "
+                                     "ORDER BY round DESC"), {"r": summary["run_id"], "name": SYNTH_IMAGES}).fetchall())
     if not any(made.values()):
         return ("tail synthesis: no site had a tail class (consortium prevalence under 1 %) with enough positives of "
                 "its own to learn from, so no image was made (try --images-per-site 2000)")
