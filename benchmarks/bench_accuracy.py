@@ -21,9 +21,9 @@ from benchmarks.common import concat, evaluate, fmt_interval, record, seed_inter
 from client.index import load_split
 from server.checkpoints import load_checkpoint
 from server.deploy.overhead import round_overheads
-from server.demo import make_sites
+from consortium.sites import make_sites
 from server.registry import Registry
-from server.simulation import run_in_process
+from consortium.simulation import run_in_process
 from shared_models.networks import build_model
 from shared_models.ontology import load_label_set
 

@@ -16,8 +16,8 @@ from client.index import load_split
 from client.predict import load_global_model
 from client.site_config import load_site_config
 from client.training import _batch
-from server.demo import make_sites
-from server.simulation import run_in_process
+from consortium.sites import make_sites
+from consortium.simulation import run_in_process
 from shared_models.device import select_device
 
 VARIANTS = {  # run-config changes from the defaults (box-loss bce, invariance weight 0.1, the run's experts)

@@ -25,7 +25,7 @@ from client.site_config import load_site_config
 from client.synth import synthesize_site
 from client.synth.ct import synthesize_ct_site
 from server.ct_eval import ct_round, parse_ct
-from server.simulation import run_in_process
+from consortium.simulation import run_in_process
 from shared_models.ct.config import ct_spec
 from shared_models.ct.model import CTVLM, prefixed
 from shared_models.metrics import HistogramSpec

@@ -73,7 +73,7 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def _deployed(out: Path, sites: int, rounds: int, images: int) -> tuple[dict, float, float]:
-    from server.deploy.local import deploy_local
+    from consortium.deploy_local import deploy_local
 
     called = time.time()
     summary = deploy_local(out, sites, rounds, images, SIZE, PRESET, local_epochs=1, seed=0)
@@ -81,8 +81,8 @@ def _deployed(out: Path, sites: int, rounds: int, images: int) -> tuple[dict, fl
 
 
 def run(out: Path) -> dict:
-    from server.demo import make_sites
-    from server.simulation import run_in_process
+    from consortium.sites import make_sites
+    from consortium.simulation import run_in_process
 
     out.mkdir(parents=True, exist_ok=True)
     summary, deploy_wall, first_start = _deployed(out / "deploy", SITES, ROUNDS, IMAGES)

@@ -21,8 +21,8 @@ from client.index import prepare_site
 from client.site_config import load_site_config
 from client.synth import synthesize_site
 from server.aggregation import MODES
-from server.demo import make_sites
-from server.simulation import run_in_process
+from consortium.sites import make_sites
+from consortium.simulation import run_in_process
 from shared_models.networks import PROJECTIONS, RoutedExperts, build_model, load_preset
 
 ONLY_AT_SCREENING = ("Hernia", "pneumoperitoneo", "Kyphosis", "azygos lobe", "Hydropneumothorax", "bronchiectasis")

@@ -1,6 +1,6 @@
 """real_accuracy: federated vs pooled vs local-only on the real NIH partition of `fedchest demo --real`.
 
-The three real sites (``server/real_demo.py``: outpatient PA, ICU-like AP, mixed; split by patient, the demo's
+The three real sites (``consortium/real_demo.py``: outpatient PA, ICU-like AP, mixed; split by patient, the demo's
 partition) hold each site's salted patient-level test split (25 %), the held-out set of every approach, so all of
 them are scored on the same held-out patients. A seed fixes the sites' split salts (``16 x seed + site index``,
 written before indexing: ``client.site_config.pin_split_salt``), the initialisation and the batch order, so a
@@ -24,7 +24,7 @@ the ontology's synonym map; masked classes never count) and mAP over the same cl
 ``federated_over_pooled_mAUC`` the AUROC one. Small real data (688 images at 64 px): wide intervals, far from
 published NIH figures.
 
-Budget: the demo's recipe (server/real_demo.py REAL_RECIPE) at 5 rounds x 2 local epochs (10 passes) instead of
+Budget: the demo's recipe (consortium/real_demo.py REAL_RECIPE) at 5 rounds x 2 local epochs (10 passes) instead of
 its 15 x 2, for all three arms alike: on the shared 2-core machine under a load of 12-16 from other work, one seed
 at 10 rounds was on course for about 45 min (federated 6 min, pooled 18 min, local-only at 0.1 batches/s: two
 torch threads, see CENTRAL_THREADS), so three seeds would not have fitted in 2 h.
@@ -49,8 +49,8 @@ from client.index import SiteData, load_split
 from client.site_config import pin_split_salt
 from client.training import predict, train_local
 from server.checkpoints import load_checkpoint
-from server.real_demo import REAL_ENV, RealDataMissing, make_real_sites
-from server.simulation import CLIENT_APP, SERVER_APP, run_in_process
+from consortium.real_demo import REAL_ENV, RealDataMissing, make_real_sites
+from consortium.simulation import CLIENT_APP, SERVER_APP, run_in_process
 from shared_models.device import select_device
 from shared_models.metrics import per_class_metrics
 from shared_models.networks import build_model
@@ -172,7 +172,7 @@ def cached_seed(out: Path, seed: int, params: dict) -> dict:
 
 def run(out: Path, seeds: tuple[int, ...] = (0, 1, 2), rounds: int | None = 5, local_epochs: int | None = None,
         preset: str | None = None, image_size: int = 64) -> dict:
-    from server.real_demo import REAL_RECIPE, find_real_data
+    from consortium.real_demo import REAL_RECIPE, find_real_data
 
     recipe = dict(REAL_RECIPE)
     recipe.update({"rounds": rounds or recipe["rounds"], "local-epochs": local_epochs or recipe["local-epochs"],

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import record
-from server.demo import make_sites
-from server.simulation import SERVER_APP, run_in_process
+from consortium.sites import make_sites
+from consortium.simulation import SERVER_APP, run_in_process
 from server.robust import RULES
 
 ATTACKS = {"sign-flip": "sign-flip:2:4", "noise": "noise:2:10"}

@@ -25,7 +25,7 @@ from benchmarks.common import record, site_configs
 from client.index import load_split
 from client.localization import scored_pairs, site_boxes
 from server.report import fmt
-from server.simulation import run_in_process
+from consortium.simulation import run_in_process
 from shared_models.localization.metrics import BoxTally
 from shared_models.ontology import load_label_set
 

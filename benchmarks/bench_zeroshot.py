@@ -15,8 +15,8 @@ from client.index import load_split
 from client.training import predict_dual
 from client.zeroshot import sentence_cache, zero_shot_scores
 from server.checkpoints import load_checkpoint
-from server.demo import make_sites
-from server.simulation import run_in_process
+from consortium.sites import make_sites
+from consortium.simulation import run_in_process
 from shared_models.device import select_device
 from shared_models.metrics import per_class_metrics, summarise
 from shared_models.networks import build_model

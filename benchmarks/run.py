@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import tree_changes, write_results
-from server.simulation import quiet_flower_env
+from consortium.simulation import quiet_flower_env
 
 BENCHMARKS = {
     "accuracy": "benchmarks.bench_accuracy",

@@ -100,7 +100,7 @@ def server_probe(memory: bool = False):
 def simulate(work: Path, n_sites: int, rounds: int = 2, images: int = 12, preset: str = "tiny",
              probe: bool = True, memory: bool = False) -> dict:
     """A federated run of ``n_sites`` synthetic sites; its summary and, with ``probe``, the server's figures."""
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     sites = make_many_sites(work / f"sites{n_sites}", n_sites, images)
     out = work / f"run{n_sites}{'-memory' if memory else ''}"

@@ -36,8 +36,8 @@ from client.site_config import load_site_config  # noqa: E402
 from client import training  # noqa: E402
 from client.training import predict, train_local
 from shared_models.losses import AUGMENTATIONS, LOSSES  # noqa: E402
-from server.demo import _site_cli  # noqa: E402
-from server.real_demo import NIH_TABLE, find_real_data, write_site  # noqa: E402
+from consortium.sites import site_cli_here as _site_cli  # noqa: E402
+from consortium.real_demo import NIH_TABLE, find_real_data, write_site  # noqa: E402
 from shared_models.networks import build_model  # noqa: E402
 from shared_models.ontology import load_label_set  # noqa: E402
 

@@ -80,7 +80,7 @@ def _tiny_run_with_references(out: Path) -> list:
 
     from server.registry import Registry
 
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), "--rounds", "2",
                         "--images-per-site", "90", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
                         "--seed", "5"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -101,7 +101,7 @@ def tiny_box_run(tmp_path_factory) -> dict:
     import sys
 
     out = tmp_path_factory.mktemp("tiny-box-run")
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), "--rounds", "2",
                         "--images-per-site", "120", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
                         "--seed", "3", "--box-latent", "--box-latent-rounds", "2"],
                        capture_output=True, text=True, cwd=REPO, timeout=900)

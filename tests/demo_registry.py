@@ -40,7 +40,7 @@ class DemoRegistry:
 
 
 def _demo(out: Path, flags: list[str], env: dict[str, str]) -> dict:
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), *flags, *SIZE],
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), *flags, *SIZE],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
     assert r.returncode == 0, f"fedchest demo {' '.join(flags)} failed:\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
     return json.loads((out / "summary.json").read_text())

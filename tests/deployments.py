@@ -1,12 +1,10 @@
-"""Helpers for tests that run a real local deployment (server/deploy/local.py)."""
+"""Helpers for tests that run a real local deployment (consortium/deploy_local.py)."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-from server.demo import site_plan
-from server.deploy.local import LocalConsortium
+from consortium.deploy_local import LocalConsortium
 
 
 def submit_in_background(c: LocalConsortium, config: dict, timeout: float) -> tuple[threading.Thread, dict]:
@@ -24,19 +22,3 @@ def submit_in_background(c: LocalConsortium, config: dict, timeout: float) -> tu
     runner.start()
     return runner, result
 
-
-def make_sites_here(out: Path, n_sites: int, images: int, image_size: int, seed: int) -> list[Path]:
-    """The ``site.toml`` of each of ``server.demo.make_sites``' sites (the same folders, formats, names and seed,
-    under ``out/sites``), synthesised and indexed (what `fedchest-site check` does) in this process. The demo runs
-    the site CLI in two subprocesses per site, each importing torch and the rest again: 2-3 minutes for three
-    80-image sites on a loaded 2-core machine, most of a deployment test's set-up."""
-    from client.index import prepare_site
-    from client.site_config import load_site_config
-    from client.synth import synthesize_site
-
-    tomls = []
-    for fmt, name, folder in site_plan(n_sites):
-        toml = synthesize_site(out / "sites" / folder, fmt, name, images, image_size, seed)
-        prepare_site(load_site_config(toml))
-        tomls.append(toml)
-    return tomls

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from server.demo import make_sites
-from server.deploy.local import LocalConsortium
+from consortium.sites import make_sites
+from consortium.deploy_local import LocalConsortium
 from tests.deployments import submit_in_background
 from tests.test_resume import _rows
 

@@ -190,7 +190,7 @@ def test_a_mixed_consortium_trains_and_reports_ct_metrics(tmp_path, monkeypatch,
     """2 radiograph sites + 1 CT site (or the CT site alone) in a Flower simulation, 2 rounds: CT metrics per round
     in the summary and the registry."""
     from client.synth import synthesize_site
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     cxr, ct = tmp_path / "cxr", tmp_path / "ct"
     if not ct_only:

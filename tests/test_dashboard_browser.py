@@ -61,7 +61,7 @@ def _browser():
 def _serve(url: str):
     """`fedchest dashboard` on the registry ``url``, on a free port; yields its base URL once it answers."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "dashboard", "--db", url, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "consortium.cli", "dashboard", "--db", url, "--port", str(port)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

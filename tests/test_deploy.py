@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.deploy.certs import CertError, make_ca, make_site_key, make_superlink_cert
-from server.deploy.local import LocalConsortium, free_port
+from consortium.deploy_local import LocalConsortium, free_port
 from tests.test_resume import _rows
 
 
@@ -53,7 +53,7 @@ def test_certificates_and_keys(tmp_path):
 
 def test_certs_cli_prints_no_key_material(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "server.cli", "certs", *args], capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "consortium.cli", "certs", *args], capture_output=True, text=True)
 
     r = cli("init", "--out", str(tmp_path), "--name", "fl.example.org")
     assert r.returncode == 0, r.stderr
@@ -180,7 +180,7 @@ def test_deploy_local_soak_every_round_of_every_site_without_a_fault(tmp_path):
     SuperNodes as processes, TLS and node auth on, `flwr run`; every site trains in every round, and the link shows
     no HTTP 5xx answer, the ServerApp no retry, the SuperNodes no error; every process stopped; every task forked
     by a warm worker."""
-    r = subprocess.run([sys.executable, "-m", "server.cli", "deploy", "local", "--sites", str(SOAK_SITES),
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "deploy", "local", "--sites", str(SOAK_SITES),
                         "--rounds", str(SOAK_ROUNDS), "--images-per-site", "40", "--image-size", "32",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -343,6 +343,10 @@ def test_container_files_are_consistent():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (root / src).exists(), src
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    missing = {p.rstrip("*") for p in packages["include"]} - copied  # the image installs every package
+    assert not missing, f"deploy/Dockerfile does not COPY {sorted(missing)}"
     assert "FLWR_TELEMETRY_ENABLED=0" in dockerfile
     lock = (deploy / "requirements.lock").read_text().splitlines()
     assert all("==" in line for line in lock if line and not line.startswith("#"))

@@ -26,7 +26,7 @@ DOCS = ROOT / "docs"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # the run name `flwr run .` gives a run differs on purpose from the ServerApp's own default (fedchest-run)
 DEFAULT_DIFFERS = {"run-name"}
-CLI_MODULES = {"fedchest": "server.cli", "fedchest-site": "client.cli"}
+CLI_MODULES = {"fedchest": "consortium.cli", "fedchest-site": "client.cli"}
 README_MAX_BYTES = 15_000
 
 

@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from server.demo import site_plan
-from server.deploy.local import LocalConsortium
-from tests.deployments import make_sites_here, submit_in_background
+from consortium.sites import make_sites, site_plan
+from consortium.deploy_local import LocalConsortium
+from tests.deployments import submit_in_background
 from tests.test_resume import _last_checkpoint, _rows
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def test_a_killed_supernode_costs_rounds_not_the_run_and_rejoins(tmp_path):
         # the warm workers preload (~40 s on a loaded machine) and the link starts while the sites are made
         c.start_workers([folder for _, _, folder in site_plan(3)])
         c.start_superlink()
-        sites = make_sites_here(tmp_path, 3, 80, 32, 4)
+        sites = sorted(make_sites(tmp_path, 3, 80, 32, 4).glob("*/site.toml"))  # in this process
         procs = c.start_sites(sites)
         config = {"num-server-rounds": 5, "local-epochs": 1, "model-preset": "tiny", "image-size": 32,
                   "min-nodes": 3, "out-dir": str(run_dir), "seed": 1, "run-name": "dropout-test",

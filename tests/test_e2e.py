@@ -28,7 +28,7 @@ def _env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), "--rounds", "2",
                         "--images-per-site", "120", "--image-size", "32", "--seed", "3"],
                        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -24,14 +24,14 @@ POLICIES = {  # appended to each site.toml, in the demo's site order
 
 @pytest.fixture(scope="module")
 def dp_run(tmp_path_factory):
-    from server.demo import make_sites
+    from consortium.sites import make_sites
 
     out = tmp_path_factory.mktemp("dp-run")
     sites = sorted(make_sites(out, 3, 90, 32, seed=7).glob("*/site.toml"))
     for i, toml in enumerate(sites):
         toml.write_text(toml.read_text() + "\n" + POLICIES[i])
     env = {**os.environ, "FEDCHEST_AUDIT_DIR": str(out / "audit")}
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--rounds", "2",
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), "--rounds", "2",
                         "--images-per-site", "90", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
                         "--seed", "7", "--dp"], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

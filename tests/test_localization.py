@@ -249,7 +249,7 @@ def test_localiser_trains_federated_and_localize_draws_an_overlay(tmp_path, monk
 
     from client.cli import main as site_main
     from client.predict import load_global_model
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     sites = tmp_path / "sites"
     # fixed splits: with random salts, site-a's 32-image test split once held too few images with boxes of any

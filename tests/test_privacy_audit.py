@@ -123,7 +123,7 @@ def test_config_errors_name_the_field():
 
 
 def test_cli_prints_the_table_and_json(capsys):
-    from server.cli import main
+    from consortium.cli import main
 
     assert main(["privacy-audit", "--sigmas", "2", "--canaries", "200", "--steps", "20"]) == 0
     out = capsys.readouterr().out
@@ -137,7 +137,7 @@ def test_cli_prints_the_table_and_json(capsys):
 
 
 def test_cli_exits_1_on_a_violation(monkeypatch, capsys):
-    from server.cli import main
+    from consortium.cli import main
 
     monkeypatch.setattr(randomness, "secure_seed", audit.seeds_from_run(3))
     assert main(["privacy-audit", "--sigmas", "2", "--canaries", "200", "--steps", "20", "--seed", "3"]) == 1

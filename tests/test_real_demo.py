@@ -14,8 +14,8 @@ import pytest
 
 from client.index import prepare_site
 from client.site_config import load_site_config
-from server.cli import main as admin_main
-from server.real_demo import NIH_TABLE, REAL_ENV, SITES, assign_patients, write_site
+from consortium.cli import main as admin_main
+from consortium.real_demo import NIH_TABLE, REAL_ENV, SITES, assign_patients, write_site
 from tests.conftest import REPO
 
 
@@ -82,7 +82,7 @@ def test_real_accuracy_benchmark_skips_without_the_data(tmp_path, monkeypatch, c
 
 
 def test_demo_real_takes_the_real_recipe_and_the_flags_given(tmp_path, monkeypatch):
-    import server.real_demo as real_demo
+    import consortium.real_demo as real_demo
 
     seen = {}
     monkeypatch.setattr(real_demo, "run_real_demo", lambda out, *a, **kw: seen.update(args=a, kw=kw))
@@ -104,7 +104,7 @@ def test_demo_real_refuses_the_synthetic_only_options(tmp_path, capsys):
 def test_demo_real_short_run_then_evaluate_at_a_site(real_data, tmp_path):
     out = tmp_path / "demo-real"
     env = {**os.environ, REAL_ENV: str(real_data), "PYTHONPATH": str(REPO), "FLWR_TELEMETRY_ENABLED": "0"}
-    r = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--real", "--out", str(out), "--rounds", "2",
+    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--real", "--out", str(out), "--rounds", "2",
                         "--preset", "tiny", "--image-size", "32", "--local-epochs", "1"],
                        capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -138,16 +138,11 @@ def test_demo_real_short_run_then_evaluate_at_a_site(real_data, tmp_path):
 def test_pinned_split_salts_make_the_real_sites_held_out_patients_reproducible(real_data, tmp_path, monkeypatch):
     """real_accuracy's seeds: the same salt key gives the same held-out images at every site in a fresh folder,
     another key other ones (the random per-site secret gave a different split in every fresh folder)."""
-    import server.real_demo as real_demo
+    import consortium.real_demo as real_demo
     from client.index import load_split, sample_paths
     from client.site_config import pin_split_salt
 
-    def check(_command, _flag, toml):  # index in-process instead of the site CLI's subprocess
-        prepare_site(load_site_config(toml))
-        return subprocess.CompletedProcess([], 0, stdout="site: indexed\n", stderr="")
-
     monkeypatch.setenv(REAL_ENV, str(real_data))
-    monkeypatch.setattr(real_demo, "_site_cli", check)
 
     def held_out(folder: Path, key: int) -> list[list[str]]:
         sites = real_demo.make_real_sites(folder, 32, seed=0, pin_salt=pin_split_salt, salt_key=key)

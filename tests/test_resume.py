@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-RUN = "import json, sys; from server.simulation import run_in_process; run_in_process(json.loads(sys.argv[1]), 2)"
+RUN = "import json, sys; from consortium.simulation import run_in_process; run_in_process(json.loads(sys.argv[1]), 2)"
 
 
 def _config(sites: Path, out: Path) -> dict:

@@ -9,9 +9,9 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.demo import make_sites
+from consortium.sites import make_sites
 from server.registry import Event, Registry
-from server.simulation import SERVER_APP, run_in_process
+from consortium.simulation import SERVER_APP, run_in_process
 
 
 def test_multi_krum_leaves_out_the_sign_flipping_site(tmp_path, monkeypatch):

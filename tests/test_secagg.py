@@ -16,7 +16,7 @@ from tests.conftest import REPO
 RUN = """
 import sys
 from pathlib import Path
-from server.simulation import run_in_process, SECAGG_APPS
+from consortium.simulation import run_in_process, SECAGG_APPS
 sites, out = sys.argv[1], sys.argv[2]
 cfg = {"num-server-rounds": 1, "local-epochs": 1, "lr": 1e-3, "batch-size": 32, "model-preset": "tiny",
        "image-size": 32, "min-nodes": 3, "round-timeout": 600.0, "out-dir": out, "sim-sites-dir": sites,
@@ -30,7 +30,7 @@ def test_secagg_run_matches_clear_weighted_fedavg(tmp_path):
     from client.local_round import train_round
     from client.site_config import load_site_config
     from server.checkpoints import load_checkpoint
-    from server.demo import make_sites
+    from consortium.sites import make_sites
     from shared_models.networks import build_model, float_state_keys
 
     sites = make_sites(tmp_path, 3, 90, 32, seed=4)

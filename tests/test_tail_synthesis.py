@@ -95,7 +95,7 @@ def test_a_federated_run_trains_on_synthetic_tail_images_and_sends_nothing_of_th
     from client.index import load_split
     from client.site_config import load_site_config
     from client.synth import synthesize_site
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     sites = tmp_path / "sites"
     # site-a's 400 images hold classes under 1 % prevalence with at least two positives; site-b's 240 none. The

@@ -117,7 +117,7 @@ def test_experts_with_se_csra_and_the_label_graph_train_federated(tmp_path):
     from client.site_config import load_site_config
     from client.synth import synthesize_site
     from client.training import _batch
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     sites = tmp_path / "sites"
     synthesize_site(sites / "a", "padchest", "site-a", n_images=120, image_size=32, seed=1)

@@ -40,7 +40,7 @@ from pathlib import Path
 from server.deploy.certs import make_ca, make_site_key, make_superlink_cert
 from server.deploy.overhead import describe, describe_faults, link_faults, median_overhead, round_overheads
 from server.deploy.superlink import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
-from server.simulation import QUIET_FLOWER_ENV
+from consortium.simulation import QUIET_FLOWER_ENV
 
 CONNECTION = "fedchest-local"
 BIN = Path(sys.executable).parent
@@ -411,7 +411,7 @@ def deploy_local(out: Path, n_sites: int = 3, rounds: int = 2, images: int = 200
                  persistent_state: bool = False, warm: bool | None = None) -> dict:
     """Synthetic sites, certificates and keys, a SuperLink and ``n_sites`` SuperNodes as processes, one
     ``flwr run`` followed to the end; returns the run's summary (every process is stopped on return)."""
-    from server.demo import make_sites, site_plan
+    from consortium.sites import make_sites, site_plan
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

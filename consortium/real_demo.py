@@ -5,7 +5,7 @@ NIH radiographs at 64 px (``nih64/``) and NIH's ``Data_Entry_2017`` table. The d
 single images) over three sites with the case mixes of real hospitals: an outpatient clinic (PA views only), an
 ICU-like ward (patients imaged mostly AP) and a mixed general hospital. Each site is a ``site.toml`` with the
 ``nih`` source pointing at the shared images and a ``patients`` list, so no image is copied; the sites are
-checked by the site CLI as hospitals would, then the routed experts train under Flower's simulation runtime.
+checked by the site CLI's code as hospitals would, then the routed experts train under Flower's simulation runtime.
 NIH findings reach the consortium label set through the ontology's ``nih`` synonym map; classes NIH cannot
 express are masked at every site, never counted as negatives.
 
@@ -20,15 +20,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from server.demo import _site_cli
+from consortium.sites import site_cli_here
 from server.report import fmt
-from server.simulation import CLIENT_APP, SERVER_APP, run_in_process
+from consortium.simulation import CLIENT_APP, SERVER_APP, run_in_process
 
 REAL_ENV = "FEDCHEST_REAL_DATA"
 DEFAULT_REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
@@ -118,16 +117,15 @@ def make_real_sites(out: Path, image_size: int, seed: int, images: str = "nih64"
 
     def check(job) -> str:
         name, toml, _ = job
-        r = _site_cli("check", "--config", str(toml))
+        r = site_cli_here("check", "--config", str(toml))
         if r.returncode:
             raise RuntimeError(f"fedchest-site check failed for {name}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
         return r.stdout
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for (name, _toml, n_patients), text in zip(jobs, pool.map(check, jobs)):
-            lines = text.splitlines()
-            views = next((line.strip() for line in lines if line.strip().startswith("projection ")), "")
-            print(f"[{name}] {n_patients} patients; " + lines[0].split(": ", 1)[-1] + "; " + " ".join(views.split()))
+    for (name, _toml, n_patients), text in zip(jobs, map(check, jobs)):  # in this process, one after the other
+        lines = text.splitlines()
+        views = next((line.strip() for line in lines if line.strip().startswith("projection ")), "")
+        print(f"[{name}] {n_patients} patients; " + lines[0].split(": ", 1)[-1] + "; " + " ".join(views.split()))
     stamp.write_text(json.dumps(params))
     return sites_dir
 

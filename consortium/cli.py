@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.simulation import quiet_flower_env
+from consortium.simulation import quiet_flower_env
 from shared_models.losses import LOSSES
 
 SYNTHETIC_DEMO = {"rounds": 10, "preset": "small", "local_epochs": 2, "lr": 0.001}
 
 
 def _real_demo(args: argparse.Namespace) -> int:
-    from server.real_demo import REAL_RECIPE, RealDataMissing, run_real_demo
+    from consortium.real_demo import REAL_RECIPE, RealDataMissing, run_real_demo
 
     other = [flag for flag, on in (("--dp", args.dp), ("--secagg", args.secagg), ("--zeroshot", args.zeroshot),
                                    ("--box-latent", args.box_latent), ("--ct-sites", args.ct_sites),
@@ -40,7 +40,7 @@ def _real_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from server.demo import run_demo
+    from consortium.demo import run_demo
 
     if args.real:
         return _real_demo(args)
@@ -137,7 +137,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from server.deploy.local import DeployError, deploy_local
+    from consortium.deploy_local import DeployError, deploy_local
 
     try:
         deploy_local(Path(args.out), args.sites, args.rounds, args.images_per_site, args.image_size, args.preset,
@@ -172,7 +172,7 @@ def _run_resume(args: argparse.Namespace) -> int:
     print(f"resuming run {args.run_id} ({run['name']}): last checkpoint round "
           f"{done[0][0] if done else 'none'} of {run['num_rounds']}", flush=True)
     if args.connection:
-        from server.deploy.local import app_dir
+        from consortium.deploy_local import app_dir
 
         items = f'resume-run="{args.run_id}" out-dir={json.dumps(str(cfg["out-dir"]))}'
         return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), args.connection,
@@ -181,7 +181,7 @@ def _run_resume(args: argparse.Namespace) -> int:
         print("fedchest run resume: the run was not a simulation; give --connection NAME (the SuperLink "
               "connection in $FLWR_HOME/config.toml)", file=sys.stderr)
         return 2
-    from server.simulation import run_in_process
+    from consortium.simulation import run_in_process
 
     sites = len(list(Path(cfg["sim-sites-dir"]).glob("*/site.toml")))
     run_in_process({**cfg, "resume-run": args.run_id}, num_supernodes=sites, verbose=args.verbose)

@@ -1,112 +1,24 @@
 """`fedchest demo`: a synthetic consortium end to end (sites in real formats, Flower simulation, registry).
 
-The sites are made and checked by the site CLI in subprocesses, as hospitals would; the federated run goes
-through Flower's simulation runtime. Figures are from synthetic data: they show the machinery works and are
+The sites are made and checked by the site CLI's code, as hospitals would (consortium/sites.py); the federated run
+goes through Flower's simulation runtime. Figures are from synthetic data: they show the machinery works and are
 not clinical results.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from server.report import fmt
-from server.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
+from consortium.simulation import CLIENT_APP, SECAGG_APPS, SERVER_APP, run_in_process
+from consortium.sites import make_ct_sites, make_sites
 from server.zeroshot_eval import PROMPT_SETS
 from shared_models.messages import SYNTH_IMAGES, TRAIN_LOSS
 
-FORMATS = ("padchest", "mimic", "openi", "dicom")
-SITE_NAMES = {"padchest": "alicante-general", "mimic": "boston-icu", "openi": "indiana-outpatient",
-              "dicom": "pacs-export"}
-
-
-def _site_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True)
-
-
 HELD_OUT_RATE = 0.10  # zero-shot demo: each held-out finding at 10 %, ~20 per 200-image test split (at 6 % a
 # 400-image site's test split often held fewer than min_count = 5 of a class, so the site withheld it)
-
-
-def site_plan(n_sites: int) -> list[tuple[str, str, str]]:
-    """(format, site name, folder name) of each of ``make_sites``' sites, known before they are made (``fedchest
-    deploy local`` starts each site's warm worker, named by its folder, while the sites are synthesised)."""
-    plan = []
-    for i in range(n_sites):
-        fmt = FORMATS[i % len(FORMATS)]
-        name = SITE_NAMES[fmt] + (f"-{i // len(FORMATS) + 1}" if i >= len(FORMATS) else "")
-        plan.append((fmt, name, f"{i:02d}-{name}"))
-    return plan
-
-
-def make_sites(out: Path, n_sites: int, images: int, image_size: int, seed: int,
-               held_out_rate: float = 0.0, real_structure: bool = False) -> Path:
-    """``n_sites`` synthetic sites made and checked by the site CLI; ``held_out_rate`` and ``real_structure`` as
-    `fedchest-site synth --held-out-rate / --real-structure`."""
-    sites_dir = out / "sites"
-    params = {"sites": n_sites, "images": images, "image_size": image_size, "seed": seed,
-              "generator": 2}  # 2: reports describe held-out findings without naming them
-    if held_out_rate:
-        params["held_out_rate"] = held_out_rate
-    if real_structure:
-        params["real_structure"] = True
-    options = (["--held-out-rate", f"{held_out_rate:g}"] if held_out_rate else []) + (
-        ["--real-structure"] if real_structure else [])
-    stamp = sites_dir / "demo-params.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == params:
-        print(f"reusing synthetic sites in {sites_dir}")
-        return sites_dir
-    shutil.rmtree(sites_dir, ignore_errors=True)
-    sites_dir.mkdir(parents=True)
-    jobs = [(fmt, name, sites_dir / folder) for fmt, name, folder in site_plan(n_sites)]
-    t0 = time.perf_counter()
-
-    def synth_and_check(job):
-        fmt, name, folder = job
-        r = _site_cli("synth", "--out", str(folder), "--format", fmt, "--name", name, "--images", str(images),
-                      "--image-size", str(image_size), "--seed", str(seed), *options, "--check")
-        if r.returncode:
-            raise RuntimeError(f"fedchest-site synth --check failed for {name}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        return next((line for line in r.stdout.splitlines() if line.startswith("site ")), r.stdout.strip())
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # one site CLI process per site: synthesis and check
-        for (fmt, _name, _), line in zip(jobs, pool.map(synth_and_check, jobs)):
-            print(f"[{fmt}] " + line)
-    print(f"made {n_sites} synthetic sites in {time.perf_counter() - t0:.1f}s")
-    stamp.write_text(json.dumps(params))
-    return sites_dir
-
-
-CT_SHAPE, CT_SPACING = "32,32,32", "6,6,6"  # the run's default CT grid: no resampling needed
-
-
-def make_ct_sites(out: Path, n_sites: int, seed: int, volumes: int = 160) -> Path:
-    """Synthetic CT sites (ct-rate and dicom-ct layouts in turn) under ``out/ct-sites``, each checked."""
-    ct_dir = out / "ct-sites"
-    params = {"sites": n_sites, "volumes": volumes, "shape": CT_SHAPE, "spacing": CT_SPACING, "seed": seed}
-    stamp = ct_dir / "demo-params.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == params:
-        print(f"reusing synthetic CT sites in {ct_dir}")
-        return ct_dir
-    shutil.rmtree(ct_dir, ignore_errors=True)
-    for i in range(n_sites):
-        fmt = ("ct-rate", "dicom-ct")[i % 2]
-        folder = ct_dir / f"{i:02d}-ct-{fmt}"
-        r = _site_cli("synth", "--out", str(folder), "--format", fmt, "--name", f"chest-ct-{i + 1}", "--images",
-                      str(volumes), "--ct-shape", CT_SHAPE, "--ct-spacing", CT_SPACING, "--seed", str(seed + 100 + i))
-        if r.returncode:
-            raise RuntimeError(f"fedchest-site synth failed for CT site {i + 1}:\n{r.stderr[-2000:]}")
-        r = _site_cli("check", "--config", str(folder / "site.toml"))
-        if r.returncode:
-            raise RuntimeError(f"fedchest-site check failed for CT site {i + 1}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        print(f"[{fmt}] " + r.stdout.splitlines()[0])
-    stamp.write_text(json.dumps(params))
-    return ct_dir
 
 
 def run_demo(out: Path, n_sites: int = 3, rounds: int = 10, images: int = 1000, image_size: int = 64,
