@@ -77,7 +77,7 @@ def free_port() -> int:
 
 def app_dir() -> Path:
     """The Flower app folder (the source checkout's root, where pyproject.toml declares the apps)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").exists():
         raise DeployError(f"{root}: no pyproject.toml here; `flwr run` needs the fedchest source folder")
     return root

@@ -93,21 +93,15 @@ def _tiny_run_with_references(out: Path) -> list:
 
 
 @pytest.fixture(scope="session")
-def tiny_box_run(tmp_path_factory) -> dict:
-    """The demo CLI with --box-latent: a tiny routed-experts run (2 rounds), then the box head on its final experts,
-    frozen (2 rounds), into the same registry. Returns the box run's summary plus ``out`` and ``stdout``."""
+def demo_box_run(demo_registry) -> dict:
+    """The box-latent run of the demo registry (tests/demo_registry.py): `make demo`'s --box-latent, two rounds of
+    the head on the first run's frozen experts, in the same registry. Its summary plus ``out`` (the make-demo
+    folder) and ``stdout`` (the demo's printout)."""
     import json
-    import subprocess
-    import sys
 
-    out = tmp_path_factory.mktemp("tiny-box-run")
-    r = subprocess.run([sys.executable, "-m", "consortium.cli", "demo", "--out", str(out), "--rounds", "2",
-                        "--images-per-site", "120", "--image-size", "32", "--preset", "tiny", "--local-epochs", "1",
-                        "--seed", "3", "--box-latent", "--box-latent-rounds", "2"],
-                       capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = Path(demo_registry.main_out)
     summary = json.loads((out / "box-latent" / "summary.json").read_text())
-    return {**summary, "out": out, "stdout": r.stdout}
+    return {**summary, "out": out, "stdout": demo_registry.main_log}
 
 
 @pytest.fixture(scope="session")

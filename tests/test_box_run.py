@@ -19,8 +19,8 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
 
 
-def test_summary_reports_auroc_brier_ece_and_ood_with_intervals(tiny_box_run):
-    box = tiny_box_run["box"]
+def test_summary_reports_auroc_brier_ece_and_ood_with_intervals(demo_box_run):
+    box = demo_box_run["box"]
     assert box["backbone"].endswith(".pt") and len(box["mAUC_by_round"]) == 2
     last = box["last"]
     assert set(last["by_samples"]) == {"1", "8", "32"} and last["primary"] == 8
@@ -33,27 +33,27 @@ def test_summary_reports_auroc_brier_ece_and_ood_with_intervals(tiny_box_run):
     assert set(last["ood"]) == {"device", "corrupt", "nonchest"}
     for o in last["ood"].values():
         assert _finite(o["auroc"]) and o["ci"][0] <= o["auroc"] <= o["ci"][1] and o["n"] > 0
-    sites = tiny_box_run["sites"]
+    sites = demo_box_run["sites"]
     assert last["similarity"]["sites"] == sorted(sites) and len(last["similarity"]["matrix"]) == len(sites)
-    assert "box-latent (pooled): mAUC N=1" in tiny_box_run["stdout"]
-    assert "OOD AUROC (radius)" in tiny_box_run["stdout"]
+    assert "box-latent (pooled): mAUC N=1" in demo_box_run["stdout"]
+    assert "OOD AUROC (radius)" in demo_box_run["stdout"]
 
 
-def test_the_backbone_stayed_frozen_and_the_registry_holds_box_rows(tiny_box_run):
-    ckpts = sorted(Path(tiny_box_run["checkpoints"]).glob("round-*.pt"))
+def test_the_backbone_stayed_frozen_and_the_registry_holds_box_rows(demo_box_run):
+    ckpts = sorted(Path(demo_box_run["checkpoints"]).glob("round-*.pt"))
     first, last = (torch.load(p, weights_only=True)["state_dict"] for p in (ckpts[0], ckpts[-1]))
-    source = torch.load(tiny_box_run["box"]["backbone"], weights_only=True)["state_dict"]
+    source = torch.load(demo_box_run["box"]["backbone"], weights_only=True)["state_dict"]
     for k, v in last.items():
         if k.startswith("backbone."):
             assert torch.equal(v, source[k[len("backbone."):]]), k
     assert any(not torch.equal(first[k], last[k]) for k in last if k.startswith("box."))
-    agg = aggregate_metrics(engine_for(tiny_box_run["db_url"]), tiny_box_run["run_id"])
+    agg = aggregate_metrics(engine_for(demo_box_run["db_url"]), demo_box_run["run_id"])
     names = set(agg["name"])
     assert {"box_n8_mAUC", "box_n8_brier", "box_n8_ece", "box_ood_corrupt_auroc", "box_temperature"} <= names
 
 
-def test_dashboard_reliability_page(tiny_box_run, monkeypatch):
-    at = _app(tiny_box_run["db_url"], monkeypatch, page="reliability", run=tiny_box_run["run_id"])
+def test_dashboard_reliability_page(demo_box_run, monkeypatch):
+    at = _app(demo_box_run["db_url"], monkeypatch, page="reliability", run=demo_box_run["run_id"])
     assert not at.exception and at.header[0].value == "Reliability (box-latent)"
     table = at.dataframe[0].value
     assert list(table["BL-TTA samples N"]) == [1, 8, 32] and table["macro-AUROC"].notna().all()
@@ -61,11 +61,11 @@ def test_dashboard_reliability_page(tiny_box_run, monkeypatch):
     assert len(at.get("vega_lite_chart")) == 1  # the site-similarity heatmap
 
 
-def test_predict_report_with_the_run_checkpoint(tiny_box_run):
-    out = tiny_box_run["out"]
+def test_predict_report_with_the_run_checkpoint(demo_box_run):
+    out = demo_box_run["out"]
     site = sorted((out / "sites").glob("*/site.toml"))[0]
     image = sorted(site.parent.rglob("*.png"))[0]
-    ckpt = sorted(Path(tiny_box_run["checkpoints"]).glob("round-*.pt"))[-1]
+    ckpt = sorted(Path(demo_box_run["checkpoints"]).glob("round-*.pt"))[-1]
     r = subprocess.run([sys.executable, "-m", "client.cli", "predict", str(image), "--checkpoint", str(ckpt),
                         "--config", str(site), "--report"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
