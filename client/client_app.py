@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard, refusal
 from client.ct.index import is_ct_site
+from client import fedbn
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
 from client.dp_release import ReleasedCounts, evaluation_release
@@ -99,6 +100,8 @@ def _setup(config: ConfigRecord, arrays: ArrayRecord, split: str, site: SiteConf
     model = run_model(config, site)
     data = site_data(site, split)
     model.load_state_dict(global_state(arrays))
+    if fedbn.enabled(config):  # the site's own normalisation layers over the global model's (client/fedbn.py)
+        fedbn.restore(model, site, str(config.get("run-id", "")))
     mark_ready()
     return data, model
 
@@ -256,7 +259,8 @@ def _train(msg: Message, site: SiteConfig) -> Message:
         metrics, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)
     else:
         metrics, counts, fedavg = released_train_metrics(model, release, aggregation)
-    state = outgoing_state(model, site, counts, fedavg)
+    kept = fedbn.keep(model, site, str(config.get("run-id", ""))) if fedbn.enabled(config) else ()
+    state = outgoing_state(model, site, counts, fedavg, kept)
     sent_groups = {parameter_group(k) for k in state}
     metrics = {key: v for key, v in metrics.items()
                if not key.startswith(("count.", "pos.")) or key.split(".", 1)[1] in sent_groups}
