@@ -1,8 +1,9 @@
 """The sites' learning rate over the rounds of a run: the server sends each round's rate in its train config.
 
-``constant``: the run config's ``lr`` every round. ``cosine``: from ``lr`` in round 1 down to ``lr x lr-min-factor``
-in the run's last round along half a cosine (Loshchilov & Hutter's annealing, one step per round), so the late
-rounds make small corrections instead of undoing each other's site-specific steps. The round count is the whole
+``constant``: the run config's ``lr`` every round. ``cosine``: from ``lr`` in round 1 towards ``lr x lr-min-factor``
+along half a cosine (Loshchilov & Hutter's annealing, one step per round), reaching the floor after the last round
+(the last round still trains, at a small rate), so the late rounds make small corrections instead of undoing each
+other's site-specific steps. The round count is the whole
 run's (``num-server-rounds``), so a resumed run continues the same curve.
 """
 
@@ -26,5 +27,5 @@ def round_lr(lr: float, schedule: str, server_round: int, num_rounds: int, min_f
     check_schedule(schedule, min_factor)
     if schedule == "constant" or num_rounds <= 1:
         return lr
-    progress = min(max(server_round - 1, 0), num_rounds - 1) / (num_rounds - 1)
+    progress = min(max(server_round - 1, 0), num_rounds) / num_rounds
     return lr * (min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -62,11 +62,12 @@ def test_fedavgm_is_heavy_ball_momentum_on_the_pseudo_gradient_and_plain_fedavg_
 
 def test_cosine_schedule_runs_from_lr_to_its_floor_over_the_run():
     assert round_lr(1e-3, "constant", 7, 10) == 1e-3
-    lrs = [round_lr(1e-3, "cosine", r, 5, min_factor=0.1) for r in range(1, 6)]
-    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
-    assert lrs[2] == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way: half of the span
+    lrs = [round_lr(1e-3, "cosine", r, 4, min_factor=0.1) for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[2] == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # round 3 of 4: half-way, half of the span
+    assert lrs[-1] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 - math.sqrt(0.5)))  # the last round still trains
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
-    assert round_lr(1e-3, "cosine", 12, 10) == pytest.approx(0.0)  # past the end: the floor, never negative
+    assert round_lr(1e-3, "cosine", 12, 10, min_factor=0.1) == pytest.approx(1e-4)  # past the end: the floor
     with pytest.raises(ValueError, match="lr-schedule"):
         round_lr(1e-3, "step", 1, 10)
     with pytest.raises(ValueError, match="lr-min-factor"):
@@ -79,7 +80,7 @@ def test_the_strategy_sends_each_rounds_learning_rate_in_the_train_config(tmp_pa
     strat = _strategy(tmp_path, fraction_train=1.0, lr_at=lambda r: round_lr(0.01, "cosine", r, 3))
     sent = {r: sorted(float(m.content["config"]["lr"]) for m in strat.configure_train(
         r, arrays, ConfigRecord({"lr": 0.01}), grid)) for r in (1, 2, 3)}
-    assert sent == {1: pytest.approx([0.01] * 2), 2: pytest.approx([0.005] * 2), 3: pytest.approx([0.0] * 2)}
+    assert sent == {1: pytest.approx([0.01] * 2), 2: pytest.approx([0.0075] * 2), 3: pytest.approx([0.0025] * 2)}
     constant = _strategy(tmp_path / "c", fraction_train=1.0)
     assert {float(m.content["config"]["lr"]) for m in constant.configure_train(3, arrays, ConfigRecord({"lr": 0.01}),
                                                                                 grid)} == {0.01}
