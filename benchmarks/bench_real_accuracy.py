@@ -49,8 +49,9 @@ from client.index import SiteData, load_split
 from client.site_config import pin_split_salt
 from client.training import predict, train_local
 from server.checkpoints import load_checkpoint
-from consortium.real_demo import REAL_ENV, RealDataMissing, make_real_sites
+from consortium.real_demo import REAL_ENV, REAL_STRATEGY, RealDataMissing, make_real_sites
 from consortium.simulation import CLIENT_APP, SERVER_APP, run_in_process
+from server.schedule import round_lr
 from shared_models.device import select_device
 from shared_models.metrics import per_class_metrics
 from shared_models.networks import build_model
@@ -90,9 +91,17 @@ def train(data: SiteData, epochs: int, preset: str, num_classes: int, image_size
     model = build_model(preset, num_classes, image_size=image_size)
     before = torch.get_num_threads()
     torch.set_num_threads(CENTRAL_THREADS)
+    schedule = str(recipe.get("lr-schedule", "constant"))
     try:
-        train_local(model, data, epochs, recipe["lr"], BATCH, select_device(), seed=seed,
-                    weight_decay=recipe["weight-decay"], loss=recipe["loss"])
+        if schedule == "constant":
+            train_local(model, data, epochs, recipe["lr"], BATCH, select_device(), seed=seed,
+                        weight_decay=recipe["weight-decay"], loss=recipe["loss"])
+        else:  # round by round as a site trains: a fresh AdamW per round at the round's rate
+            rounds, local_epochs = recipe["rounds"], recipe["local-epochs"]
+            for r in range(1, rounds + 1):
+                lr = round_lr(recipe["lr"], schedule, r, rounds, float(recipe.get("lr-min-factor", 0.0)))
+                train_local(model, data, local_epochs, lr, BATCH, select_device(), seed=seed * 1000 + r,
+                            weight_decay=recipe["weight-decay"], loss=recipe["loss"])
     finally:
         torch.set_num_threads(before)
     return model
@@ -118,6 +127,7 @@ def one_seed(out: Path, seed: int, recipe: dict, image_size: int) -> dict:
         "image-size": image_size, "label-set": "cxrlt2026", "fraction-train": 1.0, "min-nodes": len(cfgs),
         "round-timeout": 3600.0, "out-dir": str(fed_dir), "sim-sites-dir": str(sites_dir),
         "run-name": f"bench-real-accuracy-seed{seed}", "seed": seed,
+        **{k: recipe[k] for k in REAL_STRATEGY},
     }
     run_in_process(run_config, num_supernodes=len(cfgs), cpus_per_client=1.0, apps=(SERVER_APP, CLIENT_APP))
     if not (fed_dir / "summary.json").exists():
@@ -174,13 +184,14 @@ def run(out: Path, seeds: tuple[int, ...] = (0, 1, 2), rounds: int | None = 5, l
         preset: str | None = None, image_size: int = 64) -> dict:
     from consortium.real_demo import REAL_RECIPE, find_real_data
 
-    recipe = dict(REAL_RECIPE)
+    recipe = {**REAL_RECIPE, **REAL_STRATEGY}
     recipe.update({"rounds": rounds or recipe["rounds"], "local-epochs": local_epochs or recipe["local-epochs"],
                    "preset": preset or recipe["preset"]})
     rounds, local_epochs, preset = recipe["rounds"], recipe["local-epochs"], recipe["preset"]
     command = (f"python -m benchmarks.run --only real_accuracy --seeds {' '.join(map(str, seeds))} (rounds={rounds}, "
                f"local_epochs={local_epochs}, preset={preset}, lr={recipe['lr']}, weight_decay="
-               f"{recipe['weight-decay']}, loss={recipe['loss']}, size={image_size})")
+               f"{recipe['weight-decay']}, loss={recipe['loss']}, lr-schedule={recipe['lr-schedule']}, "
+               f"size={image_size})")
     try:
         find_real_data()
     except RealDataMissing as exc:

@@ -94,12 +94,15 @@ def concat(parts: list[SiteData]) -> SiteData:
     return SiteData(*[np.concatenate([getattr(p, k) for p in parts]) for k in fields])
 
 
-def train_model(data: SiteData, epochs: int, preset: str, num_classes: int, lr: float, seed: int = 0):
+def train_model(data: SiteData, epochs: int, preset: str, num_classes: int, lr: float, seed: int = 0,
+                lr_at=None, image_size: int | None = None):
+    """A centralised model, one ``train_local`` call (a fresh AdamW) per epoch as a site's round; ``lr_at(epoch)``
+    (0-based) gives each epoch's learning rate when the compared federated run follows a schedule."""
     torch.manual_seed(seed)
-    model = build_model(preset, num_classes)
+    model = build_model(preset, num_classes, image_size=image_size)
     t0 = time.perf_counter()
     for e in range(epochs):
-        train_local(model, data, 1, lr, 32, select_device(), seed=seed * 1000 + e)
+        train_local(model, data, 1, lr if lr_at is None else lr_at(e), 32, select_device(), seed=seed * 1000 + e)
     return model, time.perf_counter() - t0
 
 

@@ -43,6 +43,9 @@ def main() -> None:
                    help="measure a tree with uncommitted changes (each record says tree_dirty = true)")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="seeds for the benchmarks that take them (each record then has a mean and 95 %% interval)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of the benchmark's run() (e.g. images=300), typed by its default; the record's "
+                        "command names it")
     args = p.parse_args()
     changed = tree_changes()
     if changed and not args.allow_dirty:
@@ -56,8 +59,23 @@ def main() -> None:
             if "seeds" not in inspect.signature(bench).parameters:
                 raise SystemExit(f"make bench: --seeds given but {BENCHMARKS[name]}.run takes no seeds")
             kwargs["seeds"] = tuple(args.seeds)
+        kwargs.update(bench_params(bench, args.param))
         results = bench(work / name, **kwargs)
         print(f"{name}: wrote {write_results(results)}")
+
+
+def bench_params(bench, items: list[str]) -> dict:
+    """``--param NAME=VALUE`` items as keyword arguments of ``bench``, each cast to the type of its default."""
+    params = inspect.signature(bench).parameters
+    known = [n for n, q in params.items() if q.default is not inspect.Parameter.empty and n != "seeds"]
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(f"make bench: --param {item!r}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+        default = params[name].default
+        out[name] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from client.audit import outbound_guard, refusal
 from client.ct.index import is_ct_site
+from client import fedbn
 from client.evaluation import evaluation_summary
 from client.index import SiteData, load_split, prepare_site
 from client.dp_release import ReleasedCounts, evaluation_release
@@ -101,6 +102,8 @@ def _setup(config: ConfigRecord, arrays: ArrayRecord, split: str, site: SiteConf
     model = run_model(config, site)
     data = site_data(site, split)
     model.load_state_dict(global_state(arrays))
+    if fedbn.enabled(config):  # the site's own normalisation layers over the global model's (client/fedbn.py)
+        fedbn.restore(model, site, str(config.get("run-id", "")))
     mark_ready()
     return data, model
 
@@ -252,7 +255,8 @@ def _train(msg: Message, site: SiteConfig) -> Message:
         reply, counts, fedavg = exact_train_metrics(model, data, site, aggregation, stats)
     else:
         reply, counts, fedavg = released_train_metrics(model, release, aggregation)
-    state = outgoing_state(model, site, counts, fedavg)
+    kept = fedbn.keep(model, site, str(config.get("run-id", ""))) if fedbn.enabled(config) else ()
+    state = outgoing_state(model, site, counts, fedavg, kept)
     reply.keep_groups({parameter_group(k) for k in state})
     reply.extra.update({TRAIN_SECONDS: time.perf_counter() - t0,  # data loading included: all the site's work
                         **privacy, **synthesis})

@@ -5,7 +5,7 @@ groups dropped, small counts suppressed). Framework-free: client_app.py wraps it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -162,11 +162,12 @@ def dp_round(site: SiteConfig, config: Mapping[str, Any], dp: DPSettings, rate: 
     return stats, report
 
 
-def outgoing_state(model: RoutedExperts, site: SiteConfig, counts: Mapping[str, float], fedavg: bool
-                   ) -> dict[str, torch.Tensor]:
+def outgoing_state(model: RoutedExperts, site: SiteConfig, counts: Mapping[str, float], fedavg: bool,
+                   local: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """The parameters that leave: the groups this site trained (all of them under plain FedAvg), minus the
-    groups its policy withholds."""
+    groups its policy withholds and the ``local`` keys (FedBN's normalisation layers, client/fedbn.py)."""
     state = model.cpu().state_dict()
     keep = (lambda g: True) if fedavg else (lambda g: counts.get(g, 0) > 0)
+    stay = set(local)
     return {k: v for k, v in state.items()
-            if keep(parameter_group(k)) and not site.privacy.withheld(parameter_group(k))}
+            if k not in stay and keep(parameter_group(k)) and not site.privacy.withheld(parameter_group(k))}

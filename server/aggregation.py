@@ -188,20 +188,27 @@ def _robust_group(out: dict[str, np.ndarray], global_arrays: dict[str, np.ndarra
     return [u.site for u, x in zip(senders, used) if x > 0]
 
 
-SERVER_OPTIMIZERS = ("none", "fedadam", "fedyogi")
+SERVER_OPTIMIZERS = ("none", "fedadam", "fedyogi", "fedavgm")
+SERVER_LR_DEFAULTS = {"fedadam": 1e-2, "fedyogi": 1e-2, "fedavgm": 1.0}  # the run config's server-lr = 0
+STATISTICS_SUFFIXES = ("running_mean", "running_var")  # normalisation statistics: averaged, never stepped
 
 
 class ServerOptimizer:
-    """FedAdam / FedYogi (Reddi et al., 2021) applied per parameter: the aggregate minus the current global
-    model is a pseudo-gradient; groups that no site sent get no step. Integer buffers (batch-norm counters)
-    and keys without a pseudo-gradient pass through unchanged."""
+    """A server step on the pseudo-gradient (the aggregate minus the current global model), per parameter; groups
+    that no site sent get no step. FedAdam / FedYogi (Reddi et al., 2021) or FedAvgM (Hsu et al., 2019: heavy-ball
+    momentum, ``v = momentum * v + delta``, ``w += eta * v``; eta 1 and momentum 0 is plain FedAvg). Integer buffers
+    (batch-norm counters), batch-norm running statistics (an average of the sites' statistics is a statistic, a
+    step on it is not) and keys without a pseudo-gradient pass through as aggregated."""
 
-    def __init__(self, kind: str = "fedadam", eta: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99,
-                 tau: float = 1e-3) -> None:
+    def __init__(self, kind: str = "fedadam", eta: float | None = None, beta_1: float = 0.9, beta_2: float = 0.99,
+                 tau: float = 1e-3, momentum: float = 0.9) -> None:
         if kind not in SERVER_OPTIMIZERS[1:]:
             raise ValueError(f"server optimizer {kind!r}; expected one of {SERVER_OPTIMIZERS[1:]}")
-        self.kind, self.eta, self.beta_1, self.beta_2, self.tau = kind, eta, beta_1, beta_2, tau
-        self.m: dict[str, np.ndarray] = {}
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"server momentum {momentum!r}; expected 0 <= momentum < 1")
+        self.kind, self.beta_1, self.beta_2, self.tau, self.momentum = kind, beta_1, beta_2, tau, momentum
+        self.eta = SERVER_LR_DEFAULTS[kind] if not eta else eta
+        self.m: dict[str, np.ndarray] = {}  # fedavgm: the velocity
         self.v: dict[str, np.ndarray] = {}
 
     def step(self, current: dict[str, np.ndarray], aggregated: dict[str, np.ndarray],
@@ -211,9 +218,14 @@ class ServerOptimizer:
             if not contributors.get(group):
                 continue
             for k in keys:
-                if not np.issubdtype(current[k].dtype, np.floating):
+                if not np.issubdtype(current[k].dtype, np.floating) or k.endswith(STATISTICS_SUFFIXES):
                     continue
                 delta = aggregated[k].astype(np.float64) - current[k].astype(np.float64)
+                if self.kind == "fedavgm":
+                    m = self.momentum * self.m.get(k, np.zeros_like(delta)) + delta
+                    self.m[k] = m
+                    out[k] = (current[k] + self.eta * m).astype(current[k].dtype)
+                    continue
                 m = self.beta_1 * self.m.get(k, np.zeros_like(delta)) + (1 - self.beta_1) * delta
                 v_prev = self.v.get(k, np.full_like(delta, self.tau**2))
                 sq = delta * delta

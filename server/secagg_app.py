@@ -52,6 +52,11 @@ def check_secagg_config(cfg: dict) -> None:
         problems.append(f"server-optimizer = {cfg['server-optimizer']!r} is not available with SecAgg+ here")
     if str(cfg.get("robust-aggregation", "none")) != "none":
         problems.append("robust aggregation needs each update in the clear")
+    if bool(cfg.get("fedbn", False)):
+        problems.append("fedbn = true keeps the normalisation layers at the sites, but SecAgg+ sums every parameter "
+                        "of every site; set fedbn = false")
+    if str(cfg.get("lr-schedule", "constant")) != "constant":
+        problems.append("this app sends one train config for the whole run; set lr-schedule = \"constant\"")
     if bool(cfg.get("zeroshot", False)):
         problems.append("the zero-shot branch is scored by federated evaluation, which this app does not run; "
                         "set zeroshot = false")

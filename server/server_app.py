@@ -4,6 +4,7 @@ subprocess with an uncontrolled working directory."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -15,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from server.aggregation import MODES, SERVER_OPTIMIZERS, ServerOptimizer
+from server.schedule import check_schedule, round_lr
 from server.checkpoints import save_checkpoint
 from server.records import from_record, to_record
 from server.registry import Registry, resolve_db_url
@@ -51,7 +53,7 @@ from shared_models.metrics import HistogramSpec
 from shared_models.networks.heads import DEFAULTS as HEAD_DEFAULTS
 from shared_models.networks.heads import head_spec, label_graph_release
 from shared_models.networks.heads import spec_config as head_config
-from shared_models.networks import build_model, classifier_keys, parse_weights, radiograph_state
+from shared_models.networks import build_model, classifier_keys, norm_keys, parse_weights, radiograph_state
 from shared_models.losses import AUGMENTATIONS, LOSSES
 from shared_models.progress import Progress
 from shared_models.ontology import load_label_set
@@ -69,7 +71,10 @@ DEFAULTS = {
     "asl-class-weights": False, "sampling": "none", "logit-adjust-tau": 0.0,
     "weight-decay": 1e-4, "loss": "asl",  # the sites' AdamW weight decay; loss asl | bce (client/training.py)
     "augment": "shift",  # shift | affine: the sites' training augmentation (client/training.py)
-    "server-optimizer": "none", "server-lr": 0.01, "proximal-mu": 0.0,
+    # none | fedadam | fedyogi | fedavgm; server-lr 0: the optimiser's own (0.01 fedadam / fedyogi, 1.0 fedavgm)
+    "server-optimizer": "none", "server-lr": 0.0, "server-momentum": 0.9, "proximal-mu": 0.0,
+    "lr-schedule": "constant", "lr-min-factor": 0.0,  # the sites' lr over the rounds (server/schedule.py)
+    "fedbn": False,  # normalisation layers stay at the sites, never sent (client/fedbn.py)
     "dp": False, "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0,  # DP-SGD at every site (sites may refuse)
     # under DP: the sites' one counts release and their evaluation releases (docs/privacy.md)
     "dp-stats-noise-multiplier": 4.0, "dp-stats-max-labels": 6, "dp-eval-noise-multiplier": 0.0, "dp-eval-bins": 12,
@@ -111,7 +116,7 @@ def run_for_sites(cfg: dict, label_set: str, run_id: str) -> dict:
         **ct_config(ct_spec(cfg)), **head_config(head_spec(cfg)), **loc_config(loc_spec(cfg)),
         **label_graph_release(cfg), **synth_config(synthesis_spec(cfg)),
         "model-preset": str(cfg["model-preset"]), "label-set": label_set, "seed": int(cfg["seed"]),
-        "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]),
+        "image-size": int(cfg["image-size"]), "run-id": run_id, "dp": bool(cfg["dp"]), "fedbn": bool(cfg["fedbn"]),
         "dp-noise-multiplier": float(cfg["dp-noise-multiplier"]), "dp-max-grad-norm": float(cfg["dp-max-grad-norm"]),
         "dp-stats-noise-multiplier": float(cfg["dp-stats-noise-multiplier"]),
         "dp-stats-max-labels": int(cfg["dp-stats-max-labels"]),
@@ -205,6 +210,10 @@ def run_rounds(grid: Grid, context: Context) -> None:
         raise ValueError(f"run config loss = {cfg['loss']!r}; expected one of {', '.join(LOSSES)}")
     if cfg["augment"] not in AUGMENTATIONS:
         raise ValueError(f"run config augment = {cfg['augment']!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    check_schedule(str(cfg["lr-schedule"]), float(cfg["lr-min-factor"]))
+    if bool(cfg["fedbn"]) and cfg["aggregation"] == "fedavg":
+        raise ValueError("run config fedbn = true keeps the normalisation layers at the sites, but aggregation = "
+                         "\"fedavg\" expects every parameter from every site; use aggregation = \"projection\"")
     if float(cfg["weight-decay"]) < 0:
         raise ValueError(f"run config weight-decay = {cfg['weight-decay']!r}; expected a number >= 0")
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / ".fedchest" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
@@ -224,6 +233,8 @@ def run_rounds(grid: Grid, context: Context) -> None:
     if zs is not None and bool(cfg["dp"]):
         check_dp_settings(zs.image_encoder, zs.loss)  # refuse before any site trains
     box = box_spec(cfg)
+    if bool(cfg["fedbn"]) and box is not None:
+        raise ValueError("run config: fedbn and box-latent cannot be combined (the box head's backbone is frozen)")
     ct = ct_spec(cfg)
     check_ct_run(cfg, box)
     loc = loc_spec(cfg)
@@ -255,7 +266,9 @@ def run_rounds(grid: Grid, context: Context) -> None:
         run_id = registry.create_run(
             name=str(cfg["run-name"]),
             strategy=f"FedChestAvg[{cfg['aggregation']},{cfg['server-optimizer']},mu={cfg['proximal-mu']}"
-                     + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "") + "]",
+                     + (f",{cfg['robust-aggregation']}" if cfg["robust-aggregation"] != "none" else "")
+                     + (",fedbn" if bool(cfg["fedbn"]) else "")
+                     + (f",lr-{cfg['lr-schedule']}" if cfg["lr-schedule"] != "constant" else "") + "]",
             heads=("box-latent" if box else "routed-experts+zeroshot" if zs else "routed-experts")
             + ("+ct" if ct else "") + ("+localizer" if loc else ""),
             label_set=label_set.name, num_rounds=num_rounds, config=cfg, synthetic=False)
@@ -270,7 +283,11 @@ def run_rounds(grid: Grid, context: Context) -> None:
         registry=registry, run_id=run_id, classes=classes, spec=spec, reference=initial, on_round=on_round,
         classifiers=classifier_keys(model), aggregation=str(cfg["aggregation"]),
         server_optimizer=None if cfg["server-optimizer"] == "none" else ServerOptimizer(
-            str(cfg["server-optimizer"]), eta=float(cfg["server-lr"])),
+            str(cfg["server-optimizer"]), eta=float(cfg["server-lr"]), momentum=float(cfg["server-momentum"])),
+        lr_at=None if cfg["lr-schedule"] == "constant" else functools.partial(
+            round_lr, float(cfg["lr"]), str(cfg["lr-schedule"]), num_rounds=num_rounds,
+            min_factor=float(cfg["lr-min-factor"])),
+        local_keys=frozenset(norm_keys(model)) if bool(cfg["fedbn"]) else frozenset(),
         proximal_mu=float(cfg["proximal-mu"]), robust=robust, norm_bound=float(cfg["norm-bound"]),
         timer=ReplyTimer(float(cfg["deadline-factor"]), float(cfg["deadline-floor"]), float(cfg["round-timeout"])),
         quorum=int(cfg["quorum"]) or max(1, math.ceil(min_nodes / 2)), node_wait=float(cfg["node-wait"]),

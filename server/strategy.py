@@ -118,6 +118,8 @@ class FedChestAvg(FedAvg):
         label_graph: LabelGraph | None = None,
         pooled_ci: int = 0,
         evaluate_with_train: bool = False,
+        lr_at: Callable[[int], float] | None = None,
+        local_keys: frozenset[str] = frozenset(),
         **kwargs,
     ) -> None:
         if aggregation not in MODES:
@@ -127,7 +129,10 @@ class FedChestAvg(FedAvg):
         self.registry, self.run_id, self.classes, self.spec = registry, run_id, classes, spec
         self.current: dict[str, np.ndarray] = from_record(reference)  # read-only views on the record's bytes
         self.reference = reference_of(self.current)
-        self.groups = group_keys(self.current)
+        # fedbn: the normalisation layers' keys stay at the sites; they are in no group, so never expected, averaged
+        # or stepped, and keep their initial values in the global model (client/fedbn.py)
+        self.groups = group_keys(k for k in self.current if k not in local_keys)
+        self.lr_at = lr_at  # the sites' learning rate per round (server/schedule.py); None: the train config's
         self.classifiers = classifiers or {}
         self.aggregation = aggregation
         self.server_optimizer = server_optimizer
@@ -267,6 +272,8 @@ class FedChestAvg(FedAvg):
         server_round += self.round_offset
         self.current = from_record(arrays)
         config["aggregation"] = self.aggregation
+        if self.lr_at is not None:
+            config["lr"] = float(self.lr_at(server_round))
         if self.proximal_mu > 0:  # FedProx: the sites add the proximal term (client/training.py)
             config["proximal-mu"] = self.proximal_mu
         if self.train_annotated.sum() > 0:  # the consortium's prevalence (sums of counts) from the last round

@@ -10,7 +10,7 @@ from shared_models.lazy import lazy_exports
 _WHERE = {
     "PROJECTIONS": "experts", "RoutedExperts": "experts", "projection_index": "experts",
     **{name: "factory" for name in ("available_presets", "WeightsError", "build_model", "classifier_keys",
-                                    "float_state_keys", "group_keys", "load_preset", "parameter_group",
+                                    "float_state_keys", "group_keys", "norm_keys", "load_preset", "parameter_group",
                                     "parse_weights", "radiograph_state")},
 }
 __all__ = sorted(_WHERE)

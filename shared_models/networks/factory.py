@@ -161,6 +161,16 @@ def build_model(preset: str, num_classes: int, routing: str = "soft", image_size
     return model
 
 
+NORM_LAYERS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "GroupNorm")
+
+
+def norm_keys(model) -> list[str]:
+    """The state-dict keys of the model's normalisation layers (batch norm, and the group norm that replaces it in a
+    DP-compatible model): their affine parameters and running statistics, what FedBN keeps at each site."""
+    prefixes = [name for name, module in model.named_modules() if type(module).__name__ in NORM_LAYERS]
+    return [k for k in model.state_dict() if any(k.rsplit(".", 1)[0] == p for p in prefixes)]
+
+
 def float_state_keys(state: Mapping[str, Any]) -> list[str]:
     """The floating-point entries of a state dict, in order (what secure aggregation sums; integer buffers such
     as batch-norm counters stay out)."""
