@@ -172,11 +172,14 @@ def _run_resume(args: argparse.Namespace) -> int:
     print(f"resuming run {args.run_id} ({run['name']}): last checkpoint round "
           f"{done[0][0] if done else 'none'} of {run['num_rounds']}", flush=True)
     if args.connection:
-        from consortium.deploy_local import app_dir
+        import tempfile
+
+        from consortium.deploy_local import staged_app_dir
 
         items = f'resume-run="{args.run_id}" out-dir={json.dumps(str(cfg["out-dir"]))}'
-        return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), args.connection,
-                                "--run-config", items, "--stream"])
+        with tempfile.TemporaryDirectory(prefix="fedchest-app-") as tmp:  # the FAB's files only (fast to pack)
+            return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(staged_app_dir(Path(tmp))),
+                                    args.connection, "--run-config", items, "--stream"])
     if not cfg.get("sim-sites-dir"):
         print("fedchest run resume: the run was not a simulation; give --connection NAME (the SuperLink "
               "connection in $FLWR_HOME/config.toml)", file=sys.stderr)

@@ -83,6 +83,30 @@ def app_dir() -> Path:
     return root
 
 
+def staged_app_dir(dest: Path) -> Path:
+    """The Flower app folder as `flwr run` needs it: only what the FAB holds (the folders and files of pyproject's
+    ``fab-include``), copied under ``dest``. Flower 1.41 walks every file under the folder it is given (``os.walk``
+    in ``flwr.cli.utils.collect_files``) before it applies the include patterns: from a checkout holding its .venv
+    (6.9 GB) building the FAB took 11.1 s here, from the same sources alone 2.1 s. The FAB is the same either way
+    (same files, same hash), so the warm workers' check against their preloaded code is unchanged."""
+    import tomllib
+
+    root = app_dir()
+    try:
+        patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["fab-include"]
+    except (KeyError, tomllib.TOMLDecodeError) as exc:
+        raise DeployError(f"{root / 'pyproject.toml'}: [tool.flwr.app] fab-include unreadable ({exc})") from exc
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for top in sorted({p.split("/", 1)[0] for p in patterns}):
+        src = root / top
+        if src.is_dir():
+            shutil.copytree(src, dest / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.is_file():
+            shutil.copy2(src, dest / top)
+    return dest
+
+
 def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
@@ -140,6 +164,7 @@ class LocalConsortium:
         self.flwr_home = self.out / "flwr-home"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = flower_env(self.flwr_home, {"FEDCHEST_DB_URL": self.db_url} if self.db_url else None)
+        self.app = staged_app_dir(self.out / "app")  # what `flwr run` packs into the FAB, and nothing else
 
     @property
     def state_db(self) -> str:
@@ -323,7 +348,7 @@ class LocalConsortium:
         log = stream_to or self.logs / "flwr-run.log"
         t0 = time.monotonic()
         with log.open("ab") as f:
-            r = subprocess.run([str(BIN / "flwr"), "run", str(app_dir()), CONNECTION, "--run-config", items,
+            r = subprocess.run([str(BIN / "flwr"), "run", str(self.app), CONNECTION, "--run-config", items,
                                 "--stream"], stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=self.out,
                                timeout=timeout)
         if r.returncode != 0:

@@ -357,3 +357,21 @@ def test_container_files_are_consistent():
     assert pins["flwr"] == flwr.__version__ and pins["torch"] == torch.__version__.split("+")[0]
     ignore = (root / ".dockerignore").read_text()
     assert ".venv" in ignore and ".git" in ignore
+
+
+def test_the_staged_app_holds_the_fab_sources_and_packs_to_the_same_fab(tmp_path):
+    """`flwr run` gets a folder with the FAB's files only (Flower walks every file under the folder it is given,
+    .venv included, before applying fab-include); the FAB built from it is the one the checkout's own files make."""
+    from flwr.cli.build import build_fab_from_files
+    from flwr.cli.utils import collect_files
+
+    from consortium.deploy_local import staged_app_dir
+
+    root = Path(__file__).resolve().parent.parent
+    app = staged_app_dir(tmp_path / "app")
+    assert sorted(p.name for p in app.iterdir()) == ["client", "pyproject.toml", "server", "shared_models"]
+    # the checkout's own files for the same folders (what collect_files finds there, .venv left out of the walk)
+    sources = {rel: path for top in ("client", "server", "shared_models")
+               for rel, path in ((str(p.relative_to(root)), p) for p in (root / top).rglob("*") if p.is_file())}
+    sources["pyproject.toml"] = root / "pyproject.toml"
+    assert build_fab_from_files(collect_files(app))[0] == build_fab_from_files(sources)[0]
