@@ -165,7 +165,10 @@ def test_supernode_without_tls_cannot_join(superlink):
     # refused for the plaintext channel itself: the TLS listener drops the request before any authentication
     # (a node refused by authentication says "Failed to activate SuperNode" instead, as in the tests above)
     assert "Starting insecure channel" in log, log[-2000:]
-    assert "Exit Code: 305" in log and "Server disconnected without sending a response" in log, log[-2000:]
+    # the TLS listener drops the plaintext connection: the client sees it closed, or reset, before any answer
+    # (which of the two depends on timing: "Connection reset by peer" seen once, 2026-12-03)
+    dropped = ("Server disconnected without sending a response", "Connection reset by peer")
+    assert "Exit Code: 305" in log and any(d in log for d in dropped), log[-2000:]
     assert "Failed to activate SuperNode" not in log
     assert sum(n["status"] == "online" for n in superlink.supernodes()) <= online  # no node joined (a stopped
     # node of an earlier test may still count as online before and have gone offline since)
