@@ -178,8 +178,9 @@ def _run_resume(args: argparse.Namespace) -> int:
 
         items = f'resume-run="{args.run_id}" out-dir={json.dumps(str(cfg["out-dir"]))}'
         with tempfile.TemporaryDirectory(prefix="fedchest-app-") as tmp:  # the FAB's files only (fast to pack)
-            return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(staged_app_dir(Path(tmp))),
-                                    args.connection, "--run-config", items, "--stream"])
+            app = staged_app_dir(Path(tmp) / "app")
+            return subprocess.call([str(Path(sys.executable).parent / "flwr"), "run", str(app), args.connection,
+                                    "--run-config", items, "--stream"])
     if not cfg.get("sim-sites-dir"):
         print("fedchest run resume: the run was not a simulation; give --connection NAME (the SuperLink "
               "connection in $FLWR_HOME/config.toml)", file=sys.stderr)
